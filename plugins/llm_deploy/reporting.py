@@ -1,0 +1,52 @@
+"""What the quick start prints at the end: how the last run went, and where its report is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DAG_ID = "deploy_llm"
+
+
+def last_run_tasks(dag_id: str = DAG_ID) -> tuple[str, str, list[tuple[str, str, float | None]]]:
+    """(run_id, state, [(task_id, state, seconds)]) of the newest run, read from Airflow's DB."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        runs = session.query(DagRun).filter(DagRun.dag_id == dag_id).all()
+        if not runs:
+            raise SystemExit(f"no run of {dag_id} found in the Airflow database")
+        run = max(runs, key=lambda r: r.start_date or r.logical_date or r.run_after)
+        tasks = sorted(
+            ((ti.task_id, str(ti.state), ti.duration, ti.start_date) for ti in run.get_task_instances(session=session)),
+            key=lambda row: (row[3] is None, row[3]),
+        )
+        return run.run_id, str(run.state), [(t, s, d) for t, s, d, _ in tasks]
+
+
+def latest_run_summary(log_path: Path, engines_root: Path, wall_s: float) -> int:
+    run_id, state, tasks = last_run_tasks()
+    print(f"\nrun {run_id}: {state} in {wall_s:.0f}s wall time")
+    for task_id, task_state, seconds in tasks:
+        shown = f"{seconds:7.1f}s" if seconds is not None else "      -"
+        print(f"  {task_id:<18} {task_state:<10} {shown}")
+    reports = sorted(engines_root.glob("runs/*/*/benchmark.json"), key=lambda p: p.stat().st_mtime)
+    if state != "success":
+        print(f"\nthe run did not succeed; full log: {log_path}")
+        return 1
+    if not reports:
+        print("\nthe run succeeded but wrote no benchmark report")
+        return 1
+    report = json.loads(reports[-1].read_text())
+    streaming = report["streaming"]
+    p50 = lambda block: block["p50"] if block else float("nan")  # noqa: E731
+    print(
+        f"\nbenchmark ({report['load']['requests']} requests, {report['load']['concurrency']} in flight): "
+        f"{streaming['output_token_throughput_per_s']:.1f} output tokens/s, "
+        f"time to first token p50 {p50(streaming['time_to_first_token_ms']):.1f} ms, "
+        f"inter-token latency p50 {p50(streaming['inter_token_latency_ms']):.1f} ms"
+    )
+    print(f"/generate answered: {report['generate']['text_output'][:120]!r}")
+    print(f"report: {reports[-1]}")
+    return 0

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# README command 1: install what is needed, then run the whole deploy_llm DAG on this machine
+# (embedded Airflow on SQLite, torch backend on CPU, real Triton server, real SmolLM2 model).
+# Extra arguments are passed as run params, e.g. scripts/quickstart.sh '{"benchmark_requests": 32}'
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+
+scripts/bootstrap.sh
+source scripts/airflow-env.sh
+mkdir -p "$AIRFLOW_HOME" "$LLM_DEPLOY_ENGINES_ROOT"
+
+airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 \
+  || { tail -20 "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
+airflow pools set gpu 1 "GPU workers: one slot per GPU set" >/dev/null
+
+conf=${1:-"{}"}
+echo "quickstart: running DAG deploy_llm with params $conf (logs: $AIRFLOW_HOME/dags-test.log)"
+set +e
+airflow dags test deploy_llm --conf "$conf" 2>&1 | tee "$AIRFLOW_HOME/dags-test.log" \
+  | grep --line-buffered -E "llm_deploy|Marking task|\[error|Error:"
+set -e
+
+python - "$AIRFLOW_HOME/dags-test.log" "$LLM_DEPLOY_ENGINES_ROOT" "$started" <<'PY'
+import json, pathlib, sys, time
+from llm_deploy.reporting import latest_run_summary
+sys.exit(latest_run_summary(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), time.time() - float(sys.argv[3])))
+PY
