@@ -53,6 +53,7 @@ def test_corruption_is_detected_by_the_manifest(tmp_path):
 
 def test_layout_is_named_by_model_and_engine_hash():
     spec = DeploySpec.from_params({"engines_root": "/vol", "dtype": "bfloat16"})
-    assert str(volume.engine_dir(spec)) == (
-        f"/vol/engines/torch/HuggingFaceTB--SmolLM2-135M-Instruct/{spec.engine_hash}")
+    assert str(volume.engine_dir(spec, "w1")) == (
+        f"/vol/engines/torch/HuggingFaceTB--SmolLM2-135M-Instruct/{volume.engine_id(spec, 'w1')}")
+    assert volume.engine_id(spec, "w1") != volume.engine_id(spec, "w2")
     assert str(volume.checkpoint_dir(spec)) == "/vol/models/HuggingFaceTB--SmolLM2-135M-Instruct/builtin"

@@ -3,7 +3,7 @@
 Layout under ``engines_root`` (one tree that GPU workers, the server and the benchmark share):
 
     models/<org--name>/<revision>/         downloaded or converted HF checkpoints
-    engines/<backend>/<org--name>/<hash>/  built engines, named by DeploySpec.engine_hash
+    engines/<backend>/<org--name>/<id>/    built engines, named by engine_id (spec + weights)
     model_repos/<hash>/inflight_batcher_llm/  rendered Triton model repositories
     runs/<hash>/<run>/                     server logs and benchmark reports of one DAG run
 
@@ -45,8 +45,18 @@ def checkpoint_dir(spec: DeploySpec) -> Path:
     return spec.root / "models" / spec.model_slug / revision
 
 
-def engine_dir(spec: DeploySpec) -> Path:
-    return spec.root / "engines" / spec.backend / spec.model_slug / spec.engine_hash
+def engine_id(spec: DeploySpec, weights_digest: str | None) -> str:
+    """The engine's content address: the spec's engine inputs plus the exact weights it reads.
+
+    The weights digest (sha256 of the checkpoint's manifest) matters when a branch such as
+    "main" moves: the spec is unchanged, the weights are not, so the engine must be rebuilt.
+    """
+    digest = hashlib.sha256(f"{spec.engine_hash}:{weights_digest or 'unversioned'}".encode())
+    return digest.hexdigest()[:16]
+
+
+def engine_dir(spec: DeploySpec, weights_digest: str | None) -> Path:
+    return spec.root / "engines" / spec.backend / spec.model_slug / engine_id(spec, weights_digest)
 
 
 def model_repo_dir(spec: DeploySpec) -> Path:
