@@ -1,0 +1,1 @@
+"""Runtimes that a deployment can be built for and served with."""

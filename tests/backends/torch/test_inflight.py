@@ -1,0 +1,296 @@
+"""The in-flight batcher: HF-identical greedy tokens however requests overlap, and its contract."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from llm_deploy.backends.torch.inflight import CANCELLED, STOPPED, InflightBatcher
+from llm_deploy.backends.torch.llama import LlamaEngine
+
+PROMPTS = [[5, 6, 7, 8, 9], [1, 2, 3], [100, 200, 30, 40, 50, 60, 70, 80, 90, 10, 11], [42], [7, 7, 7, 7]]
+MAX_INPUT, MAX_OUTPUT = 16, 24
+
+
+@pytest.fixture
+def make_batcher(tiny_checkpoint):
+    """``make_batcher(slots=4, start=True)``; every batcher made is stopped after the test."""
+    made: list[InflightBatcher] = []
+
+    def make(slots: int = 4, start: bool = True, max_seq_len: int = MAX_INPUT + MAX_OUTPUT) -> InflightBatcher:
+        engine = LlamaEngine.load(tiny_checkpoint, dtype=torch.float32,
+                                  max_batch_size=slots, max_seq_len=max_seq_len)
+        batcher = InflightBatcher(engine, max_batch_size=slots, max_input_len=MAX_INPUT, max_output_len=MAX_OUTPUT)
+        if start:
+            batcher.start()
+        made.append(batcher)
+        return batcher
+
+    yield make
+    for batcher in made:
+        batcher.stop()
+
+
+def test_requests_submitted_together_match_hf(make_batcher, tiny_hf_model, hf_greedy, collect):
+    batcher = make_batcher(slots=4)
+    lengths = [20, 3, 12, 24]
+    runs = [collect(f"r{i}") for i in range(4)]
+    for run, prompt, new in zip(runs, PROMPTS, lengths):
+        batcher.submit(run.request(prompt, new))
+    for run, prompt, new in zip(runs, PROMPTS, lengths):
+        assert run.wait().error is None
+        assert run.tokens == hf_greedy(tiny_hf_model, prompt, new), run.request_id
+    stats = batcher.stats
+    assert stats["completed"] == 4 and stats["failed"] == 0 and stats["active"] == 0
+    assert stats["max_active_seen"] == 4
+    # Batched: the longest request's 23 decode steps carried the others along.
+    assert stats["steps"] == max(lengths) - 1
+
+
+def test_request_joins_while_others_are_mid_decode(make_batcher, tiny_hf_model, hf_greedy, collect):
+    batcher = make_batcher(slots=3)
+    events: list[tuple[str, int]] = []
+    first, second, third = collect("first"), collect("second"), collect("third")
+    second_request = second.request(PROMPTS[2], 6)
+    third_request = third.request(PROMPTS[1], 5)
+
+    def on_first_token(token: int) -> None:
+        first.tokens.append(token)
+        events.append(("first", len(first.tokens)))
+        # Submitting from the batcher thread itself pins the join points to exact tokens.
+        if len(first.tokens) == 4:
+            batcher.submit(second_request)
+        if len(first.tokens) == 7:
+            batcher.submit(third_request)
+
+    def on_second_token(token: int) -> None:
+        second.tokens.append(token)
+        events.append(("second", len(second.tokens)))
+
+    first_request = first.request(PROMPTS[0], 20)
+    first_request.on_token = on_first_token
+    second_request.on_token = on_second_token
+    batcher.submit(first_request)
+
+    for run, prompt, new in ((first, PROMPTS[0], 20), (second, PROMPTS[2], 6), (third, PROMPTS[1], 5)):
+        assert run.wait().error is None
+        assert run.tokens == hf_greedy(tiny_hf_model, prompt, new), run.request_id
+    # "second" started at the very next step and ran entirely inside "first": it neither waited
+    # for "first" to finish nor held it up.
+    assert events.index(("second", 1)) == events.index(("first", 4)) + 1
+    assert events.index(("second", 6)) < events.index(("first", 20))
+    assert batcher.stats["max_active_seen"] == 3
+
+
+def test_more_requests_than_slots_all_complete(make_batcher, tiny_hf_model, hf_greedy, collect):
+    batcher = make_batcher(slots=2)
+    runs = [collect(f"r{i}") for i in range(len(PROMPTS))]
+    news = [7, 3, 10, 5, 8]
+    for run, prompt, new in zip(runs, PROMPTS, news):
+        batcher.submit(run.request(prompt, new))
+    for run, prompt, new in zip(runs, PROMPTS, news):
+        assert run.wait().error is None
+        assert run.tokens == hf_greedy(tiny_hf_model, prompt, new), run.request_id
+    stats = batcher.stats
+    assert stats["max_active_seen"] <= 2
+    assert stats["completed"] == stats["submitted"] == len(PROMPTS)
+    assert stats["queued"] == stats["active"] == 0
+
+
+def test_end_id_is_reported_and_stops(make_batcher, tiny_hf_model, hf_greedy, collect):
+    reference = hf_greedy(tiny_hf_model, PROMPTS[0], 12)
+    stop_at = next(i for i, token in enumerate(reference) if i >= 2 and token not in reference[:i])
+    batcher = make_batcher()
+    run = collect("eos")
+    batcher.submit(run.request(PROMPTS[0], 12, end_id=reference[stop_at]))
+    assert run.wait().error is None
+    assert run.tokens == reference[: stop_at + 1]
+
+
+def test_end_id_as_first_token(make_batcher, tiny_hf_model, hf_greedy, collect):
+    first = hf_greedy(tiny_hf_model, PROMPTS[3], 1)[0]
+    batcher = make_batcher()
+    run = collect("eos-first")
+    batcher.submit(run.request(PROMPTS[3], 10, end_id=first))
+    assert run.wait().error is None and run.tokens == [first]
+
+
+@pytest.mark.parametrize("new", [1, 2, MAX_OUTPUT])
+def test_max_new_tokens_is_respected(make_batcher, collect, new):
+    batcher = make_batcher()
+    run = collect("n")
+    batcher.submit(run.request(PROMPTS[2], new))
+    assert run.wait().error is None and len(run.tokens) == new
+
+
+@pytest.mark.parametrize(
+    ("prompt", "new", "message"),
+    [
+        ([], 4, "input_ids is empty"),
+        (list(range(MAX_INPUT + 1)), 4, f"exceeds max_input_len={MAX_INPUT}"),
+        ([1, 2], 0, "max_new_tokens=0 must be between 1"),
+        ([1, 2], MAX_OUTPUT + 1, f"max_output_len={MAX_OUTPUT}"),
+        ([1, 2, 256], 4, "outside the vocabulary"),
+    ],
+)
+def test_invalid_requests_raise_without_callbacks(make_batcher, collect, prompt, new, message):
+    batcher = make_batcher()
+    run = collect("bad")
+    with pytest.raises(ValueError, match=message):
+        batcher.submit(run.request(prompt, new))
+    assert run.errors == [] and batcher.stats["submitted"] == 0
+
+
+def test_request_longer_than_the_engine_cache_is_refused(make_batcher, collect):
+    batcher = make_batcher(max_seq_len=20)
+    with pytest.raises(ValueError, match="max_seq_len=20"):
+        batcher.submit(collect("long").request(list(range(10)), 11))
+
+
+def test_request_id_is_unique_while_in_flight_only(make_batcher, collect):
+    batcher = make_batcher(start=False)
+    first = collect("same")
+    batcher.submit(first.request([1], 2))
+    with pytest.raises(ValueError, match="already in flight"):
+        batcher.submit(collect("same").request([2], 2))
+    batcher.start()
+    first.wait()
+    again = collect("same")
+    batcher.submit(again.request([2], 2))
+    assert again.wait().error is None
+
+
+def test_cancel_queued_and_active_requests(make_batcher, tiny_hf_model, hf_greedy, collect):
+    batcher = make_batcher(slots=1, start=False)
+    active, queued, untouched = collect("active"), collect("queued"), collect("untouched")
+    request = active.request(PROMPTS[0], 20)
+
+    def cancel_after_three(token: int) -> None:
+        active.tokens.append(token)
+        if len(active.tokens) == 3:
+            batcher.cancel("active")
+
+    request.on_token = cancel_after_three
+    batcher.submit(request)
+    batcher.submit(queued.request(PROMPTS[1], 5))
+    batcher.submit(untouched.request(PROMPTS[1], 5))
+    batcher.cancel("queued")
+    batcher.cancel("no-such-request")  # harmless
+    batcher.start()
+
+    assert queued.wait().error == CANCELLED and queued.tokens == []
+    assert active.wait().error == CANCELLED and 3 <= len(active.tokens) < 20
+    assert untouched.wait().error is None
+    assert untouched.tokens == hf_greedy(tiny_hf_model, PROMPTS[1], 5)
+    assert batcher.stats["cancelled"] == 2 and batcher.stats["completed"] == 1
+
+
+def test_stop_fails_pending_requests(make_batcher, collect):
+    batcher = make_batcher(start=False)
+    runs = [collect(f"r{i}") for i in range(3)]
+    for run in runs:
+        batcher.submit(run.request([1, 2], 4))
+    batcher.stop()
+    assert [run.error for run in runs] == [STOPPED] * 3
+    with pytest.raises(RuntimeError, match="stopped"):
+        batcher.submit(collect("late").request([1], 1))
+
+
+def test_stop_fails_active_requests(make_batcher, collect):
+    batcher = make_batcher()
+    run = collect("long")
+    first_token = threading.Event()
+    request = run.request(PROMPTS[0], MAX_OUTPUT)
+
+    def slow_first_token(token: int) -> None:
+        run.tokens.append(token)
+        if len(run.tokens) == 1:
+            first_token.set()
+            time.sleep(0.3)  # let stop() land while this request is still generating
+
+    request.on_token = slow_first_token
+    batcher.submit(request)
+    assert first_token.wait(10)
+    batcher.stop()
+    assert run.error == STOPPED and len(run.tokens) < MAX_OUTPUT
+    assert batcher.stats["failed"] == 1
+
+
+def test_failed_step_fails_its_requests_and_the_loop_survives(make_batcher, tiny_hf_model, hf_greedy, collect):
+    batcher = make_batcher(slots=2, start=False)
+    real_decode = batcher.engine.decode
+    calls = {"n": 0}
+
+    def flaky_decode(slots, tokens):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated kernel failure")
+        return real_decode(slots, tokens)
+
+    batcher.engine.decode = flaky_decode
+    a, b = collect("a"), collect("b")
+    batcher.submit(a.request(PROMPTS[0], 10))
+    batcher.submit(b.request(PROMPTS[1], 10))
+    batcher.start()
+    assert "simulated kernel failure" in a.wait().error
+    assert "simulated kernel failure" in b.wait().error
+    assert len(a.tokens) == len(b.tokens) == 2  # prefill's token and one good step
+
+    after = collect("after")
+    batcher.submit(after.request(PROMPTS[2], 6))
+    assert after.wait().error is None
+    assert after.tokens == hf_greedy(tiny_hf_model, PROMPTS[2], 6)
+    assert batcher.stats["failed"] == 2 and batcher.stats["max_active_seen"] == 2
+
+
+def test_failed_prefill_fails_only_that_request(make_batcher, collect):
+    batcher = make_batcher(slots=2, start=False)
+    real_prefill = batcher.engine.prefill
+
+    def picky_prefill(slot, ids):
+        if ids == PROMPTS[3]:
+            raise RuntimeError("simulated prefill failure")
+        return real_prefill(slot, ids)
+
+    batcher.engine.prefill = picky_prefill
+    bad, good = collect("bad"), collect("good")
+    batcher.submit(bad.request(PROMPTS[3], 4))
+    batcher.submit(good.request(PROMPTS[0], 4))
+    batcher.start()
+    assert "simulated prefill failure" in bad.wait().error and bad.tokens == []
+    assert good.wait().error is None and len(good.tokens) == 4
+
+
+def test_raising_on_token_fails_only_its_own_request(make_batcher, collect):
+    batcher = make_batcher()
+    broken, fine = collect("broken"), collect("fine")
+    request = broken.request(PROMPTS[0], 5)
+
+    def explode(token: int) -> None:
+        raise KeyError("client went away")
+
+    request.on_token = explode
+    batcher.submit(request)
+    batcher.submit(fine.request(PROMPTS[1], 5))
+    assert "client went away" in broken.wait().error
+    assert fine.wait().error is None and len(fine.tokens) == 5
+
+
+def test_idle_batcher_does_no_work(make_batcher, collect):
+    batcher = make_batcher()
+    run = collect("one")
+    batcher.submit(run.request(PROMPTS[0], 3))
+    run.wait()
+    before = batcher.stats
+    time.sleep(0.2)
+    assert batcher.stats == before
+    assert before["steps"] == 2 and before["prefills"] == 1 and before["generated_tokens"] == 3
+
+
+def test_batch_size_cannot_exceed_engine_slots(tiny_checkpoint):
+    engine = LlamaEngine.load(tiny_checkpoint, torch.float32, max_batch_size=2, max_seq_len=16)
+    with pytest.raises(ValueError, match="2 KV-cache slots"):
+        InflightBatcher(engine, max_batch_size=3, max_input_len=8, max_output_len=8)
