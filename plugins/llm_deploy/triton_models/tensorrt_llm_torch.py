@@ -1,0 +1,399 @@
+"""Triton model "tensorrt_llm", PyTorch twin: what the C++ tensorrtllm backend does, in a python model.
+
+Same tensors as upstream's tensorrt_llm model (tensorrtllm_backend v0.5.0, commit 47b609b6) plus
+v0.6.0's sequence_length output, so the ensemble and inflight_batcher_llm_client.py cannot tell
+the twins apart:
+
+- decoupled (the tutorial's decoupled_mode=true): execute() hands every request to an
+  InflightBatcher and returns at once; tokens come back from the batcher thread through each
+  request's response sender. streaming=true sends one response per token (output_ids
+  [1, 1, 1], sequence_length [1, 1]); streaming=false sends one response with the prompt followed
+  by every generated token, as 0.5.0 does (exclude_input_in_output=true drops the prompt).
+  Either way the last message carries the FINAL flag.
+- not decoupled: execute() waits for its requests and returns one response each.
+- stop=true with a request's id cancels it, as upstream's client does with --stop-after-ms.
+
+Greedy decoding only: the sampling inputs (temperature, runtime_top_k, ...) are accepted so
+upstream clients work, and ignored with a warning; beam_width must be 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+ENGINE_CONFIG = "engine_config.json"
+_SAMPLING_INPUTS = (
+    "temperature", "runtime_top_k", "runtime_top_p", "len_penalty", "repetition_penalty",
+    "min_length", "presence_penalty", "random_seed", "pad_id",
+)
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class RequestError(ValueError):
+    """A request the model refuses; the message goes back to the client as its error."""
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    input_ids: list[int]
+    max_new_tokens: int
+    end_id: int | None
+    streaming: bool
+    stop: bool
+    ignored: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    dtype: str
+    max_batch_size: int
+    max_input_len: int
+    max_output_len: int
+    world_size: int = 1
+
+    @classmethod
+    def read(cls, engine_dir: Path) -> EngineLimits:
+        path = engine_dir / ENGINE_CONFIG
+        try:
+            config = json.loads(path.read_text())
+            return cls(
+                dtype=str(config["dtype"]),
+                max_batch_size=int(config["max_batch_size"]),
+                max_input_len=int(config["max_input_len"]),
+                max_output_len=int(config["max_output_len"]),
+                world_size=int(config.get("world_size", 1)),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RuntimeError(f"cannot read the engine limits from {path}: {exc!r}") from exc
+
+
+def ensure_llm_deploy_importable(plugins_dir: str | None) -> None:
+    """Make ``import llm_deploy`` work inside the stub's interpreter.
+
+    The stub ignores PYTHONPATH; it sees the venv's site-packages (where ``pip install -e .``
+    puts llm_deploy) only. For a checkout that is not installed, the renderer passes the plugins
+    directory as the llm_deploy_path parameter, and only then is it put on sys.path.
+    """
+    try:
+        import llm_deploy  # noqa: F401
+    except ImportError:
+        if not plugins_dir:
+            raise
+        sys.path.insert(0, plugins_dir)
+        import llm_deploy  # noqa: F401
+
+
+def parse_request(request: Any, limits: EngineLimits, default_end_id: int | None) -> ParsedRequest:
+    """Read and validate one request's tensors; RequestError says what is wrong."""
+    stop = _scalar(request, "stop", bool, False)
+    input_ids = _input(request, "input_ids")
+    if stop:  # a stop signal carries placeholder ids (upstream's client sends np.empty)
+        return ParsedRequest([], 0, None, False, True)
+    if input_ids is None:
+        raise RequestError("input_ids is required")
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or ids.shape[0] != 1:
+        raise RequestError(f"input_ids must have shape [1, input_len] (one sequence per request), got {list(ids.shape)}")
+    length = _scalar(request, "input_lengths", int, None)
+    if length is None:
+        raise RequestError("input_lengths is required")
+    if not 1 <= length <= ids.shape[1]:
+        raise RequestError(f"input_lengths={length} must be between 1 and the {ids.shape[1]} ids given")
+    if length > limits.max_input_len:
+        raise RequestError(f"input length {length} exceeds the engine's max_input_len={limits.max_input_len}")
+    max_new_tokens = _scalar(request, "request_output_len", int, None)
+    if max_new_tokens is None:
+        raise RequestError("request_output_len is required")
+    if not 1 <= max_new_tokens <= limits.max_output_len:
+        raise RequestError(
+            f"request_output_len={max_new_tokens} must be between 1 and the engine's "
+            f"max_output_len={limits.max_output_len}"
+        )
+    beam_width = _scalar(request, "beam_width", int, 1)
+    if beam_width != 1:
+        raise RequestError(f"beam_width={beam_width}: the torch backend decodes greedily (beam_width 1 only)")
+    return ParsedRequest(
+        input_ids=[int(t) for t in ids[0, :length]],
+        max_new_tokens=max_new_tokens,
+        end_id=_scalar(request, "end_id", int, default_end_id),
+        streaming=_scalar(request, "streaming", bool, False),
+        stop=False,
+        ignored=tuple(name for name in _SAMPLING_INPUTS if _input(request, name) is not None),
+    )
+
+
+def _input(request: Any, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _scalar(request: Any, name: str, kind: Callable[[Any], Any], default: Any) -> Any:
+    # Shapes differ with reshape: [1] for "reshape: { shape: [ ] }" inputs, [1, 1] otherwise.
+    value = _input(request, name)
+    if value is None or value.size == 0:
+        return default
+    if value.size != 1:
+        raise RequestError(f"{name} must hold one value per request, got shape {list(value.shape)}")
+    return kind(value.reshape(-1)[0].item())
+
+
+@dataclass
+class Generation:
+    """One request in flight: turns the batcher's callbacks into Triton responses."""
+
+    request_id: str
+    parsed: ParsedRequest
+    send: Callable[[Any, int], None]
+    is_cancelled: Callable[[], bool]
+    cancel: Callable[[str], None]
+    exclude_input: bool
+    on_finish: Callable[[], None] = lambda: None
+    tokens: list[int] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+    stopped: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _finished: bool = False
+
+    def on_token(self, token: int) -> None:
+        if self.parsed.end_id is not None and token == self.parsed.end_id:
+            return  # TensorRT-LLM does not return the end token either
+        if not self.stopped and self.is_cancelled():  # the client went away
+            self.stop()
+            return
+        with self._lock:
+            if self._finished or self.stopped:
+                return
+            self.tokens.append(int(token))
+            if self.parsed.streaming:
+                self._send(token_response([int(token)]), 0)
+
+    def stop(self) -> None:
+        """Cancel in the batcher; what was generated so far still goes out, as with TensorRT-LLM."""
+        self.stopped = True
+        self.cancel(self.request_id)
+
+    def on_done(self, error: str | None) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+            # A stop is not a failure: the tokens generated so far are the answer, as in TensorRT-LLM.
+            self.error = None if self.stopped or error is None else f"tensorrt_llm: {error}"
+        try:
+            if self.error is not None:
+                self._send(error_response(self.error), _FINAL)
+            elif self.parsed.streaming:
+                self._send(None, _FINAL)
+            else:
+                prompt = [] if self.exclude_input else self.parsed.input_ids
+                self._send(token_response(prompt + self.tokens), _FINAL)
+        finally:
+            self.done.set()
+            self.on_finish()
+
+    def _send(self, response: Any, flags: int) -> None:
+        try:
+            self.send(response, flags)
+        except Exception as exc:  # noqa: BLE001 - a client that left must not kill the batcher thread
+            _log("warn", f"request {self.request_id}: could not send a response: {exc}")
+            if not self.stopped:
+                self.stop()
+
+
+def token_response(tokens: list[int]) -> Any:
+    """output_ids [batch 1, beam 1, tokens] and sequence_length [1, 1], upstream's layout."""
+    output_ids = np.array([[tokens]], dtype=np.int32)
+    sequence_length = np.array([[len(tokens)]], dtype=np.int32)
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            pb_utils.Tensor("output_ids", output_ids),
+            pb_utils.Tensor("sequence_length", sequence_length),
+        ]
+    )
+
+
+def error_response(message: str) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+
+def default_end_id(engine_dir: Path) -> int | None:
+    """The checkpoint's EOS, so generation stops where HF generate() would when no end_id is sent."""
+    for name in ("generation_config.json", "config.json"):
+        path = engine_dir / name
+        if not path.exists():
+            continue
+        eos = json.loads(path.read_text()).get("eos_token_id")
+        if isinstance(eos, list):
+            eos = eos[0] if eos else None
+        if eos is not None:
+            return int(eos)
+    return None
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        model_config = json.loads(args["model_config"])
+        params = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+        ensure_llm_deploy_importable(params.get("llm_deploy_path"))
+        import torch
+
+        from llm_deploy.backends.torch.inflight import InflightBatcher
+        from llm_deploy.backends.torch.llama import LlamaEngine
+
+        engine_dir = Path(params.get("gpt_model_path") or params["engine_dir"])
+        self.limits = EngineLimits.read(engine_dir)
+        if self.limits.world_size != 1:
+            raise RuntimeError(f"{engine_dir}: world_size={self.limits.world_size}; the torch backend serves world_size 1")
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(model_config)
+        self.exclude_input = params.get("exclude_input_in_output", "false").lower() == "true"
+        self.end_id = default_end_id(engine_dir)
+        device = resolve_device(params.get("llm_deploy_device", "auto"))
+        _log("info", f"loading {engine_dir} ({self.limits}) on {device}")
+        engine = LlamaEngine.load(
+            engine_dir,
+            dtype=getattr(torch, self.limits.dtype),
+            device=device,
+            max_batch_size=self.limits.max_batch_size,
+            max_seq_len=self.limits.max_input_len + self.limits.max_output_len,
+        )
+        self.batcher = InflightBatcher(
+            engine,
+            max_batch_size=self.limits.max_batch_size,
+            max_input_len=self.limits.max_input_len,
+            max_output_len=self.limits.max_output_len,
+        )
+        self.batcher.start()
+        self._by_client_id: dict[str, dict[str, Generation]] = {}
+        self._ids_lock = threading.Lock()
+        self._warned: set[str] = set()
+        _log("info", f"tensorrt_llm (torch) ready: decoupled={self.decoupled}, end_id={self.end_id}")
+
+    def execute(self, requests: list) -> list | None:
+        if self.decoupled:
+            for request in requests:
+                sender = request.get_response_sender()
+                self._start(request, lambda response, flags, s=sender: _send(s, response, flags), sender.is_cancelled)
+            return None
+        return [self._run_blocking(request) for request in requests]
+
+    def finalize(self) -> None:
+        batcher = getattr(self, "batcher", None)
+        if batcher is not None:
+            batcher.stop()
+            _log("info", f"tensorrt_llm (torch) stopped: {batcher.stats}")
+
+    # --- one request ------------------------------------------------------------------------
+    def _start(self, request: Any, send: Callable[[Any, int], None], is_cancelled: Callable[[], bool]) -> Generation | None:
+        """Parse and submit; on refusal the error goes out through ``send`` with the FINAL flag."""
+        client_id = request.request_id() or ""
+        try:
+            parsed = parse_request(request, self.limits, self.end_id)
+        except RequestError as exc:
+            send(error_response(f"tensorrt_llm: {exc}"), _FINAL)
+            return None
+        if parsed.stop:
+            self._cancel_client_id(client_id)
+            # Upstream answers a stop signal with a response that has no output_ids.
+            send(pb_utils.InferenceResponse(output_tensors=[]), _FINAL)
+            return None
+        if parsed.streaming and not self.decoupled:
+            send(error_response("tensorrt_llm: streaming=true needs decoupled_mode=true"), _FINAL)
+            return None
+        self._warn_ignored(parsed.ignored)
+        internal_id = f"{client_id or 'request'}-{uuid.uuid4().hex[:12]}"
+        generation = Generation(
+            internal_id, parsed, send, is_cancelled, self.batcher.cancel, self.exclude_input,
+            on_finish=lambda: self._forget(client_id, internal_id),
+        )
+        self._track(client_id, internal_id, generation)
+        try:
+            self.batcher.submit(self._generation_request(generation))
+        except (ValueError, RuntimeError) as exc:  # refused, or the batcher is shutting down
+            generation.on_done(str(exc))
+        return generation
+
+    def _generation_request(self, generation: Generation) -> Any:
+        from llm_deploy.backends.torch.inflight import GenerationRequest
+
+        return GenerationRequest(
+            request_id=generation.request_id,
+            input_ids=generation.parsed.input_ids,
+            max_new_tokens=generation.parsed.max_new_tokens,
+            end_id=generation.parsed.end_id,
+            on_token=generation.on_token,
+            on_done=generation.on_done,
+        )
+
+    def _run_blocking(self, request: Any) -> Any:
+        box: dict[str, Any] = {}
+
+        def keep(response: Any, flags: int) -> None:
+            box["response"] = response
+
+        generation = self._start(request, keep, lambda: False)
+        if generation is not None:
+            generation.done.wait()
+        response = box.get("response")
+        return response if response is not None else pb_utils.InferenceResponse(output_tensors=[])
+
+    # --- stop signals ---------------------------------------------------------------------
+    def _track(self, client_id: str, internal_id: str, generation: Generation) -> None:
+        with self._ids_lock:
+            self._by_client_id.setdefault(client_id, {})[internal_id] = generation
+
+    def _forget(self, client_id: str, internal_id: str) -> None:
+        with self._ids_lock:
+            generations = self._by_client_id.get(client_id, {})
+            generations.pop(internal_id, None)
+            if not generations:
+                self._by_client_id.pop(client_id, None)
+
+    def _cancel_client_id(self, client_id: str) -> None:
+        if not client_id:
+            _log("warn", "stop signal without a request id: nothing to cancel")
+            return
+        with self._ids_lock:
+            targets = list(self._by_client_id.get(client_id, {}).values())
+        _log("info", f"stop signal for request id {client_id!r}: cancelling {len(targets)} request(s)")
+        for generation in targets:
+            generation.stop()
+
+    def _warn_ignored(self, names: tuple[str, ...]) -> None:
+        new = [name for name in names if name not in self._warned]
+        if new:
+            self._warned.update(new)
+            _log("warn", f"greedy decoding: ignoring {', '.join(new)} (the torch backend does not sample)")
+
+
+def _send(sender: Any, response: Any, flags: int) -> None:
+    if response is None:
+        sender.send(flags=flags)
+    else:
+        sender.send(response, flags=flags)
+
+
+def _log(level: str, message: str) -> None:
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is None:
+        print(f"[tensorrt_llm] {message}", file=sys.stderr, flush=True)
+        return
+    {"info": logger.log_info, "warn": logger.log_warn, "error": logger.log_error}[level](message)

@@ -1,0 +1,225 @@
+"""The torch twin of the tensorrt_llm model, driven in-process with a fake response sender."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+PROMPT = "How do I count to ten in French?"
+
+
+@pytest.fixture
+def prompt_ids(tiny_llama_checkpoint) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama_checkpoint).encode(PROMPT)
+
+
+@pytest.fixture
+def trtllm_model(load_model, model_args, rendered_repo):
+    """``trtllm_model(decoupled=True)``: an initialized TritonPythonModel; finalized afterwards."""
+    started = []
+
+    def make(decoupled: bool = True):
+        module = load_model("tensorrt_llm_torch")
+        model = module.TritonPythonModel()
+        model.initialize(model_args(rendered_repo(decoupled=decoupled) / "tensorrt_llm" / "config.pbtxt"))
+        started.append(model)
+        return model
+
+    yield make
+    for model in started:
+        model.finalize()
+
+
+def _inputs(ids: list[int], output_len: int, **extra) -> dict[str, np.ndarray]:
+    tensors = {
+        "input_ids": np.array([ids], dtype=np.int32),
+        # "reshape: { shape: [ ] }" inputs reach the model without their [1] dim.
+        "input_lengths": np.array([len(ids)], dtype=np.int32),
+        "request_output_len": np.array([[output_len]], dtype=np.uint32),
+    }
+    for name, value in extra.items():
+        dtype = {bool: bool, float: np.float32}.get(type(value), np.uint32)
+        tensors[name] = np.array([[value]], dtype=dtype)
+    return tensors
+
+
+def _finish(request, timeout: float = 30) -> None:
+    assert request.sender.finished.wait(timeout), "no FINAL flag"
+
+
+def test_streaming_sends_one_response_per_token_then_final(trtllm_model, make_request, prompt_ids, tiny_llama_greedy):
+    model = trtllm_model()
+    request = make_request(_inputs(prompt_ids, 12, streaming=True), request_id="s1")
+
+    assert model.execute([request]) is None
+    _finish(request)
+
+    sent = request.sender.sent
+    expected = tiny_llama_greedy(prompt_ids, 12)
+    token_responses = [response for response, flags in sent if response is not None]
+    assert [r.output("output_ids").tolist() for r in token_responses] == [[[[t]]] for t in expected]
+    assert all(r.output("sequence_length").tolist() == [[1]] for r in token_responses)
+    assert sent[-1] == (None, 1)  # the FINAL flag comes alone, after the last token
+    assert all(flags == 0 for _, flags in sent[:-1])
+
+
+def test_non_streaming_returns_prompt_and_tokens_once(trtllm_model, make_request, prompt_ids, tiny_llama_greedy):
+    model = trtllm_model()
+    request = make_request(_inputs(prompt_ids, 10))
+
+    model.execute([request])
+    _finish(request)
+
+    [(response, flags)] = request.sender.sent
+    assert flags == 1
+    expected = prompt_ids + tiny_llama_greedy(prompt_ids, 10)  # 0.5.0: output_ids start with the prompt
+    assert response.output("output_ids").tolist() == [[expected]]
+    assert response.output("sequence_length").tolist() == [[len(expected)]]
+
+
+def test_end_id_stops_generation_and_is_not_returned(trtllm_model, make_request, prompt_ids, tiny_llama_greedy):
+    model = trtllm_model()
+    free_run = tiny_llama_greedy(prompt_ids, 10)
+    end_id = free_run[3]  # pretend the 4th greedy token is the end token
+    request = make_request(_inputs(prompt_ids, 10, end_id=end_id, streaming=True))
+
+    model.execute([request])
+    _finish(request)
+
+    tokens = [r.output("output_ids").item() for r in request.sender.responses()]
+    assert tokens == free_run[: free_run.index(end_id)]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"request_output_len": np.array([[33]], dtype=np.uint32)}, "max_output_len=32"),
+        ({"request_output_len": np.array([[0]], dtype=np.uint32)}, "request_output_len=0"),
+        ({"input_ids": np.zeros((1, 65), dtype=np.int32), "input_lengths": np.array([65], dtype=np.int32)},
+         "max_input_len=64"),
+        ({"input_lengths": np.array([99], dtype=np.int32)}, "input_lengths=99"),
+        ({"input_ids": np.zeros((2, 3), dtype=np.int32)}, "shape [1, input_len]"),
+        ({"beam_width": np.array([2], dtype=np.uint32)}, "beam_width=2"),
+        ({"input_ids": np.array([[1, 999]], dtype=np.int32), "input_lengths": np.array([2], dtype=np.int32)},
+         "outside the vocabulary"),
+    ],
+)
+def test_invalid_requests_get_an_error_response(trtllm_model, make_request, prompt_ids, change, message):
+    model = trtllm_model()
+    request = make_request({**_inputs(prompt_ids, 8), **change})
+
+    model.execute([request])
+    _finish(request, timeout=5)
+
+    [(response, flags)] = request.sender.sent
+    assert flags == 1
+    assert response.has_error()
+    assert message in response.error().message()
+    assert response.error().message().startswith("tensorrt_llm: ")
+
+
+def test_stop_signal_cancels_the_request_with_that_id(trtllm_model, make_request, prompt_ids):
+    model = trtllm_model()
+    long_run = make_request(_inputs(prompt_ids, 32, streaming=True), request_id="job-7")
+    # Upstream's client: placeholder ids, zero lengths, stop=true, same request id.
+    stop = make_request({
+        "input_ids": np.empty([1, 1], dtype=np.int32),
+        "input_lengths": np.zeros([1], dtype=np.int32),
+        "request_output_len": np.array([[0]], dtype=np.uint32),
+        "stop": np.array([[True]]),
+    }, request_id="job-7")
+    long_run.sender.delay_s = 0.05  # 32 tokens take > 1.6 s: the stop lands mid-generation
+    model.execute([long_run])
+    deadline = time.monotonic() + 10
+    while not long_run.sender.sent and time.monotonic() < deadline:  # let it start generating
+        time.sleep(0.01)
+    model.execute([stop])
+    _finish(long_run)
+    _finish(stop, timeout=5)
+
+    [(stop_response, flags)] = stop.sender.sent
+    assert flags == 1 and not stop_response.has_error() and stop_response.output_tensors() == []
+    # The stopped request ends normally (no error) with fewer than its 32 tokens.
+    assert long_run.sender.sent[-1] == (None, 1)
+    assert not any(r.has_error() for r in long_run.sender.responses())
+    assert len(long_run.sender.responses()) < 32
+
+
+def test_client_cancellation_frees_the_slot(trtllm_model, make_request, prompt_ids):
+    model = trtllm_model()
+    request = make_request(_inputs(prompt_ids, 32, streaming=True))
+    request.sender.cancelled = True
+
+    model.execute([request])
+    _finish(request)
+
+    assert len(request.sender.responses()) == 0
+    assert model.batcher.stats["active"] == 0
+
+
+def test_sampling_inputs_are_accepted_and_logged_once(trtllm_model, make_request, prompt_ids, pb_utils):
+    model = trtllm_model()
+    requests = [make_request(_inputs(prompt_ids, 2, temperature=0.7, runtime_top_k=5)) for _ in range(2)]
+
+    model.execute(requests)
+    for request in requests:
+        _finish(request)
+
+    assert all(not r.sender.sent[0][0].has_error() for r in requests)
+    warnings = [m for level, m in pb_utils.Logger.messages if level == "warn"]
+    assert len(warnings) == 1 and "temperature" in warnings[0] and "runtime_top_k" in warnings[0]
+
+
+def test_concurrent_requests_are_batched_in_flight(trtllm_model, make_request, prompt_ids, tiny_llama_greedy):
+    model = trtllm_model()
+    prompts = [prompt_ids, prompt_ids[:5], prompt_ids[:9], prompt_ids[2:]]
+    requests = [make_request(_inputs(ids, 6 + i, streaming=True)) for i, ids in enumerate(prompts)]
+
+    model.execute(requests)
+    for request in requests:
+        _finish(request)
+
+    for i, (ids, request) in enumerate(zip(prompts, requests)):
+        tokens = [r.output("output_ids").item() for r in request.sender.responses()]
+        assert tokens == tiny_llama_greedy(ids, 6 + i)
+    assert model.batcher.stats["max_active_seen"] > 1
+
+
+def test_not_decoupled_returns_responses_from_execute(trtllm_model, make_request, prompt_ids, tiny_llama_greedy):
+    model = trtllm_model(decoupled=False)
+    plain = make_request(_inputs(prompt_ids, 5))
+    streaming = make_request(_inputs(prompt_ids, 5, streaming=True))
+
+    ok, refused = model.execute([plain, streaming])
+
+    assert ok.output("output_ids").tolist() == [[prompt_ids + tiny_llama_greedy(prompt_ids, 5)]]
+    assert "decoupled_mode=true" in refused.error().message()
+    assert plain.sender.sent == [] and streaming.sender.sent == []
+
+
+def test_llm_deploy_path_is_added_only_when_needed(load_model, pb_utils, monkeypatch, tmp_path):
+    import sys
+
+    module = load_model("tensorrt_llm_torch")
+    before = list(sys.path)
+    module.ensure_llm_deploy_importable(str(tmp_path / "unused"))
+    assert sys.path == before  # llm_deploy already importable: sys.path untouched
+
+    monkeypatch.setitem(sys.modules, "llm_deploy", None)  # as if it were not installed
+    monkeypatch.setattr(sys, "path", list(before))
+    with pytest.raises(ImportError):
+        module.ensure_llm_deploy_importable(str(tmp_path / "unused"))
+    assert sys.path[0] == str(tmp_path / "unused")
+
+
+def test_engine_without_engine_config_fails_to_load_with_the_path(load_model, pb_utils, tiny_llama_checkpoint):
+    import json
+
+    module = load_model("tensorrt_llm_torch")
+    config = {"parameters": {"gpt_model_path": {"string_value": str(tiny_llama_checkpoint)}}}
+    with pytest.raises(RuntimeError, match=r"cannot read the engine limits from .*engine_config.json"):
+        module.TritonPythonModel().initialize({"model_config": json.dumps(config)})
