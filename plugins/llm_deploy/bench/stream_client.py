@@ -31,14 +31,15 @@ def ensemble_request(prompt: str, max_tokens: int, *, stream: bool = True, reque
     request = service_pb2.ModelInferRequest(model_name=ENSEMBLE, id=request_id or uuid.uuid4().hex)
     tensors = [
         ("text_input", "BYTES", np.array([[prompt.encode()]], dtype=object)),
-        ("max_tokens", "INT32", np.array([[max_tokens]], dtype=np.int32)),
+        ("max_tokens", "UINT32", np.array([[max_tokens]], dtype=np.uint32)),
         ("bad_words", "BYTES", np.array([[b""]], dtype=object)),
         ("stop_words", "BYTES", np.array([[b""]], dtype=object)),
         ("stream", "BOOL", np.array([[stream]], dtype=bool)),
     ]
     for name, datatype, value in tensors:
         request.inputs.add(name=name, datatype=datatype, shape=list(value.shape))
-        raw = serialize_byte_tensor(value).tobytes() if datatype == "BYTES" else value.tobytes()
+        # serialize_byte_tensor packs BYTES as Triton wants (4-byte length + data per element).
+        raw = serialize_byte_tensor(value).item() if datatype == "BYTES" else value.tobytes()
         request.raw_input_contents.append(raw)
     request.outputs.add(name="text_output")
     request.parameters["triton_enable_empty_final_response"].bool_param = True

@@ -1,0 +1,81 @@
+"""Tutorial steps "launch Triton" and, for the DAG's teardown, stopping it again.
+
+start_server is an Airflow setup task: it returns only when Triton reports the server and every
+model ready, and on any failure it kills what it started, so no orphan server outlives a failed
+start. stop_server is the teardown: it runs even when the benchmark failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llm_deploy import volume
+from llm_deploy.backends import trtllm
+from llm_deploy.errors import NonRetryableError, StepError
+from llm_deploy.spec import DeploySpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    pid: int
+    pgid: int
+    http_url: str
+    grpc_url: str
+    metrics_url: str
+    log_path: str
+    model_repo: str
+
+    def to_xcom(self) -> dict:
+        return asdict(self)
+
+
+def start_server(spec: DeploySpec, repo: dict, run_id: str) -> ServerRecord:
+    if spec.backend == "trtllm":
+        trtllm.require_worker("start_server")
+    from llm_deploy.server import tritonserver
+
+    log_path = volume.run_dir(spec, run_id) / "tritonserver.log"
+    log.info("starting tritonserver on %s (HTTP %d, gRPC %d); server log: %s",
+             spec.server_host, spec.http_port, spec.grpc_port, log_path)
+    try:
+        handle = tritonserver.start(
+            Path(repo["model_repo"]),
+            host=spec.server_host,
+            http_port=spec.http_port,
+            grpc_port=spec.grpc_port,
+            metrics_port=spec.metrics_port,
+            log_path=log_path,
+            timeout_s=spec.server_start_timeout_s,
+        )
+    except tritonserver.PortInUseError as exc:
+        raise NonRetryableError(str(exc)) from None
+    except tritonserver.ServerStartError as exc:
+        raise StepError(str(exc)) from None
+    log.info("tritonserver ready: pid %d, %s", handle.pid, handle.http_url)
+    return ServerRecord(
+        pid=handle.pid,
+        pgid=handle.pgid,
+        http_url=handle.http_url,
+        grpc_url=handle.grpc_url,
+        metrics_url=handle.metrics_url,
+        log_path=str(log_path),
+        model_repo=repo["model_repo"],
+    )
+
+
+def stop_server(server: dict | None) -> bool:
+    """Stop the server a start_server record describes; True if a live server was stopped."""
+    if not server:
+        log.info("no server record: start_server never succeeded, nothing to stop")
+        return False
+    from llm_deploy.server import tritonserver
+
+    handle = tritonserver.ServerHandle.from_record(server)
+    stopped = tritonserver.stop(handle)
+    log.info("tritonserver pid %d %s; its log: %s", server["pid"],
+             "stopped" if stopped else "was not running", server["log_path"])
+    return stopped
