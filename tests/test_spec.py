@@ -79,3 +79,16 @@ def test_engine_hash_covers_what_the_engine_depends_on_and_nothing_else():
 def test_spec_is_immutable():
     with pytest.raises(Exception):
         spec().dtype = "float16"
+
+
+def test_runner_params():
+    assert spec().runner == "local"
+    with pytest.raises(SpecError, match="gpu_device_ids lists 2 GPUs but world_size is 1"):
+        spec(gpu_device_ids="0,1")
+    assert spec(gpu_device_ids="2,3", world_size=2, backend="trtllm").gpu_device_ids == "2,3"
+    with pytest.raises(SpecError, match="- gpu_device_ids:"):
+        spec(gpu_device_ids="0;1")
+    with pytest.raises(SpecError, match="- docker_image:"):
+        spec(docker_image="nvcr.io/x:1 --privileged")
+    with pytest.raises(SpecError, match="outside the engines volume"):
+        spec(backend_repo_dir="/opt/tensorrtllm_backend")

@@ -37,6 +37,7 @@ _GLOB = r"^[A-Za-z0-9*?._/\[\]-]{1,128}$"
 ModelSource = Literal["builtin", "huggingface", "local"]
 Backend = Literal["torch", "trtllm"]
 DType = Literal["float32", "float16", "bfloat16"]
+Runner = Literal["local", "docker"]
 SchedulerPolicy = Literal["max_utilization", "guaranteed_no_evict"]
 
 
@@ -101,6 +102,30 @@ class DeploySpec(BaseModel):
     max_input_len: int = Field(512, ge=1, le=131072, description="Longest prompt in tokens.")
     max_output_len: int = Field(256, ge=1, le=131072, description="Most generated tokens per request.")
 
+    # --- where each step's command runs --------------------------------------------------------
+    runner: Runner = Field(
+        "local",
+        description="Where step commands run: 'local' = on the worker itself (e.g. a worker inside "
+        "the NGC TensorRT-LLM image, or the embedded CPU run), 'docker' = in a container per "
+        "step through DockerOperator, with GPUs, volumes and the HF token passed in.",
+    )
+    docker_image: str = Field(
+        "",
+        pattern=r"^([a-z0-9][a-z0-9._/:@-]{0,254})?$",
+        description="Image for the docker runner; empty = the image the release table names "
+        "(the NGC tritonserver:<yy.mm>-trtllm-python-py3 image for trtllm).",
+    )
+    gpu_device_ids: str = Field(
+        "",
+        pattern=r"^([0-9]{1,3}(,[0-9]{1,3}){0,63})?$",
+        description="GPUs for the docker runner, e.g. '0,1'; empty = any world_size GPUs.",
+    )
+    backend_repo_dir: str = Field(
+        "",
+        description="Clone of tensorrtllm_backend on the engines volume (absolute or relative to "
+        "engines_root); empty = src/tensorrtllm_backend-<trtllm_release>.",
+    )
+
     # --- where it lives and how it is served --------------------------------------------------
     engines_root: str = Field(
         DEFAULT_ENGINES_ROOT,
@@ -156,7 +181,7 @@ class DeploySpec(BaseModel):
             raise ValueError("must be an absolute path without '..'")
         return str(path)
 
-    @field_validator("model_local_dir", "benchmark_prompt")
+    @field_validator("model_local_dir", "benchmark_prompt", "backend_repo_dir")
     @classmethod
     def _no_control_chars(cls, value: str) -> str:
         if value and "\x00" in value:
@@ -188,6 +213,13 @@ class DeploySpec(BaseModel):
             if not self.model_local_dir:
                 raise ValueError("model_local_dir is required when model_source is 'local'")
             self.local_model_path()  # raises when outside the volume
+        if self.backend_repo_dir:
+            inside_volume(self.root, self.backend_repo_dir, param="backend_repo_dir")
+        if self.gpu_device_ids and len(self.gpu_device_ids.split(",")) != self.world_size:
+            raise ValueError(
+                f"gpu_device_ids lists {len(self.gpu_device_ids.split(','))} GPUs but world_size "
+                f"is {self.world_size}; list exactly world_size ids or leave it empty"
+            )
         if self.model_source == "builtin" and self.model_id != BUILTIN_MODEL_ID:
             raise ValueError(
                 f"model_source 'builtin' only provides {BUILTIN_MODEL_ID}; use 'huggingface' "

@@ -17,6 +17,7 @@ SECTIONS = {
               "hf_allow_patterns"),
     "Engine": ("backend", "trtllm_release", "dtype", "world_size", "max_batch_size",
                "max_input_len", "max_output_len", "engines_root"),
+    "Runner": ("runner", "docker_image", "gpu_device_ids", "backend_repo_dir"),
     "Server": ("server_host", "http_port", "grpc_port", "metrics_port", "server_start_timeout_s",
                "batch_scheduler_policy", "max_queue_delay_microseconds"),
     "Benchmark": ("benchmark_prompt", "benchmark_concurrency", "benchmark_requests",
