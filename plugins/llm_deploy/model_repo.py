@@ -40,6 +40,11 @@ _MODEL_SOURCES = {
     "postprocessing": "postprocessing.py",
     "tensorrt_llm": "tensorrt_llm_torch.py",
 }
+# Helper modules copied next to the model.py of the models that import them.
+_MODEL_HELPERS = {
+    "preprocessing": ("tokenizer_loading.py",),
+    "postprocessing": ("tokenizer_loading.py",),
+}
 _TRITON_BACKEND = {"torch": "python", "trtllm": "tensorrtllm"}
 
 
@@ -173,6 +178,8 @@ def _write_model(model: str, context: Mapping[str, Any], out_dir: Path, backend:
     source = _model_source(model, backend)
     if source is not None:
         shutil.copyfile(source, version_dir / "model.py")
+        for helper in _MODEL_HELPERS.get(model, ()):
+            shutil.copyfile(_TRITON_MODELS / helper, version_dir / helper)
     log.debug("rendered %s", config)
     return config
 

@@ -147,6 +147,9 @@ def pb_utils(monkeypatch) -> types.ModuleType:
 def load_model(pb_utils, monkeypatch):
     """``load_model("preprocessing")``: the model file as Triton loads it, a fresh module each time."""
 
+    # Triton puts the version dir, which holds the copied helper modules, on sys.path.
+    monkeypatch.syspath_prepend(str(MODELS_DIR))
+
     def load(name: str) -> types.ModuleType:
         module_name = f"model_under_test_{name}"
         spec = importlib.util.spec_from_file_location(module_name, MODELS_DIR / f"{name}.py")

@@ -14,25 +14,7 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
-
-def load_tokenizer(tokenizer_dir: str, tokenizer_type: str = "auto") -> Any:
-    """Same loading rules as preprocessing (duplicated: each model.py must stand alone)."""
-    import transformers
-
-    if tokenizer_type == "auto":
-        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, padding_side="left")
-    elif tokenizer_type == "llama":
-        tokenizer = transformers.LlamaTokenizer.from_pretrained(
-            tokenizer_dir, legacy=False, padding_side="left"
-        )
-    elif tokenizer_type == "t5":
-        tokenizer = transformers.T5Tokenizer(vocab_file=tokenizer_dir, padding_side="left")
-    else:
-        raise ValueError(f"unexpected tokenizer_type {tokenizer_type!r}; expected auto, llama or t5")
-    if tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+from tokenizer_loading import load_tokenizer
 
 
 def decode_batch(tokenizer: Any, tokens_batch: np.ndarray, sequence_length: np.ndarray | None) -> list[bytes]:

@@ -13,27 +13,9 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from tokenizer_loading import load_tokenizer
 
 _OUTPUTS = ("INPUT_ID", "REQUEST_INPUT_LEN", "BAD_WORDS_IDS", "STOP_WORDS_IDS")
-
-
-def load_tokenizer(tokenizer_dir: str, tokenizer_type: str = "auto") -> Any:
-    """Load the tokenizer the way upstream's models and client do (left padding, pad = eos)."""
-    import transformers
-
-    if tokenizer_type == "auto":
-        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, padding_side="left")
-    elif tokenizer_type == "llama":
-        tokenizer = transformers.LlamaTokenizer.from_pretrained(
-            tokenizer_dir, legacy=False, padding_side="left"
-        )
-    elif tokenizer_type == "t5":
-        tokenizer = transformers.T5Tokenizer(vocab_file=tokenizer_dir, padding_side="left")
-    else:
-        raise ValueError(f"unexpected tokenizer_type {tokenizer_type!r}; expected auto, llama or t5")
-    if tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def model_parameters(model_config: dict) -> dict[str, str]:
