@@ -33,7 +33,8 @@ def test_defaults_describe_the_embedded_cpu_run():
         ({"engines_root": "/vol/../etc"}, "engines_root", "'..'"),
         ({"server_host": "0.0.0.0;id"}, "server_host", "pattern"),
         ({"hf_allow_patterns": ["../*"]}, "hf_allow_patterns", "plain file glob"),
-        ({"benchmark_concurrency": 0}, "benchmark_concurrency", "integers 1..1024"),
+        ({"benchmark_requests": 0}, "benchmark_requests", "integers 1..100000"),
+        ({"benchmark_concurrency_levels": [4, 0]}, "benchmark_concurrency_levels.1", "greater than or equal to 1"),
         ({"no_such_param": 1}, "no_such_param", "one of model_source"),
     ],
 )

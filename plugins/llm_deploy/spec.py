@@ -13,17 +13,19 @@ import json
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llm_deploy.backends.trtllm import releases as _trtllm_releases
 
 TUTORIAL_PROMPT = "How do I count to ten in French?"
 BUILTIN_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_ENGINES_ROOT = os.environ.get("LLM_DEPLOY_ENGINES_ROOT", "/engines")
 
-# Releases the trtllm backend knows how to drive; the command table for each lives with that
-# backend. Kept here as a plain tuple so the DAG can offer them as an enum without importing it.
-SUPPORTED_TRTLLM_RELEASES = ("0.5.0",)
+# Releases the trtllm backend knows how to drive, oldest first: the names of its release table
+# (a stdlib-only module, so importing it here keeps spec light for the scheduler).
+SUPPORTED_TRTLLM_RELEASES: tuple[str, ...] = _trtllm_releases.SUPPORTED
 
 # Hugging Face repo ids: "namespace/name", each part alphanumerics plus "-_." (the Hub also
 # forbids "--" and "..", checked in _hub_names since these patterns must stay look-around free
@@ -39,6 +41,7 @@ Backend = Literal["torch", "trtllm"]
 DType = Literal["float32", "float16", "bfloat16"]
 Runner = Literal["local", "docker"]
 SchedulerPolicy = Literal["max_utilization", "guaranteed_no_evict"]
+BenchmarkTarget = Literal["grpc_ensemble", "grpc_tensorrt_llm", "http_generate_stream", "http_generate"]
 
 
 class SpecError(ValueError):
@@ -154,11 +157,61 @@ class DeploySpec(BaseModel):
     benchmark_prompt: str = Field(
         TUTORIAL_PROMPT, min_length=1, max_length=4096, description="Prompt sent by the benchmark."
     )
-    benchmark_concurrency: int = Field(
-        4, ge=1, le=1024, description="Streaming requests kept in flight by the benchmark."
+    benchmark_concurrency_levels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [1, 4, 16, 64],
+        min_length=1,
+        max_length=16,
+        description="Concurrency sweep: for each level, that many streaming requests are kept in "
+        "flight (closed loop, as genai-perf/aiperf --concurrency). Each level 1..1024.",
     )
     benchmark_requests: int = Field(
-        16, ge=1, le=100_000, description="Requests the benchmark sends in total."
+        64, ge=1, le=100_000, description="Requests sent per concurrency level and target."
+    )
+    benchmark_duration_s: int = Field(
+        # 30 s a level keeps the default 4-level sweep of the embedded CPU run to about 2 minutes.
+        30, ge=0, le=3600,
+        description="Stop starting new requests at a level after this many seconds (0 = no bound); "
+        "requests in flight finish and are counted.",
+    )
+    benchmark_warmup_requests: int = Field(
+        4, ge=0, le=1024, description="Unmeasured requests sent before the sweep (per target)."
+    )
+    benchmark_input_len_mean: int = Field(
+        0, ge=0, le=131072,
+        description="Mean prompt length in tokens of the synthetic prompts; 0 = send benchmark_prompt "
+        "verbatim (every request the same).",
+    )
+    benchmark_input_len_spread: int = Field(
+        0, ge=0, le=65536, description="Standard deviation of the synthetic prompt length in tokens."
+    )
+    benchmark_output_len_spread: int = Field(
+        0, ge=0, le=65536,
+        description="Standard deviation of max_tokens per request around benchmark_max_tokens.",
+    )
+    benchmark_seed: int = Field(
+        0, ge=0, le=2**31 - 1, description="Seed of the synthetic prompts and their lengths."
+    )
+    benchmark_targets: list[BenchmarkTarget] = Field(
+        default_factory=lambda: ["grpc_ensemble"],
+        min_length=1,
+        max_length=4,
+        description="What the sweep drives: 'grpc_ensemble' = streaming gRPC through the ensemble "
+        "(inflight_batcher_llm_client.py), 'grpc_tensorrt_llm' = token ids straight to the "
+        "tensorrt_llm model (benchmark_core_model.py), 'http_generate_stream' and 'http_generate' "
+        "= the ensemble's HTTP generate endpoints.",
+    )
+    benchmark_hf_baseline: bool = Field(
+        True,
+        description="torch backend only: also time Hugging Face transformers generate() on the same "
+        "checkpoint and prompts (batch 1 and a static batch of max_batch_size) for comparison.",
+    )
+    benchmark_regression_threshold_pct: float = Field(
+        10.0, ge=0.0, le=1000.0,
+        description="Flag a regression when a headline figure is this many percent worse than in "
+        "the previous run of the same spec and load.",
+    )
+    benchmark_fail_on_regression: bool = Field(
+        False, description="Fail the benchmark task when a regression is flagged."
     )
     benchmark_max_tokens: int = Field(
         64, ge=1, le=131072, description="max_tokens of each benchmark request."
@@ -227,6 +280,10 @@ class DeploySpec(BaseModel):
             )
         if self.benchmark_max_tokens > self.max_output_len:
             raise ValueError("benchmark_max_tokens must not exceed max_output_len")
+        if self.benchmark_input_len_mean > self.max_input_len:
+            raise ValueError("benchmark_input_len_mean must not exceed max_input_len")
+        if len(set(self.benchmark_targets)) != len(self.benchmark_targets):
+            raise ValueError("benchmark_targets must not repeat a target")
         return self
 
     # --- derived values -----------------------------------------------------------------------

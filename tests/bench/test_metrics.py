@@ -29,3 +29,71 @@ def test_stats_percentiles():
     assert block["p50"] == 5.5 and block["avg"] == 5.5 and block["min"] == 1 and block["max"] == 10
     assert block["p90"] == 9.1
     assert stats([]) is None
+
+
+class FakeClock:
+    """A clock that only moves when a fake request says so: timings become exact numbers."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_run_level_keeps_concurrency_in_flight_and_counts_every_request():
+    import asyncio
+
+    from llm_deploy.bench.stream_client import run_level
+
+    in_flight, peak = 0, 0
+
+    async def send(index: int) -> RequestTiming:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.001 * (index % 3))
+        in_flight -= 1
+        return RequestTiming(sent=0.0, token_times=[1.0], error="boom" if index == 5 else None)
+
+    timings, _ = asyncio.run(run_level(send, requests=10, concurrency=4))
+    assert len(timings) == 10 and peak == 4
+    assert summarize(timings, wall_s=1.0)["errors"] == 1
+
+
+def test_run_level_stops_starting_requests_after_the_duration():
+    import asyncio
+
+    from llm_deploy.bench.stream_client import run_level
+
+    clock = FakeClock()
+
+    async def send(index: int) -> RequestTiming:
+        # each request: sent now, one token per second for 3 tokens
+        sent = clock.now
+        clock.now += 3.0
+        return RequestTiming(sent=sent, token_times=[sent + 1, sent + 2, sent + 3])
+
+    timings, wall_s = asyncio.run(run_level(send, requests=100, concurrency=1, duration_s=7.0, clock=clock))
+    # requests start at t=0, 3, 6; the one that would start at t=9 is past the 7 s bound
+    assert len(timings) == 3 and wall_s == 9.0
+    s = summarize(timings, wall_s)
+    assert s["output_token_throughput_per_s"] == 1.0  # 9 tokens / 9 s
+    assert s["request_throughput_per_s"] == round(3 / 9, 3)
+    assert s["time_to_first_token_ms"]["p50"] == 1000.0
+    assert s["inter_token_latency_ms"]["avg"] == 1000.0
+    assert s["request_latency_ms"]["max"] == 3000.0
+    assert s["output_sequence_length"]["p99"] == 3
+
+
+def test_non_streamed_answers_count_tokens_from_the_tokenizer_and_have_no_itl():
+    t = RequestTiming(sent=0.0, token_times=[2.0], counted_tokens=10)
+    s = summarize([t], wall_s=2.0)
+    assert s["output_tokens"] == 10 and s["output_token_throughput_per_s"] == 5.0
+    assert s["inter_token_latency_ms"] is None and s["time_to_first_token_ms"]["p50"] == 2000.0
+
+
+def test_percentiles_use_numpy_linear_interpolation():
+    # p99 of 1..100: rank 0.99 * 99 = 98.01 -> 99 + 0.01 * (100 - 99)
+    block = stats(list(range(1, 101)))
+    assert block["p99"] == 99.01 and block["p90"] == 90.1 and block["p50"] == 50.5

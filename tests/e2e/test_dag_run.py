@@ -78,7 +78,7 @@ def test_whole_dag_twice_on_cpu(tmp_path):
     conf = {
         "engines_root": str(engines),
         "http_port": http, "grpc_port": grpc, "metrics_port": metrics,
-        "benchmark_requests": 6, "benchmark_concurrency": 3, "benchmark_max_tokens": MAX_TOKENS,
+        "benchmark_requests": 6, "benchmark_concurrency_levels": [3], "benchmark_max_tokens": MAX_TOKENS,
     }
 
     first = dags_test(conf, airflow_home)

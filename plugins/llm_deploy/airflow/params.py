@@ -20,8 +20,12 @@ SECTIONS = {
     "Runner": ("runner", "docker_image", "gpu_device_ids", "backend_repo_dir"),
     "Server": ("server_host", "http_port", "grpc_port", "metrics_port", "server_start_timeout_s",
                "batch_scheduler_policy", "max_queue_delay_microseconds"),
-    "Benchmark": ("benchmark_prompt", "benchmark_concurrency", "benchmark_requests",
-                  "benchmark_max_tokens"),
+    "Benchmark": ("benchmark_prompt", "benchmark_concurrency_levels", "benchmark_requests",
+                  "benchmark_duration_s", "benchmark_warmup_requests", "benchmark_max_tokens",
+                  "benchmark_input_len_mean", "benchmark_input_len_spread",
+                  "benchmark_output_len_spread", "benchmark_seed", "benchmark_targets",
+                  "benchmark_hf_baseline", "benchmark_regression_threshold_pct",
+                  "benchmark_fail_on_regression"),
 }
 _SCHEMA_KEYS = ("type", "enum", "minimum", "maximum", "pattern", "minLength", "maxLength", "items")
 

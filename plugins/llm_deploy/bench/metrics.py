@@ -25,10 +25,13 @@ class RequestTiming:
     token_times: list[float] = field(default_factory=list)
     text: str = ""
     error: str | None = None
+    # Set when responses do not map one-to-one to tokens (non-streaming /generate): then the
+    # caller counts the output tokens with the tokenizer.
+    counted_tokens: int | None = None
 
     @property
     def tokens(self) -> int:
-        return len(self.token_times)
+        return self.counted_tokens if self.counted_tokens is not None else len(self.token_times)
 
     @property
     def ttft(self) -> float | None:
@@ -36,9 +39,9 @@ class RequestTiming:
 
     @property
     def itl(self) -> float | None:
-        if self.tokens < 2:
+        if len(self.token_times) < 2:
             return None
-        return (self.token_times[-1] - self.token_times[0]) / (self.tokens - 1)
+        return (self.token_times[-1] - self.token_times[0]) / (len(self.token_times) - 1)
 
     @property
     def latency(self) -> float | None:

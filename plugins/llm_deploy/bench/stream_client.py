@@ -1,4 +1,9 @@
-"""Async streaming client for the inflight_batcher_llm ensemble (and the /generate endpoint).
+"""Async load clients for the inflight_batcher_llm repository: four targets, no thread per request.
+
+  grpc_ensemble          text in, one streamed response per token (inflight_batcher_llm_client.py)
+  grpc_tensorrt_llm      token ids straight to the tensorrt_llm model (benchmark_core_model.py)
+  http_generate_stream   the ensemble's /generate_stream (server-sent events, one per token)
+  http_generate          the ensemble's /generate (one response; only latency and length)
 
 Each request is its own gRPC bidirectional stream on one shared channel (HTTP/2 streams are
 cheap), driven by asyncio, so hundreds of requests in flight cost no threads. We speak Triton's
@@ -14,13 +19,14 @@ import json
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
 from llm_deploy.bench.metrics import RequestTiming
 
 ENSEMBLE = "ensemble"
+CORE_MODEL = "tensorrt_llm"
 
 
 def ensemble_request(prompt: str, max_tokens: int, *, stream: bool = True, request_id: str = ""):
@@ -46,6 +52,27 @@ def ensemble_request(prompt: str, max_tokens: int, *, stream: bool = True, reque
     return request
 
 
+def core_model_request(input_ids: list[int], max_tokens: int, *, request_id: str = ""):
+    """A ModelInferRequest for tensorrt_llm itself, with the inputs benchmark_core_model.py sends."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=CORE_MODEL, id=request_id or uuid.uuid4().hex)
+    tensors = [
+        ("input_ids", "INT32", np.array([input_ids], dtype=np.int32)),
+        ("input_lengths", "INT32", np.array([[len(input_ids)]], dtype=np.int32)),
+        ("request_output_len", "UINT32", np.array([[max_tokens]], dtype=np.uint32)),
+        ("beam_width", "UINT32", np.array([[1]], dtype=np.uint32)),
+        ("temperature", "FP32", np.array([[1.0]], dtype=np.float32)),
+        ("streaming", "BOOL", np.array([[True]], dtype=bool)),
+    ]
+    for name, datatype, value in tensors:
+        request.inputs.add(name=name, datatype=datatype, shape=list(value.shape))
+        request.raw_input_contents.append(value.tobytes())
+    request.outputs.add(name="output_ids")
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    return request
+
+
 async def stream_one(stub, request, clock: Callable[[], float] = time.perf_counter) -> RequestTiming:
     """Send one request on its own stream; timestamp every non-empty response until the final."""
     from tritonclient.grpc import InferResult
@@ -63,9 +90,9 @@ async def stream_one(stub, request, clock: Callable[[], float] = time.perf_count
                 break
             infer = response.infer_response
             if infer.outputs:
-                text = InferResult(infer).as_numpy("text_output")
                 timing.token_times.append(now)
-                pieces.append(_as_text(text))
+                if any(out.name == "text_output" for out in infer.outputs):
+                    pieces.append(_as_text(InferResult(infer).as_numpy("text_output")))
             if infer.parameters["triton_final_response"].bool_param:
                 break
     except Exception as exc:  # noqa: BLE001 - every failure is counted, never dropped
@@ -74,23 +101,122 @@ async def stream_one(stub, request, clock: Callable[[], float] = time.perf_count
     return timing
 
 
-async def run_load(grpc_url: str, prompt: str, max_tokens: int, *, requests: int, concurrency: int,
-                   clock: Callable[[], float] = time.perf_counter) -> tuple[list[RequestTiming], float]:
-    """Send ``requests`` streaming requests, at most ``concurrency`` in flight at once."""
-    import grpc
-    from tritonclient.grpc import service_pb2_grpc
+async def run_level(send: Callable[[int], Awaitable[RequestTiming]], *, requests: int, concurrency: int,
+                    duration_s: float = 0, clock: Callable[[], float] = time.perf_counter,
+                    ) -> tuple[list[RequestTiming], float]:
+    """Closed loop, as genai-perf/aiperf --concurrency: ``concurrency`` workers each send their next
+    request as soon as the previous one ends, until ``requests`` were sent or ``duration_s`` (if
+    > 0) has passed. ``send(i)`` sends request i. Returns every request's timing and the wall time.
+    """
+    timings: list[RequestTiming] = []
+    next_index = 0
+    started = clock()
 
-    async with grpc.aio.insecure_channel(grpc_url) as channel:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        gate = asyncio.Semaphore(concurrency)
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < requests and not (duration_s and clock() - started >= duration_s):
+            index, next_index = next_index, next_index + 1
+            timings.append(await send(index))
 
-        async def one(i: int) -> RequestTiming:
-            async with gate:
-                return await stream_one(stub, ensemble_request(prompt, max_tokens, request_id=f"bench-{i}"), clock)
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, requests))))
+    return timings, clock() - started
 
-        started = clock()
-        timings = await asyncio.gather(*(one(i) for i in range(requests)))
-        return list(timings), clock() - started
+
+class LoadClient:
+    """One target on one server; ``send(request, index)`` measures one request.
+
+    Connections are shared by all requests (one gRPC channel with one HTTP/2 stream per request,
+    one aiohttp session with a pool as large as the concurrency), so the client stays light.
+    """
+
+    def __init__(self, target: str, *, grpc_url: str, http_url: str, concurrency_limit: int = 1024,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.target, self.grpc_url, self.http_url, self.clock = target, grpc_url, http_url, clock
+        self._limit = concurrency_limit
+        self._channel = self._stub = self._session = None
+
+    async def __aenter__(self) -> LoadClient:
+        if self.target.startswith("grpc_"):
+            import grpc
+            from tritonclient.grpc import service_pb2_grpc
+
+            self._channel = grpc.aio.insecure_channel(self.grpc_url)
+            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        else:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=self._limit)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def send(self, request, index: int) -> RequestTiming:
+        request_id = f"bench-{index}"
+        if self.target == "grpc_ensemble":
+            return await stream_one(self._stub, ensemble_request(request.prompt, request.max_tokens,
+                                                                 request_id=request_id), self.clock)
+        if self.target == "grpc_tensorrt_llm":
+            return await stream_one(self._stub, core_model_request(request.input_ids, request.max_tokens,
+                                                                   request_id=request_id), self.clock)
+        if self.target == "http_generate_stream":
+            return await self._http_stream(request)
+        if self.target == "http_generate":
+            return await self._http_generate(request)
+        raise ValueError(f"unknown benchmark target {self.target!r}")
+
+    async def _http_stream(self, request) -> RequestTiming:
+        """/generate_stream answers with server-sent events, one ``data: {...}`` line per token."""
+        timing = RequestTiming(sent=self.clock())
+        pieces: list[str] = []
+        try:
+            async with self._session.post(f"{self.http_url}/v2/models/{ENSEMBLE}/generate_stream",
+                                          json=_generate_body(request, stream=True)) as response:
+                if response.status != 200:
+                    timing.error = f"HTTP {response.status}: {(await response.text())[:200]}"
+                    return timing
+                async for line in response.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    now = self.clock()
+                    event = json.loads(line[5:])
+                    if "error" in event:
+                        timing.error = str(event["error"])
+                        break
+                    timing.token_times.append(now)
+                    pieces.append(str(event.get("text_output", "")))
+        except Exception as exc:  # noqa: BLE001 - every failure is counted, never dropped
+            timing.error = f"{type(exc).__name__}: {exc}"
+        timing.text = "".join(pieces)
+        return timing
+
+    async def _http_generate(self, request) -> RequestTiming:
+        """/generate returns everything at once: only request latency is measurable, so the whole
+        answer counts as one arrival and TTFT = request latency (genai-perf does the same for
+        non-streaming endpoints); the output length is counted by the caller's tokenizer."""
+        timing = RequestTiming(sent=self.clock())
+        try:
+            async with self._session.post(f"{self.http_url}/v2/models/{ENSEMBLE}/generate",
+                                          json=_generate_body(request, stream=False)) as response:
+                body = await response.text()
+                now = self.clock()
+                if response.status != 200:
+                    timing.error = f"HTTP {response.status}: {body[:200]}"
+                    return timing
+                timing.token_times.append(now)
+                timing.text = json.loads(body)["text_output"]
+        except Exception as exc:  # noqa: BLE001
+            timing.error = f"{type(exc).__name__}: {exc}"
+        return timing
+
+
+def _generate_body(request, *, stream: bool) -> dict:
+    return {"text_input": request.prompt, "max_tokens": request.max_tokens, "bad_words": "",
+            "stop_words": "", "stream": stream}
 
 
 def generate(http_url: str, prompt: str, max_tokens: int, timeout_s: float = 300) -> str:

@@ -1,9 +1,11 @@
-"""Tutorial step "query the server": the streaming client and /generate, measured.
+"""Tutorial step "query the server", grown into a benchmark: a concurrency sweep per target.
 
-The streaming client goes through the ensemble exactly like upstream's
-inflight_batcher_llm_client.py (gRPC, text in, one response per token out); /generate is the
-tutorial's second client. The full report goes to a JSON file on the engines volume; XCom gets
-the headline figures and the report's path.
+Per target (streaming gRPC through the ensemble as upstream's inflight_batcher_llm_client.py,
+token ids straight to tensorrt_llm as benchmark_core_model.py, HTTP /generate_stream and
+/generate): warm-up, then one closed-loop level per concurrency. Also one /generate call for the
+tutorial's text, an HF generate() baseline on the torch backend, and a comparison with the
+previous run of the same spec and load. The full report, plots and a Markdown summary go to the
+run's directory on the engines volume; XCom gets the headline figures and the paths.
 """
 
 from __future__ import annotations
@@ -11,104 +13,181 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llm_deploy import volume
-from llm_deploy.bench import stream_client
-from llm_deploy.bench.metrics import summarize
+from llm_deploy.bench import report as reporting
+from llm_deploy.bench import stream_client, workload
+from llm_deploy.bench.metrics import RequestTiming, summarize
 from llm_deploy.errors import StepError
 from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = reporting.REPORT_SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
 class BenchmarkSummary:
     report_path: str
+    summary_path: str
     requests: int
     errors: int
     concurrency: int
     output_token_throughput_per_s: float | None
     time_to_first_token_p50_ms: float | None
     inter_token_latency_p50_ms: float | None
+    regressions: int
     generate_text: str
 
     def to_xcom(self) -> dict:
         return asdict(self)
 
 
-def benchmark(spec: DeploySpec, server: dict, run_id: str) -> BenchmarkSummary:
-    grpc_url = server["grpc_url"]
-    log.info("warm-up request through the ensemble at %s", grpc_url)
-    warm, _ = asyncio.run(stream_client.run_load(grpc_url, spec.benchmark_prompt, 8, requests=1, concurrency=1))
-    if warm[0].error:
-        raise StepError(f"warm-up request failed: {warm[0].error}; server log: {server['log_path']}")
+def sweep_target(target: str, server: dict, requests: list[workload.BenchRequest], spec: DeploySpec,
+                 tokenizer) -> list[dict]:
+    """Warm-up, then one summarized level per concurrency, for one target."""
 
-    log.info("streaming %d requests, %d in flight, max_tokens=%d",
-             spec.benchmark_requests, spec.benchmark_concurrency, spec.benchmark_max_tokens)
-    timings, wall_s = asyncio.run(stream_client.run_load(
-        grpc_url, spec.benchmark_prompt, spec.benchmark_max_tokens,
-        requests=spec.benchmark_requests, concurrency=spec.benchmark_concurrency,
-    ))
-    streaming = summarize(timings, wall_s)
+    async def run() -> list[dict]:
+        async with stream_client.LoadClient(target, grpc_url=server["grpc_url"], http_url=server["http_url"],
+                                            concurrency_limit=max(spec.benchmark_concurrency_levels)) as client:
+            async def send(index: int) -> RequestTiming:
+                request = requests[index % len(requests)]
+                timing = await client.send(request, index)
+                if target == "http_generate" and timing.error is None:
+                    # /generate echoes the prompt before the completion (tensorrtllm_backend 0.5.0).
+                    timing.counted_tokens = max(len(tokenizer(timing.text)["input_ids"]) - len(request.input_ids), 0)
+                return timing
+
+            if spec.benchmark_warmup_requests:
+                warm, _ = await stream_client.run_level(send, requests=spec.benchmark_warmup_requests,
+                                                        concurrency=min(spec.benchmark_warmup_requests,
+                                                                        max(spec.benchmark_concurrency_levels)))
+                failed = [t.error for t in warm if t.error]
+                if failed:
+                    raise StepError(f"{target}: warm-up requests failed: {failed[0]}; "
+                                    f"server log: {server['log_path']}")
+            levels = []
+            for concurrency in spec.benchmark_concurrency_levels:
+                timings, wall_s = await stream_client.run_level(
+                    send, requests=spec.benchmark_requests, concurrency=concurrency,
+                    duration_s=spec.benchmark_duration_s)
+                entry = {"concurrency": concurrency, **summarize(timings, wall_s),
+                         "sample_output": next((t.text for t in timings if t.error is None), "")}
+                log.info("%s c=%d: %d/%d ok, %.1f output tok/s, TTFT p50 %s ms, ITL p50 %s ms", target,
+                         concurrency, entry["completed"], entry["requests"],
+                         entry["output_token_throughput_per_s"] or 0.0,
+                         reporting.figure(entry, "time_to_first_token_ms", "p50"),
+                         reporting.figure(entry, "inter_token_latency_ms", "p50"))
+                levels.append(entry)
+            return levels
+
+    return asyncio.run(run())
+
+
+def benchmark(spec: DeploySpec, server: dict, run_id: str) -> BenchmarkSummary:
+    tokenizer_dir = workload.tokenizer_dir_of(Path(server["model_repo"]))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    requests = workload.build_requests(
+        tokenizer, spec.benchmark_requests, prompt=spec.benchmark_prompt,
+        input_len_mean=spec.benchmark_input_len_mean, input_len_spread=spec.benchmark_input_len_spread,
+        max_tokens=spec.benchmark_max_tokens, output_len_spread=spec.benchmark_output_len_spread,
+        max_input_len=spec.max_input_len, max_output_len=spec.max_output_len, seed=spec.benchmark_seed)
+    load = {
+        "prompt": spec.benchmark_prompt, "max_tokens": spec.benchmark_max_tokens,
+        "input_len_mean": spec.benchmark_input_len_mean, "input_len_spread": spec.benchmark_input_len_spread,
+        "output_len_spread": spec.benchmark_output_len_spread, "seed": spec.benchmark_seed,
+        "warmup_requests": spec.benchmark_warmup_requests, "requests_per_level": spec.benchmark_requests,
+        "duration_s": spec.benchmark_duration_s, "concurrency_levels": list(spec.benchmark_concurrency_levels),
+        "targets": list(spec.benchmark_targets),
+        # Server settings outside the engine hash that still shape the figures.
+        "server": {"batch_scheduler_policy": spec.batch_scheduler_policy,
+                   "max_queue_delay_microseconds": spec.max_queue_delay_microseconds},
+    }
+    load["fingerprint"] = reporting.load_fingerprint(load)
+
+    sweep = {}
+    for target in spec.benchmark_targets:
+        log.info("sweeping %s over concurrency %s, %d requests per level (at most %ss)", target,
+                 spec.benchmark_concurrency_levels, spec.benchmark_requests, spec.benchmark_duration_s or "∞")
+        sweep[target] = sweep_target(target, server, requests, spec, tokenizer)
+    headline = max(sweep[spec.benchmark_targets[0]], key=lambda e: e["concurrency"])
 
     started = time.perf_counter()
     generated = stream_client.generate(server["http_url"], spec.benchmark_prompt, spec.benchmark_max_tokens)
     generate_s = time.perf_counter() - started
 
+    baseline = None
+    if spec.backend == "torch" and spec.benchmark_hf_baseline:
+        from llm_deploy.bench.hf_baseline import baseline as hf_baseline
+
+        log.info("HF transformers generate() baseline on %s", tokenizer_dir)
+        baseline = hf_baseline(tokenizer_dir, [r.prompt for r in requests], spec.benchmark_max_tokens,
+                               static_batch=spec.max_batch_size)
+
+    out_dir = volume.run_dir(spec, run_id)
+    path = out_dir / reporting.REPORT_NAME
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "run_id": run_id,
         "created_unix": round(time.time(), 3),
         "spec": spec.model_dump(),
         "engine_hash": spec.engine_hash,
-        "host": {"machine": platform.machine(), "python": platform.python_version()},
-        "load": {
-            "target": "grpc-stream:ensemble",
-            "prompt": spec.benchmark_prompt,
-            "max_tokens": spec.benchmark_max_tokens,
-            "requests": spec.benchmark_requests,
-            "concurrency": spec.benchmark_concurrency,
-        },
-        "streaming": streaming,
-        "sample_output": next((t.text for t in timings if t.error is None), ""),
+        "host": {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "load": load,
+        "sweep": sweep,
+        "streaming": headline,
+        "sample_output": headline["sample_output"],
         "generate": {"endpoint": f"/v2/models/{stream_client.ENSEMBLE}/generate",
                      "text_output": generated, "latency_s": round(generate_s, 4)},
+        "baseline": baseline,
+        "regression": None,
     }
-    path = volume.run_dir(spec, run_id) / "benchmark.json"
+    previous = reporting.previous_report(out_dir.parent, current=path, fingerprint=load["fingerprint"])
+    if previous is not None:
+        report["regression"] = {"previous_report": str(previous), **reporting.compare(
+            report, json.loads(previous.read_text()), spec.benchmark_regression_threshold_pct)}
+    summary_path = out_dir / "benchmark.md"
+    plots = _plots(report, out_dir)
+    report["artifacts"] = {"summary_md": str(summary_path), "plots": [str(p) for p in plots]}
+    summary_path.write_text(reporting.markdown_summary(report))
     path.write_text(json.dumps(report, indent=2))
-    _log_headline(streaming, path)
+    log.info("benchmark report: %s; summary: %s; plots: %s", path, summary_path, ", ".join(map(str, plots)))
 
-    if streaming["errors"]:
-        raise StepError(
-            f"{streaming['errors']} of {streaming['requests']} requests failed "
-            f"({'; '.join(streaming['error_messages'])}); report: {path}"
-        )
+    errors = sum(e["errors"] for levels in sweep.values() for e in levels)
+    if errors:
+        messages = sorted({m for levels in sweep.values() for e in levels for m in e["error_messages"]})
+        raise StepError(f"{errors} benchmark requests failed ({'; '.join(messages[:5])}); report: {path}")
+    regressions = (report["regression"] or {}).get("regressions", [])
+    for r in regressions:
+        log.warning("regression: %s c=%d %s %s -> %s (%.1f%% worse)", r["target"], r["concurrency"],
+                    r["metric"], r["previous"], r["current"], r["worse_pct"])
+    if regressions and spec.benchmark_fail_on_regression:
+        raise StepError(f"{len(regressions)} figures regressed beyond "
+                        f"{spec.benchmark_regression_threshold_pct}% against {previous}; summary: {summary_path}")
     return BenchmarkSummary(
         report_path=str(path),
-        requests=streaming["requests"],
-        errors=streaming["errors"],
-        concurrency=spec.benchmark_concurrency,
-        output_token_throughput_per_s=streaming["output_token_throughput_per_s"],
-        time_to_first_token_p50_ms=_p50(streaming["time_to_first_token_ms"]),
-        inter_token_latency_p50_ms=_p50(streaming["inter_token_latency_ms"]),
+        summary_path=str(summary_path),
+        requests=headline["requests"],
+        errors=errors,
+        concurrency=headline["concurrency"],
+        output_token_throughput_per_s=headline["output_token_throughput_per_s"],
+        time_to_first_token_p50_ms=reporting.figure(headline, "time_to_first_token_ms", "p50"),
+        inter_token_latency_p50_ms=reporting.figure(headline, "inter_token_latency_ms", "p50"),
+        regressions=len(regressions),
         generate_text=generated[:200],
     )
 
 
-def _p50(block: dict | None) -> float | None:
-    return block["p50"] if block else None
-
-
-def _log_headline(streaming: dict, path: Path) -> None:
-    log.info(
-        "benchmark: %d/%d ok, %.1f output tok/s, TTFT p50 %s ms, ITL p50 %s ms; report: %s",
-        streaming["completed"], streaming["requests"],
-        streaming["output_token_throughput_per_s"] or 0.0,
-        _p50(streaming["time_to_first_token_ms"]), _p50(streaming["inter_token_latency_ms"]), path,
-    )
+def _plots(report: dict, out_dir: Path) -> list[Path]:
+    try:
+        return reporting.plot(report, out_dir)
+    except ImportError:  # matplotlib missing on a slim worker: the JSON and Markdown still stand
+        log.warning("matplotlib is not installed; no plots")
+        return []

@@ -1,0 +1,157 @@
+"""The benchmark report: versioned JSON, PNG plots, a Markdown summary, and the regression check.
+
+Schema (REPORT_SCHEMA_VERSION 2), one JSON object:
+  schema_version, run_id, created_unix, engine_hash, spec, host
+  load:       prompt, max_tokens, input/output length mean and spread, seed, warmup_requests,
+              requests_per_level, duration_s, concurrency_levels, targets, fingerprint
+  sweep:      {target: [{"concurrency": N, **summarize(...)}, ...]}  one entry per level
+  streaming:  the headline level (first target, highest concurrency), same block as a sweep entry
+  sample_output, generate: {endpoint, text_output, latency_s}
+  baseline:   HF transformers generate figures (torch backend) or null
+  regression: {previous_report, threshold_pct, regressions: [..], compared: N} or null
+  artifacts:  {summary_md, plots: [...]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+REPORT_SCHEMA_VERSION = 2
+REPORT_NAME = "benchmark.json"
+
+# Headline figures compared between runs, and which direction is better.
+COMPARED = (
+    ("output_token_throughput_per_s", None, "higher"),
+    ("request_throughput_per_s", None, "higher"),
+    ("time_to_first_token_ms", "p50", "lower"),
+    ("inter_token_latency_ms", "p50", "lower"),
+    ("request_latency_ms", "p50", "lower"),
+)
+
+
+def load_fingerprint(load: dict) -> str:
+    """Hash of everything that shapes the offered load: only runs with equal fingerprints compare."""
+    canonical = json.dumps({k: v for k, v in load.items() if k != "fingerprint"}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def previous_report(runs_dir: Path, *, current: Path, fingerprint: str) -> Path | None:
+    """Newest other report under the same engine's runs/ with the same load fingerprint."""
+    candidates = []
+    for path in runs_dir.glob(f"*/{REPORT_NAME}"):
+        if path.resolve() == current.resolve():
+            continue
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if report.get("schema_version") == REPORT_SCHEMA_VERSION and report.get("load", {}).get("fingerprint") == fingerprint:
+            candidates.append((report.get("created_unix", 0), path))
+    return max(candidates)[1] if candidates else None
+
+
+def figure(entry: dict, name: str, percentile: str | None) -> float | None:
+    value = entry.get(name)
+    if percentile is not None:
+        value = value.get(percentile) if value else None
+    return value
+
+
+def compare(current: dict, previous: dict, threshold_pct: float) -> dict:
+    """Every headline figure of every (target, concurrency) present in both that got worse by more
+    than ``threshold_pct`` percent."""
+    regressions, compared = [], 0
+    for target, levels in current["sweep"].items():
+        before = {e["concurrency"]: e for e in previous.get("sweep", {}).get(target, [])}
+        for entry in levels:
+            old = before.get(entry["concurrency"])
+            if old is None:
+                continue
+            for name, percentile, better in COMPARED:
+                now, then = figure(entry, name, percentile), figure(old, name, percentile)
+                if not now or not then:
+                    continue
+                compared += 1
+                change_pct = (now - then) / then * 100
+                worse_pct = -change_pct if better == "higher" else change_pct
+                if worse_pct > threshold_pct:
+                    regressions.append({
+                        "target": target, "concurrency": entry["concurrency"],
+                        "metric": name + (f".{percentile}" if percentile else ""),
+                        "previous": then, "current": now, "worse_pct": round(worse_pct, 2),
+                    })
+    return {"threshold_pct": threshold_pct, "compared": compared, "regressions": regressions}
+
+
+def markdown_summary(report: dict) -> str:
+    lines = [f"# Benchmark {report['run_id']}", "",
+             f"engine `{report['engine_hash']}`, load `{report['load']['fingerprint']}`, "
+             f"{report['load']['requests_per_level']} requests per level, max_tokens "
+             f"{report['load']['max_tokens']}", ""]
+    for target, levels in report["sweep"].items():
+        lines += [f"## {target}", "",
+                  "| concurrency | ok/sent | output tok/s | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for e in levels:
+            lines.append("| {} | {}/{} | {} | {} | {} | {} | {} | {} |".format(
+                e["concurrency"], e["completed"], e["requests"], _fmt(e["output_token_throughput_per_s"]),
+                _fmt(e["request_throughput_per_s"]), *(_fmt(figure(e, m, p)) for m, p in (
+                    ("time_to_first_token_ms", "p50"), ("time_to_first_token_ms", "p99"),
+                    ("inter_token_latency_ms", "p50"), ("inter_token_latency_ms", "p99")))))
+        lines.append("")
+    if report.get("baseline"):
+        lines += ["## HF transformers generate (same checkpoint, same machine)", ""]
+        for name, block in report["baseline"]["runs"].items():
+            lines.append(f"- {name}: {_fmt(block['output_token_throughput_per_s'])} output tok/s")
+        lines.append("")
+    regression = report.get("regression")
+    if regression:
+        lines += ["## Against the previous run", "", f"previous: `{regression['previous_report']}`, "
+                  f"{regression['compared']} figures compared, threshold {regression['threshold_pct']}%", ""]
+        for r in regression["regressions"]:
+            lines.append(f"- REGRESSION {r['target']} c={r['concurrency']} {r['metric']}: "
+                         f"{r['previous']} -> {r['current']} ({r['worse_pct']}% worse)")
+        if not regression["regressions"]:
+            lines.append("- no regression")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(report: dict, out_dir: Path) -> list[Path]:
+    """throughput vs concurrency, and TTFT / ITL percentiles vs concurrency, one PNG each."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers
+    import matplotlib.pyplot as plt
+
+    paths = []
+    panels = (
+        ("throughput", "output tokens/s", [("output_token_throughput_per_s", None)]),
+        ("ttft", "time to first token (ms)", [("time_to_first_token_ms", p) for p in ("p50", "p90", "p99")]),
+        ("itl", "inter-token latency (ms)", [("inter_token_latency_ms", p) for p in ("p50", "p90", "p99")]),
+    )
+    for name, ylabel, series in panels:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for target, levels in report["sweep"].items():
+            xs = [e["concurrency"] for e in levels]
+            for metric, percentile in series:
+                ys = [figure(e, metric, percentile) for e in levels]
+                label = target + (f" {percentile}" if percentile else "")
+                ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"benchmark_{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -1,0 +1,72 @@
+"""The report: regression comparison, previous-run lookup, Markdown and plots."""
+
+from __future__ import annotations
+
+import json
+
+from llm_deploy.bench import report as reporting
+from llm_deploy.bench.metrics import RequestTiming, summarize
+
+
+def level(concurrency: int, tok_s: float, ttft_ms: float) -> dict:
+    """A sweep entry as summarize() makes it, from requests with a chosen TTFT and 10 ms ITL."""
+    ttft = ttft_ms / 1000
+    timings = [RequestTiming(sent=0.0, token_times=[ttft + 0.01 * i for i in range(5)])]
+    entry = {"concurrency": concurrency, **summarize(timings, wall_s=1.0)}
+    entry["output_token_throughput_per_s"] = tok_s
+    return entry
+
+
+def make_report(levels: list[dict], run_id: str = "r1", created: float = 1.0) -> dict:
+    load = {"prompt": "p", "max_tokens": 5, "requests_per_level": 1, "concurrency_levels": [1, 4]}
+    load["fingerprint"] = reporting.load_fingerprint(load)
+    return {"schema_version": reporting.REPORT_SCHEMA_VERSION, "run_id": run_id, "created_unix": created,
+            "engine_hash": "abc", "load": load, "sweep": {"grpc_ensemble": levels}, "baseline": None,
+            "regression": None}
+
+
+def test_slower_throughput_and_later_first_token_are_regressions():
+    before = make_report([level(1, 100.0, 50.0), level(4, 300.0, 60.0)])
+    after = make_report([level(1, 95.0, 50.0), level(4, 240.0, 90.0)], run_id="r2")
+    result = reporting.compare(after, before, threshold_pct=10.0)
+    flagged = {(r["concurrency"], r["metric"]): r["worse_pct"] for r in result["regressions"]}
+    # c=1 lost 5% (under the threshold); c=4 lost 20% tok/s and TTFT went 60 -> 90 ms (+50%)
+    assert flagged == {(4, "output_token_throughput_per_s"): 20.0, (4, "time_to_first_token_ms.p50"): 50.0,
+                       (4, "request_latency_ms.p50"): 30.0}
+    assert result["compared"] == 10
+
+
+def test_improvements_are_not_regressions():
+    before = make_report([level(1, 100.0, 50.0)])
+    after = make_report([level(1, 200.0, 10.0)])
+    assert reporting.compare(after, before, threshold_pct=0.0)["regressions"] == []
+
+
+def test_previous_report_is_the_newest_with_the_same_load(tmp_path):
+    current = make_report([level(1, 1.0, 1.0)], created=30.0)
+    older, newer, other_load = (make_report([level(1, 1.0, 1.0)], run_id=r, created=c)
+                                for r, c in (("a", 10.0), ("b", 20.0), ("c", 25.0)))
+    other_load["load"]["fingerprint"] = "different"
+    for name, report in (("a", older), ("b", newer), ("c", other_load), ("now", current)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / reporting.REPORT_NAME).write_text(json.dumps(report))
+    found = reporting.previous_report(tmp_path, current=tmp_path / "now" / reporting.REPORT_NAME,
+                                      fingerprint=current["load"]["fingerprint"])
+    assert found == tmp_path / "b" / reporting.REPORT_NAME
+
+
+def test_markdown_lists_levels_and_regressions():
+    report = make_report([level(1, 100.0, 50.0), level(4, 300.0, 60.0)])
+    report["regression"] = {"previous_report": "/x/benchmark.json", "threshold_pct": 10.0, "compared": 10,
+                            "regressions": [{"target": "grpc_ensemble", "concurrency": 4, "worse_pct": 20.0,
+                                             "metric": "output_token_throughput_per_s",
+                                             "previous": 300.0, "current": 240.0}]}
+    text = reporting.markdown_summary(report)
+    assert "| 4 | 1/1 | 300.0 |" in text
+    assert "REGRESSION grpc_ensemble c=4 output_token_throughput_per_s: 300.0 -> 240.0 (20.0% worse)" in text
+
+
+def test_plots_are_pngs(tmp_path):
+    paths = reporting.plot(make_report([level(1, 100.0, 50.0), level(4, 300.0, 60.0)]), tmp_path)
+    assert [p.name for p in paths] == ["benchmark_throughput.png", "benchmark_ttft.png", "benchmark_itl.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
