@@ -32,8 +32,13 @@ def test_prefill_matches_hf(tiny_checkpoint, tiny_hf_model):
         assert engine.length(slot) == len(prompt)
 
 
-def test_batched_decode_of_different_lengths_matches_hf(tiny_checkpoint, tiny_hf_model):
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "static-buckets"])
+def test_batched_decode_of_different_lengths_matches_hf(tiny_checkpoint, tiny_hf_model, graphed):
     engine = load(tiny_checkpoint)
+    if graphed:
+        # The CUDA-graph decode path (padded row/kv buckets, device-side slot gather), run
+        # eagerly on CPU: on a GPU the same function is what gets captured and replayed.
+        engine.enable_graphed_decode(capture=False, kv_step=8)
     sequences = {slot: list(prompt) for slot, prompt in enumerate(PROMPTS)}
     for slot, prompt in sequences.items():
         engine.prefill(slot, prompt)
@@ -101,8 +106,8 @@ def test_bfloat16_follows_hf_closely(tiny_checkpoint, hf_greedy):
 
 def test_kv_cache_shape_and_size(tiny_checkpoint):
     engine = load(tiny_checkpoint, slots=3, max_seq_len=40)
-    # 2 layers x (K and V) x [3 slots, 2 kv heads, 40 positions, 16 head dim] x 4 bytes
-    assert engine.kv_cache_bytes == 2 * 2 * 3 * 2 * 40 * 16 * 4
+    # 2 layers x (K and V) x [3 slots + 1 scratch slot, 2 kv heads, 40 positions, 16 head dim] x 4 bytes
+    assert engine.kv_cache_bytes == 2 * 2 * 4 * 2 * 40 * 16 * 4
 
 
 def test_decode_refuses_to_run_past_max_seq_len(tiny_checkpoint):

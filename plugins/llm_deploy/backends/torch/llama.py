@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from llm_deploy.backends.torch.cuda_graphs import GraphedDecode
+
 logger = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
@@ -165,7 +167,8 @@ class LlamaEngine:
 
     def __init__(self, arch: LlamaArch, embed: torch.Tensor, layers: list[LayerWeights],
                  final_norm: torch.Tensor, lm_head: torch.Tensor, *, dtype: torch.dtype,
-                 device: torch.device | str, max_batch_size: int, max_seq_len: int) -> None:
+                 device: torch.device | str, max_batch_size: int, max_seq_len: int,
+                 cuda_graphs: bool | None = None) -> None:
         if max_batch_size < 1 or max_seq_len < 1:
             raise ValueError(f"max_batch_size ({max_batch_size}) and max_seq_len ({max_seq_len}) must be >= 1")
         self.arch = arch
@@ -180,17 +183,29 @@ class LlamaEngine:
         self._scale = 1.0 / math.sqrt(arch.head_dim)
         with torch.inference_mode():
             self._cos, self._sin = rope_tables(arch.head_dim, arch.rope_theta, max_seq_len, dtype, self.device)
-            shape = (max_batch_size, arch.num_kv_heads, max_seq_len, arch.head_dim)
+            # One slot more than requests can use: padded rows of a graphed decode write there.
+            shape = (max_batch_size + 1, arch.num_kv_heads, max_seq_len, arch.head_dim)
             self._k_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in layers]
             self._v_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in layers]
         # Tokens held per slot; 0 means free. A Python list: it is read on every step to size the mask.
         self._lengths = [0] * max_batch_size
+        # Decode as replayed CUDA graphs on a GPU (None = whenever the device is CUDA); off on CPU,
+        # where launches are cheap and the eager path is the one held to HF's exact greedy tokens.
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda"
+        self._graphed: GraphedDecode | None = None
+        if cuda_graphs:
+            self.enable_graphed_decode(capture=self.device.type == "cuda")
+
+    def enable_graphed_decode(self, *, capture: bool, kv_step: int = 128) -> None:
+        """Run decode steps through static-shape buckets (captured as CUDA graphs if ``capture``)."""
+        self._graphed = GraphedDecode(self, capture=capture, kv_step=kv_step)
 
     # --- loading -----------------------------------------------------------------------------
 
     @classmethod
     def load(cls, checkpoint_dir: Path | str, dtype: torch.dtype, device: torch.device | str = "cpu", *,
-             max_batch_size: int, max_seq_len: int) -> LlamaEngine:
+             max_batch_size: int, max_seq_len: int, cuda_graphs: bool | None = None) -> LlamaEngine:
         """Read an HF Llama checkpoint (config.json + *.safetensors) into an engine."""
         checkpoint_dir = Path(checkpoint_dir)
         config_path = checkpoint_dir / "config.json"
@@ -204,7 +219,8 @@ class LlamaEngine:
         with torch.inference_mode():
             tensors = _load_tensors(checkpoint_dir, dtype, torch.device(device))
             engine = cls._from_tensors(arch, tensors, dtype=dtype, device=device,
-                                       max_batch_size=max_batch_size, max_seq_len=max_seq_len)
+                                       max_batch_size=max_batch_size, max_seq_len=max_seq_len,
+                                       cuda_graphs=cuda_graphs)
         logger.info(
             "loaded %s: %d layers, %d heads (%d kv), dtype %s; KV cache %d slots x %d positions = %.1f MB",
             checkpoint_dir, arch.num_layers, arch.num_heads, arch.num_kv_heads, dtype,
@@ -290,6 +306,11 @@ class LlamaEngine:
                 raise ValueError(f"slot {slot} is full: {self._lengths[slot]} tokens, the engine's "
                                  f"max_seq_len={self.max_seq_len}")
         lengths = [self._lengths[s] for s in slots]
+        if self._graphed is not None:
+            logits = self._graphed(slots, tokens, lengths)
+            for slot in slots:
+                self._lengths[slot] += 1
+            return logits
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
         positions = torch.tensor(lengths, dtype=torch.long, device=self.device)[:, None]
         logits = self._forward(ids, positions, slots, kv_len=max(lengths) + 1)
@@ -304,14 +325,18 @@ class LlamaEngine:
 
     # --- the forward pass ---------------------------------------------------------------------
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: list[int], kv_len: int) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: list[int] | None, kv_len: int,
+                 slot_index: torch.Tensor | None = None) -> torch.Tensor:
         """Run ``ids`` [B, T] at ``positions`` [B, T] through the model, caching K/V in ``slots``.
 
         Attention reads only the first ``kv_len`` cache positions (the longest row), and each row's
         boolean mask lets a token see exactly the cached positions up to its own.
         """
         arch = self.arch
-        slot_index = torch.tensor(slots, dtype=torch.long, device=self.device)
+        # A graphed step passes a device-side slot_index (slots=None): where each row writes its
+        # K/V; no host list may shape a captured graph.
+        if slot_index is None:
+            slot_index = torch.tensor(slots, dtype=torch.long, device=self.device)
         cos, sin = self._cos[positions], self._sin[positions]
         cache_positions = torch.arange(kv_len, device=self.device)
         mask = (cache_positions[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, kv_len]
@@ -325,7 +350,12 @@ class LlamaEngine:
             # Advanced indices around a slice put (B, T) first: the cache view is [B, T, kv_heads, D].
             k_cache[slot_index[:, None], :, positions] = k.transpose(1, 2)
             v_cache[slot_index[:, None], :, positions] = v.transpose(1, 2)
-            attn = self._attend(q, _rows(k_cache, slots, kv_len), _rows(v_cache, slots, kv_len), mask)
+            if slots is None:  # graphed: row i is slot i (see cuda_graphs.py), a view, no copy
+                width = ids.shape[0]
+                k_rows, v_rows = k_cache[:width, :, :kv_len], v_cache[:width, :, :kv_len]
+            else:
+                k_rows, v_rows = _rows(k_cache, slots, kv_len), _rows(v_cache, slots, kv_len)
+            attn = self._attend(q, k_rows, v_rows, mask)
             x = x + F.linear(attn.transpose(1, 2).flatten(2), w.o_proj)
             x = x + swiglu_mlp(rms_norm(x, w.post_attention_norm, arch.rms_norm_eps), w)
         # Only the last position's logits are ever sampled from.
