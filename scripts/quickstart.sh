@@ -14,7 +14,8 @@ airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 \
   || { tail -20 "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
 airflow pools set gpu 1 "GPU workers: one slot per GPU set" >/dev/null
 
-conf=${1:-"{}"}
+# A sweep sized for a 2-core CPU; the DAG's own defaults (1, 4, 16, 64) are for GPU workers.
+conf=${1:-'{"benchmark_concurrency_levels": [1, 4, 16], "benchmark_duration_s": 20}'}
 echo "quickstart: running DAG deploy_llm with params $conf (logs: $AIRFLOW_HOME/dags-test.log)"
 set +e
 airflow dags test deploy_llm --conf "$conf" 2>&1 | tee "$AIRFLOW_HOME/dags-test.log" \

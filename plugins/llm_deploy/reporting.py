@@ -39,14 +39,20 @@ def latest_run_summary(log_path: Path, engines_root: Path, wall_s: float) -> int
         print("\nthe run succeeded but wrote no benchmark report")
         return 1
     report = json.loads(reports[-1].read_text())
-    streaming = report["streaming"]
-    p50 = lambda block: block["p50"] if block else float("nan")  # noqa: E731
-    print(
-        f"\nbenchmark ({report['load']['requests']} requests, {report['load']['concurrency']} in flight): "
-        f"{streaming['output_token_throughput_per_s']:.1f} output tokens/s, "
-        f"time to first token p50 {p50(streaming['time_to_first_token_ms']):.1f} ms, "
-        f"inter-token latency p50 {p50(streaming['inter_token_latency_ms']):.1f} ms"
-    )
+    print(f"\nbenchmark, concurrency sweep {report['load']['concurrency_levels']}:")
+    for target, levels in report["sweep"].items():
+        for level in levels:
+            print(f"  {target:<22} c={level['concurrency']:<4} {level['output_token_throughput_per_s'] or 0:8.1f} tok/s"
+                  f"  TTFT p50 {_p50(level['time_to_first_token_ms']):8.1f} ms"
+                  f"  ITL p50 {_p50(level['inter_token_latency_ms']):7.1f} ms  errors {level['errors']}")
+    for name, run in (report.get("baseline") or {}).get("runs", {}).items():
+        print(f"  HF generate {name:<12} {run['output_token_throughput_per_s']:8.1f} tok/s")
     print(f"/generate answered: {report['generate']['text_output'][:120]!r}")
     print(f"report: {reports[-1]}")
+    for extra in [report["artifacts"]["summary_md"], *report["artifacts"]["plots"]]:
+        print(f"        {extra}")
     return 0
+
+
+def _p50(block: dict | None) -> float:
+    return block["p50"] if block else float("nan")
