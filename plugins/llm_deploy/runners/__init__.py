@@ -1,0 +1,62 @@
+"""Where a step's command runs: ``local`` (a subprocess of the worker) or ``docker`` (a container).
+
+One interface, two runners. A step describes its command as data (``StepCommand``: argv, env,
+secrets, volume paths, GPUs, limits); ``runner_for(spec)`` picks the runner the run's ``runner``
+param names; ``runner.run(command)`` runs it to completion and ``runner.start``/``stop`` manage a
+long-running one (the server). Python steps of the torch backend run on either through
+``run_python_step`` (``python -m llm_deploy.cli <step>`` in the container or subprocess).
+
+Importing this package is cheap: the docker SDK and the Airflow provider load only when used.
+"""
+
+from __future__ import annotations
+
+from llm_deploy.runners.command import (
+    CommandFailed,
+    CommandResult,
+    CommandTimedOut,
+    GpuRequest,
+    Mount,
+    ServiceRecord,
+    StepCommand,
+    VolumePath,
+    sequence_argv,
+)
+from llm_deploy.runners.docker_runner import DockerRunner
+from llm_deploy.runners.local_runner import LocalRunner
+from llm_deploy.runners.python_steps import python_step_command, run_python_step
+from llm_deploy.spec import DeploySpec
+
+__all__ = [
+    "CommandFailed",
+    "CommandResult",
+    "CommandTimedOut",
+    "DockerRunner",
+    "GpuRequest",
+    "LocalRunner",
+    "Mount",
+    "ServiceRecord",
+    "StepCommand",
+    "VolumePath",
+    "python_step_command",
+    "run_python_step",
+    "runner_for",
+    "sequence_argv",
+    "service_runner",
+]
+
+
+def runner_for(spec: DeploySpec) -> LocalRunner | DockerRunner:
+    """The runner the spec's ``runner`` param names, set up for its image and volume."""
+    if spec.runner == "docker":
+        return DockerRunner.for_spec(spec)
+    return LocalRunner()
+
+
+def service_runner(record: ServiceRecord | dict) -> LocalRunner | DockerRunner:
+    """The runner that can stop a service started by ``runner.start`` (for stop_server)."""
+    runner = record.runner if isinstance(record, ServiceRecord) else record["runner"]
+    if runner == "docker":
+        # Stopping needs no image or volume, only the daemon.
+        return DockerRunner("", engines_root="/")
+    return LocalRunner()

