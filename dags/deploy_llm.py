@@ -16,7 +16,7 @@ from datetime import timedelta
 from airflow.sdk import dag, setup, task, teardown
 
 from llm_deploy.airflow.params import deploy_params
-from llm_deploy.airflow.tasks import hf_token, run_step
+from llm_deploy.airflow.tasks import run_pipeline_step, run_step
 
 RETRIES = {
     "retries": 2,
@@ -24,8 +24,12 @@ RETRIES = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
 }
-# Tasks that hold a GPU on a production worker share the "gpu" pool (one slot per GPU set).
-GPU = {"pool": "gpu", **RETRIES}
+# Tasks that hold a GPU on a production worker share the "gpu" pool (one slot per GPU set) and
+# go to the Celery workers of the "gpu" queue (docker-compose.yaml's airflow-worker-gpu).
+GPU = {"pool": "gpu", "queue": "gpu", **RETRIES}
+# The benchmark and stop_server must run where start_server started the server (its loopback,
+# its process group): the same queue.
+NEXT_TO_SERVER = {"queue": "gpu"}
 
 
 @dag(
@@ -38,37 +42,29 @@ GPU = {"pool": "gpu", **RETRIES}
     doc_md=__doc__,
 )
 def deploy_llm():
+    # Steps that build things run where the "runner" param says: on the worker (local) or in a
+    # container of the release's image (docker).
     @task
     def download_weights() -> dict:
-        from llm_deploy.steps.download_weights import download_weights as step
-
-        return run_step(lambda spec: step(spec, hf_token(spec)))
+        return run_pipeline_step("download_weights")
 
     @task(**GPU)
     def build_wheel() -> dict:
-        from llm_deploy.steps.build_wheel import build_wheel as step
-
-        return run_step(step)
+        return run_pipeline_step("build_wheel")
 
     # none_failed: build_wheel is skipped on the torch backend, which must not skip the build.
     @task(trigger_rule="none_failed", **GPU)
     def build_engine(weights: dict) -> dict:
-        from llm_deploy.steps.build_engine import build_engine as step
-
-        return run_step(step, weights)
+        return run_pipeline_step("build_engine", weights)
 
     @task(**GPU)
     def verify_engine(engine: dict, weights: dict) -> dict:
-        from llm_deploy.steps.verify_engine import verify_engine as step
-
-        run_step(step, engine, weights)
+        run_pipeline_step("verify_engine", engine, weights)
         return engine
 
     @task
     def render_model_repo(engine: dict, weights: dict) -> dict:
-        from llm_deploy.steps.render_model_repo import render_model_repo as step
-
-        return run_step(step, engine, weights)
+        return run_pipeline_step("render_model_repo", engine, weights)
 
     @setup
     @task(**GPU)
@@ -77,14 +73,14 @@ def deploy_llm():
 
         return run_step(step, repo, pass_run_id=True)
 
-    @task
+    @task(**NEXT_TO_SERVER)
     def benchmark(server: dict) -> dict:
         from llm_deploy.steps.benchmark import benchmark as step
 
         return run_step(step, server, pass_run_id=True)
 
     @teardown
-    @task
+    @task(**NEXT_TO_SERVER)
     def stop_server(server: dict) -> bool:
         from llm_deploy.steps.serve import stop_server as step
 

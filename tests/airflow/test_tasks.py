@@ -71,3 +71,29 @@ def test_the_hub_token_is_only_read_for_hub_sources(context, monkeypatch):
     assert tasks.hf_token(DeploySpec(engines_root="/vol")) is None
     hub = DeploySpec(engines_root="/vol", model_source="huggingface", model_id="org/model")
     assert tasks.hf_token(hub) == "hf_canary"
+
+
+def test_pipeline_steps_run_in_this_process_on_the_local_runner(context, tmp_path, tiny_llama_checkpoint):
+    record = tasks.run_pipeline_step("build_engine", {"checkpoint_dir": str(tiny_llama_checkpoint), "manifest_sha256": "t"})
+    assert record["engine_dir"].startswith(str(tmp_path)) and not record["reused"]
+
+
+def test_pipeline_steps_go_to_the_docker_runner_when_the_param_says_so(context, monkeypatch):
+    context["params"].update(runner="docker", docker_image="registry.local/llm:1")
+    calls = []
+
+    def run_python_step(runner, name, spec, *inputs, **options):
+        calls.append((runner.image, name, inputs, options))
+        return {"built": True}
+
+    monkeypatch.setattr("llm_deploy.runners.run_python_step", run_python_step)
+    assert tasks.run_pipeline_step("build_engine", {"checkpoint_dir": "/x"}) == {"built": True}
+    assert calls == [("registry.local/llm:1", "build_engine", ({"checkpoint_dir": "/x"},),
+                      {"run_id": None, "secret_env": {}})]
+
+
+def test_a_skipped_pipeline_step_keeps_its_reason(context):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    with pytest.raises(AirflowSkipException, match="no TensorRT-LLM wheel"):
+        tasks.run_pipeline_step("build_wheel")

@@ -32,14 +32,47 @@ def current_spec(context: dict[str, Any] | None = None) -> DeploySpec:
 
 def run_step(step: Callable[..., Any], *args: Any, pass_run_id: bool = False) -> Any:
     from airflow.sdk import get_current_context
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     context = get_current_context()
     spec = current_spec(context)
     if pass_run_id:
         args = (*args, context["run_id"])
+    return _task_outcome(lambda: step(spec, *args))
+
+
+def run_pipeline_step(name: str, *inputs: Any) -> Any:
+    """Run tutorial step ``name`` where the run's ``runner`` param says; return its XCom record.
+
+    ``local``: the step function in this worker process. ``docker``: the same step as
+    ``python -m llm_deploy.cli <name>`` in a container of the run's image (DockerOperator), with
+    the engines volume mounted and the Hugging Face token passed as an environment variable.
+    Either way the step's exceptions become the same Airflow outcomes.
+    """
+    from airflow.sdk import get_current_context
+
+    from llm_deploy.cli import STEPS, load_step
+
+    context = get_current_context()
+    spec = current_spec(context)
+    about = STEPS[name]
+    run_id = context["run_id"] if about.takes_run_id else None
+    token = hf_token(spec) if about.takes_token else None
+    if spec.runner == "docker":
+        from llm_deploy.runners import run_python_step, runner_for
+
+        secrets = {"HF_TOKEN": token} if token else {}
+        return _task_outcome(lambda: run_python_step(runner_for(spec), name, spec, *inputs,
+                                                     run_id=run_id, secret_env=secrets))
+    args = [spec, *([token] if about.takes_token else []), *inputs, *([run_id] if about.takes_run_id else [])]
+    return _task_outcome(lambda: load_step(name)(*args))
+
+
+def _task_outcome(call: Callable[[], Any]) -> Any:
+    """Call a step; its record as a small dict, its errors as Airflow's skip / fail-without-retry."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
     try:
-        result = step(spec, *args)
+        result = call()
     except SkipStep as exc:
         log.info("skipped: %s", exc)
         raise AirflowSkipException(str(exc)) from None
