@@ -11,7 +11,7 @@ from llm_deploy.bench.metrics import RequestTiming, summarize
 def level(concurrency: int, tok_s: float, ttft_ms: float) -> dict:
     """A sweep entry as summarize() makes it, from requests with a chosen TTFT and 10 ms ITL."""
     ttft = ttft_ms / 1000
-    timings = [RequestTiming(sent=0.0, token_times=[ttft + 0.01 * i for i in range(5)])]
+    timings = [RequestTiming(sent=0.0, response_times=[ttft + 0.01 * i for i in range(5)])]
     entry = {"concurrency": concurrency, **summarize(timings, wall_s=1.0)}
     entry["output_token_throughput_per_s"] = tok_s
     return entry
@@ -21,8 +21,27 @@ def make_report(levels: list[dict], run_id: str = "r1", created: float = 1.0) ->
     load = {"prompt": "p", "max_tokens": 5, "requests_per_level": 1, "concurrency_levels": [1, 4]}
     load["fingerprint"] = reporting.load_fingerprint(load)
     return {"schema_version": reporting.REPORT_SCHEMA_VERSION, "run_id": run_id, "created_unix": created,
-            "engine_hash": "abc", "load": load, "sweep": {"grpc_ensemble": levels}, "baseline": None,
-            "regression": None}
+            "engine_hash": "abc", "spec": {}, "host": {}, "load": load, "sweep": {"grpc_ensemble": levels},
+            "streaming": levels[-1], "sample_output": "x", "generate": {}, "baseline": None,
+            "regression": None, "artifacts": {}}
+
+
+def test_a_report_as_summarize_makes_it_follows_the_schema():
+    assert reporting.schema_errors(make_report([level(1, 100.0, 50.0), level(4, 300.0, 60.0)])) == []
+
+
+def test_schema_names_what_is_missing_or_mistyped():
+    report = make_report([level(1, 100.0, 50.0)])
+    del report["load"]
+    report["schema_version"] = 2
+    entry = report["sweep"]["grpc_ensemble"][0]
+    entry["errors"] = "0"
+    entry["time_to_first_token_ms"] = {"p50": 1.0}
+    entry["inter_token_latency_ms"] = None  # allowed: nothing measurable, e.g. /generate
+    assert reporting.schema_errors(report) == [
+        "load: missing", "schema_version: 2, expected 3",
+        "sweep.grpc_ensemble[0].errors: missing or int expected",
+        "sweep.grpc_ensemble[0].time_to_first_token_ms: expected null or {avg, min, max, p50, p90, p99}"]
 
 
 def test_slower_throughput_and_later_first_token_are_regressions():
@@ -64,6 +83,15 @@ def test_markdown_lists_levels_and_regressions():
     text = reporting.markdown_summary(report)
     assert "| 4 | 1/1 | 300.0 |" in text
     assert "REGRESSION grpc_ensemble c=4 output_token_throughput_per_s: 300.0 -> 240.0 (20.0% worse)" in text
+
+
+def test_markdown_puts_the_hf_baseline_beside_the_served_figure():
+    report = make_report([level(1, 100.0, 50.0), level(16, 300.0, 60.0)])
+    report["baseline"] = {"runs": {"batch_1": {"output_token_throughput_per_s": 20.0},
+                                   "static_batch_16": {"output_token_throughput_per_s": 150.0}}}
+    text = reporting.markdown_summary(report)
+    assert "- batch_1: 20.0 output tok/s (served at c=16: 15.0x)" in text
+    assert "- static_batch_16: 150.0 output tok/s (served at c=16: 2.0x)" in text
 
 
 def test_plots_are_pngs(tmp_path):

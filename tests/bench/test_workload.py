@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from llm_deploy.bench.workload import build_requests, sample_lengths, tokenizer_dir_of
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_llama_checkpoint):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_llama_checkpoint)
 
 
 def settings(**overrides):

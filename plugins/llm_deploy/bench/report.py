@@ -1,10 +1,13 @@
 """The benchmark report: versioned JSON, PNG plots, a Markdown summary, and the regression check.
 
-Schema (REPORT_SCHEMA_VERSION 2), one JSON object:
+Schema (REPORT_SCHEMA_VERSION 3), one JSON object:
   schema_version, run_id, created_unix, engine_hash, spec, host
   load:       prompt, max_tokens, input/output length mean and spread, seed, warmup_requests,
               requests_per_level, duration_s, concurrency_levels, targets, fingerprint
   sweep:      {target: [{"concurrency": N, **summarize(...)}, ...]}  one entry per level
+              (bench/metrics.py: genai-perf's metric names and meanings; version 3 made
+              inter_token_latency per request over re-tokenized output and added
+              inter_chunk_latency, so version-2 figures are not compared with it)
   streaming:  the headline level (first target, highest concurrency), same block as a sweep entry
   sample_output, generate: {endpoint, text_output, latency_s}
   baseline:   HF transformers generate figures (torch backend) or null
@@ -18,7 +21,7 @@ import hashlib
 import json
 from pathlib import Path
 
-REPORT_SCHEMA_VERSION = 2
+REPORT_SCHEMA_VERSION = 3
 REPORT_NAME = "benchmark.json"
 
 # Headline figures compared between runs, and which direction is better.
@@ -29,6 +32,46 @@ COMPARED = (
     ("inter_token_latency_ms", "p50", "lower"),
     ("request_latency_ms", "p50", "lower"),
 )
+
+
+TOP_LEVEL = {"schema_version": int, "run_id": str, "created_unix": (int, float), "engine_hash": str,
+             "spec": dict, "host": dict, "load": dict, "sweep": dict, "streaming": dict, "sample_output": str,
+             "generate": dict, "baseline": (dict, type(None)), "regression": (dict, type(None)),
+             "artifacts": dict}
+LEVEL = {"concurrency": int, "requests": int, "completed": int, "errors": int, "error_messages": list,
+         "wall_s": (int, float), "output_tokens": int, "responses": int,
+         "output_token_throughput_per_s": (int, float, type(None)),
+         "request_throughput_per_s": (int, float, type(None))}
+# Distributions: a block of STATS, or null where nothing was measurable (no ITL for /generate).
+DISTRIBUTIONS = ("time_to_first_token_ms", "inter_token_latency_ms", "inter_chunk_latency_ms",
+                 "request_latency_ms", "output_sequence_length")
+STATS = ("avg", "min", "max", "p50", "p90", "p99")
+
+
+def schema_errors(report: dict) -> list[str]:
+    """What in ``report`` does not follow the schema above; empty when it does."""
+    errors = [f"{key}: missing" for key in TOP_LEVEL if key not in report]
+    errors += [f"{key}: {type(report[key]).__name__}, expected {_names(kind)}"
+               for key, kind in TOP_LEVEL.items() if key in report and not isinstance(report[key], kind)]
+    if report.get("schema_version") != REPORT_SCHEMA_VERSION:
+        errors.append(f"schema_version: {report.get('schema_version')!r}, expected {REPORT_SCHEMA_VERSION}")
+    for target, levels in (report.get("sweep") or {}).items():
+        for i, entry in enumerate(levels):
+            where = f"sweep.{target}[{i}]"
+            errors += [f"{where}.{key}: missing or {_names(kind)} expected" for key, kind in LEVEL.items()
+                       if not isinstance(entry.get(key, ...), kind)]
+            for name in DISTRIBUTIONS:
+                block = entry.get(name, ...)
+                if block is None:
+                    continue
+                if not isinstance(block, dict) or set(block) != set(STATS):
+                    errors.append(f"{where}.{name}: expected null or {{{', '.join(STATS)}}}")
+    return errors
+
+
+def _names(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
 
 
 def load_fingerprint(load: dict) -> str:
@@ -103,8 +146,11 @@ def markdown_summary(report: dict) -> str:
         lines.append("")
     if report.get("baseline"):
         lines += ["## HF transformers generate (same checkpoint, same machine)", ""]
+        served = report["streaming"]["output_token_throughput_per_s"]
         for name, block in report["baseline"]["runs"].items():
-            lines.append(f"- {name}: {_fmt(block['output_token_throughput_per_s'])} output tok/s")
+            hf = block["output_token_throughput_per_s"]
+            ratio = f" (served at c={report['streaming']['concurrency']}: {served / hf:.1f}x)" if served and hf else ""
+            lines.append(f"- {name}: {_fmt(hf)} output tok/s{ratio}")
         lines.append("")
     regression = report.get("regression")
     if regression:

@@ -74,7 +74,11 @@ def core_model_request(input_ids: list[int], max_tokens: int, *, request_id: str
 
 
 async def stream_one(stub, request, clock: Callable[[], float] = time.perf_counter) -> RequestTiming:
-    """Send one request on its own stream; timestamp every non-empty response until the final."""
+    """Send one request on its own stream; timestamp every response with content until the final.
+
+    Text is kept for the caller to count tokens with the model's tokenizer (as genai-perf does);
+    token ids from the tensorrt_llm model are counted here.
+    """
     from tritonclient.grpc import InferResult
 
     async def requests():
@@ -82,6 +86,7 @@ async def stream_one(stub, request, clock: Callable[[], float] = time.perf_count
 
     timing = RequestTiming(sent=clock())
     pieces: list[str] = []
+    ids = 0
     try:
         async for response in stub.ModelStreamInfer(requests()):
             now = clock()
@@ -89,15 +94,28 @@ async def stream_one(stub, request, clock: Callable[[], float] = time.perf_count
                 timing.error = response.error_message
                 break
             infer = response.infer_response
-            if infer.outputs:
-                timing.token_times.append(now)
-                if any(out.name == "text_output" for out in infer.outputs):
-                    pieces.append(_as_text(InferResult(infer).as_numpy("text_output")))
+            names = {out.name for out in infer.outputs}
+            # Only responses with content time anything (genai-perf/aiperf: an empty text or the
+            # empty final response is no token).
+            if "text_output" in names:
+                piece = _as_text(InferResult(infer).as_numpy("text_output"))
+                if piece:
+                    timing.response_times.append(now)
+                    pieces.append(piece)
+            elif "output_ids" in names:
+                count = InferResult(infer).as_numpy("output_ids").size
+                if count:
+                    timing.response_times.append(now)
+                    ids += count
+            elif infer.outputs:  # any other model: a response with outputs is content
+                timing.response_times.append(now)
             if infer.parameters["triton_final_response"].bool_param:
                 break
     except Exception as exc:  # noqa: BLE001 - every failure is counted, never dropped
         timing.error = f"{type(exc).__name__}: {exc}"
     timing.text = "".join(pieces)
+    if request.model_name == CORE_MODEL:
+        timing.output_tokens = ids  # token ids need no tokenizer: these are the tokens
     return timing
 
 
@@ -187,8 +205,10 @@ class LoadClient:
                     if "error" in event:
                         timing.error = str(event["error"])
                         break
-                    timing.token_times.append(now)
-                    pieces.append(str(event.get("text_output", "")))
+                    piece = str(event.get("text_output", ""))
+                    if piece:  # as aiperf: an event without text is no token
+                        timing.response_times.append(now)
+                        pieces.append(piece)
         except Exception as exc:  # noqa: BLE001 - every failure is counted, never dropped
             timing.error = f"{type(exc).__name__}: {exc}"
         timing.text = "".join(pieces)
@@ -196,8 +216,9 @@ class LoadClient:
 
     async def _http_generate(self, request) -> RequestTiming:
         """/generate returns everything at once: only request latency is measurable, so the whole
-        answer counts as one arrival and TTFT = request latency (genai-perf does the same for
-        non-streaming endpoints); the output length is counted by the caller's tokenizer."""
+        answer counts as one arrival, TTFT = request latency and there is no inter-token latency
+        (genai-perf does the same for non-streaming endpoints); the caller's tokenizer counts the
+        output tokens."""
         timing = RequestTiming(sent=self.clock())
         try:
             async with self._session.post(f"{self.http_url}/v2/models/{ENSEMBLE}/generate",
@@ -207,7 +228,7 @@ class LoadClient:
                 if response.status != 200:
                     timing.error = f"HTTP {response.status}: {body[:200]}"
                     return timing
-                timing.token_times.append(now)
+                timing.response_times.append(now)
                 timing.text = json.loads(body)["text_output"]
         except Exception as exc:  # noqa: BLE001
             timing.error = f"{type(exc).__name__}: {exc}"

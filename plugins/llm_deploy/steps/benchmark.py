@@ -22,8 +22,8 @@ from pathlib import Path
 from llm_deploy import volume
 from llm_deploy.bench import report as reporting
 from llm_deploy.bench import stream_client, workload
-from llm_deploy.bench.metrics import RequestTiming, summarize
-from llm_deploy.errors import StepError
+from llm_deploy.bench.metrics import RequestTiming, count_output_tokens, summarize
+from llm_deploy.errors import NonRetryableError, StepError
 from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,11 @@ def sweep_target(target: str, server: dict, requests: list[workload.BenchRequest
             async def send(index: int) -> RequestTiming:
                 request = requests[index % len(requests)]
                 timing = await client.send(request, index)
-                if target == "http_generate" and timing.error is None:
+                if target != "grpc_tensorrt_llm" and timing.error is None:
+                    # Text answers: tokens re-counted with the model's tokenizer, as genai-perf does.
                     # /generate echoes the prompt before the completion (tensorrtllm_backend 0.5.0).
-                    timing.counted_tokens = max(len(tokenizer(timing.text)["input_ids"]) - len(request.input_ids), 0)
+                    echoed = len(request.input_ids) if target == "http_generate" else 0
+                    timing.output_tokens = count_output_tokens(tokenizer, timing.text, echoed)
                 return timing
 
             if spec.benchmark_warmup_requests:
@@ -120,7 +122,11 @@ def benchmark(spec: DeploySpec, server: dict, run_id: str) -> BenchmarkSummary:
     headline = max(sweep[spec.benchmark_targets[0]], key=lambda e: e["concurrency"])
 
     started = time.perf_counter()
-    generated = stream_client.generate(server["http_url"], spec.benchmark_prompt, spec.benchmark_max_tokens)
+    generate_error = None
+    try:
+        generated = stream_client.generate(server["http_url"], spec.benchmark_prompt, spec.benchmark_max_tokens)
+    except Exception as exc:  # noqa: BLE001 - a dead server: still write the report that counts it
+        generated, generate_error = "", f"{type(exc).__name__}: {exc}"
     generate_s = time.perf_counter() - started
 
     baseline = None
@@ -145,7 +151,7 @@ def benchmark(spec: DeploySpec, server: dict, run_id: str) -> BenchmarkSummary:
         "streaming": headline,
         "sample_output": headline["sample_output"],
         "generate": {"endpoint": f"/v2/models/{stream_client.ENSEMBLE}/generate",
-                     "text_output": generated, "latency_s": round(generate_s, 4)},
+                     "text_output": generated, "latency_s": round(generate_s, 4), "error": generate_error},
         "baseline": baseline,
         "regression": None,
     }
@@ -156,14 +162,30 @@ def benchmark(spec: DeploySpec, server: dict, run_id: str) -> BenchmarkSummary:
     summary_path = out_dir / "benchmark.md"
     plots = _plots(report, out_dir)
     report["artifacts"] = {"summary_md": str(summary_path), "plots": [str(p) for p in plots]}
+    problems = reporting.schema_errors(report)
+    if problems:  # a bug here, not a bad run: the next run and every comparison would trip on it
+        raise NonRetryableError(f"benchmark report breaks schema {REPORT_SCHEMA_VERSION}: {'; '.join(problems[:5])}")
     summary_path.write_text(reporting.markdown_summary(report))
     path.write_text(json.dumps(report, indent=2))
     log.info("benchmark report: %s; summary: %s; plots: %s", path, summary_path, ", ".join(map(str, plots)))
 
-    errors = sum(e["errors"] for levels in sweep.values() for e in levels)
+    errors = sum(e["errors"] for levels in sweep.values() for e in levels) + (generate_error is not None)
     if errors:
         messages = sorted({m for levels in sweep.values() for e in levels for m in e["error_messages"]})
-        raise StepError(f"{errors} benchmark requests failed ({'; '.join(messages[:5])}); report: {path}")
+        messages += [f"/generate: {generate_error}"] if generate_error else []
+        sent = sum(e["requests"] for levels in sweep.values() for e in levels) + 1
+        # Say first whether the server is still there: a crash reads very differently from a few
+        # refused requests, and its log is where the cause is.
+        from llm_deploy.server.tritonserver import is_live
+
+        message = (f"{errors} of {sent} benchmark requests failed ({'; '.join(messages[:5])}); "
+                   f"report: {path}")
+        if not is_live(server["http_url"]):
+            # A retry of this task alone would hit the same dead server (Airflow does not rerun
+            # the start_server setup for it): fail at once, teardown still runs.
+            raise NonRetryableError(f"tritonserver at {server['http_url']} is not answering any more "
+                                    f"(crashed or killed? its log: {server['log_path']}); {message}")
+        raise StepError(message)
     regressions = (report["regression"] or {}).get("regressions", [])
     for r in regressions:
         log.warning("regression: %s c=%d %s %s -> %s (%.1f%% worse)", r["target"], r["concurrency"],

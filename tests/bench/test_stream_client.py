@@ -1,0 +1,83 @@
+"""What the streaming client times: real Triton response messages, replayed with an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import serialize_byte_tensor
+
+from llm_deploy.bench.stream_client import core_model_request, ensemble_request, stream_one
+
+
+def text_response(text: str | None, final: bool = False):
+    """A ModelStreamInferResponse as the ensemble streams it; text None = the empty final response."""
+    response = service_pb2.ModelStreamInferResponse()
+    infer = response.infer_response
+    if text is not None:
+        infer.outputs.add(name="text_output", datatype="BYTES", shape=[1])
+        infer.raw_output_contents.append(serialize_byte_tensor(np.array([text.encode()], dtype=object)).item())
+    infer.parameters["triton_final_response"].bool_param = final
+    return response
+
+
+def ids_response(ids: list[int], final: bool = False):
+    response = service_pb2.ModelStreamInferResponse()
+    infer = response.infer_response
+    infer.outputs.add(name="output_ids", datatype="INT32", shape=[1, 1, len(ids)])
+    infer.raw_output_contents.append(np.array([[ids]], dtype=np.int32).tobytes())
+    infer.parameters["triton_final_response"].bool_param = final
+    return response
+
+
+class ReplayStub:
+    """ModelStreamInfer that answers with ``script``: (seconds to wait on the clock, response)."""
+
+    def __init__(self, clock, script):
+        self.clock, self.script = clock, script
+
+    def ModelStreamInfer(self, requests):  # noqa: N802 - Triton's gRPC method name
+        async def answer():
+            async for _ in requests:
+                break
+            for wait, response in self.script:
+                self.clock.now += wait
+                yield response
+
+        return answer()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_empty_texts_and_the_final_response_are_not_tokens():
+    clock = Clock()
+    stub = ReplayStub(clock, [(0.5, text_response("Un")), (0.25, text_response("")),  # partial UTF-8
+                              (0.25, text_response(", deux")), (0.125, text_response(None, final=True))])
+    timing = asyncio.run(stream_one(stub, ensemble_request("Count", 8), clock))
+    assert timing.text == "Un, deux" and timing.error is None
+    assert timing.response_times == [100.5, 101.0]
+    assert timing.ttft == 0.5 and timing.latency == 1.0
+    assert timing.output_tokens is None  # text: the caller's tokenizer counts
+
+
+def test_token_ids_from_the_core_model_are_counted_per_response():
+    clock = Clock()
+    stub = ReplayStub(clock, [(0.25, ids_response([11])), (0.125, ids_response([12, 13])),
+                              (0.0, text_response(None, final=True))])
+    timing = asyncio.run(stream_one(stub, core_model_request([1, 2, 3], 8), clock))
+    assert timing.output_tokens == 3 and timing.response_times == [100.25, 100.375]
+    assert timing.itl == 0.0625  # 0.125 s after the first response, over 2 more tokens
+
+
+def test_a_server_error_is_kept_on_the_request():
+    clock = Clock()
+    failed = service_pb2.ModelStreamInferResponse(error_message="tensorrt_llm: input too long")
+    timing = asyncio.run(stream_one(ReplayStub(clock, [(0.1, failed)]), ensemble_request("x", 8), clock))
+    assert timing.error == "tensorrt_llm: input too long" and timing.response_times == []
