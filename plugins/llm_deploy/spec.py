@@ -234,11 +234,18 @@ class DeploySpec(BaseModel):
             raise ValueError("must be an absolute path without '..'")
         return str(path)
 
-    @field_validator("model_local_dir", "benchmark_prompt", "backend_repo_dir")
+    @field_validator("benchmark_prompt")
     @classmethod
-    def _no_control_chars(cls, value: str) -> str:
+    def _no_nul(cls, value: str) -> str:
         if value and "\x00" in value:
             raise ValueError("must not contain NUL bytes")
+        return value
+
+    @field_validator("model_local_dir", "backend_repo_dir")
+    @classmethod
+    def _path_chars(cls, value: str) -> str:
+        # Here, not only in the volume check below, so the error names the param.
+        _reject_control_chars(value)
         return value
 
     @field_validator("hf_allow_patterns")

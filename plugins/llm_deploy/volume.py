@@ -16,6 +16,7 @@ only a ``.tmp-*`` directory that the next attempt removes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from llm_deploy.errors import NonRetryableError
 from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
@@ -142,9 +144,54 @@ def publish_dir(final: Path, manifest_extra: dict | None = None) -> Iterator[Pat
             shutil.rmtree(final)
         os.rename(scratch, final)
         log.info("published %s", final)
-    except BaseException:
+    except BaseException as exc:
+        full = _is_out_of_space(exc)
+        written = _tree_bytes(scratch) if full else 0
         shutil.rmtree(scratch, ignore_errors=True)
+        if full:
+            raise _volume_full(final, written) from exc
         raise
+
+
+def _is_out_of_space(exc: BaseException) -> bool:
+    """ENOSPC, also when a library wraps it (safetensors raises "... (os error 28)")."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _volume_full(final: Path, written: int) -> NonRetryableError:
+    """Not retried: rewriting the same bytes onto the same full volume fails the same way, and
+    only someone (or the retention of old engines) freeing space changes that."""
+    usage = shutil.disk_usage(final.parent)
+    return NonRetryableError(
+        f"the engines volume is full: no space left on device while writing {final} "
+        f"(needs more than {_human(written)}: that much was written before the volume filled; "
+        f"{_human(usage.free)} free of {_human(usage.total)} now that the partial copy is removed). "
+        "Free space (delete unused engines under engines/, or let retention do it) or grow the volume, "
+        "then rerun this step")
+
+
+def _tree_bytes(directory: Path) -> int:
+    total = 0
+    for path in directory.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 def _remove_stale_scratch(final: Path) -> None:

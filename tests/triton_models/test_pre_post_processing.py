@@ -109,3 +109,19 @@ def test_postprocessing_reports_a_bad_request_as_its_error(load_model, model_arg
     assert not responses[0].has_error()
     assert responses[1].has_error()
     assert responses[1].error().message().startswith("postprocessing:")
+
+
+def test_preprocessing_refuses_a_non_utf8_prompt_alone(load_model, model_args, rendered_repo, tokenizer, make_request):
+    model = load_model("preprocessing").TritonPythonModel()
+    model.initialize(model_args(rendered_repo() / "preprocessing" / "config.pbtxt"))
+
+    def request(query: bytes):
+        return make_request({"QUERY": np.array([[query]], dtype=object),
+                             "REQUEST_OUTPUT_LEN": np.array([[4]], dtype=np.uint32)})
+
+    good, latin1 = model.execute([request("Un, deux".encode()), request("déjà vu".encode("latin-1"))])
+
+    assert not good.has_error()
+    np.testing.assert_array_equal(good.output("INPUT_ID"), [tokenizer.encode("Un, deux")])
+    assert latin1.error().message() == (
+        "preprocessing: QUERY is not valid UTF-8 text: byte b'\\xe9' at offset 1 of 7; send the prompt as UTF-8")

@@ -43,6 +43,9 @@ LOG_TAIL_LINES = 40
 _POLL_S = 0.5
 _PROGRESS_EVERY_S = 10.0
 EXIT_TIMEOUT_S = 10
+# What a server leaves running: the server, its python-backend stubs, and for multi-GPU trtllm
+# servers mpirun and its ranks' daemon.
+SERVER_PROCESS_NAMES = frozenset({BINARY_NAME, STUB, "mpirun", "orted"})
 
 
 class ServerStartError(RuntimeError):
@@ -263,6 +266,18 @@ def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_po
     return handle
 
 
+def is_live(http_url: str, timeout_s: float = 5) -> bool:
+    """Whether a server answers its liveness endpoint (for error messages after failed requests)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{http_url}/v2/health/live", timeout=timeout_s) as response:  # noqa: S310
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def repository_models(repo: Path) -> list[str]:
     return sorted(p.parent.name for p in Path(repo).glob("*/config.pbtxt"))
 
@@ -291,7 +306,11 @@ def wait_ready(handle: ServerHandle, models: Iterable[str], *, process: subproce
     try:
         while True:
             if process is not None and process.poll() is not None:
-                raise ServerStartError(
+                # The port check before launch can lose a race with another program binding the
+                # port; the server then exits saying so, and that is not worth a retry either.
+                error = (PortInUseError if _log_says_port_taken(handle.log_path, log_offset)
+                         else ServerStartError)
+                raise error(
                     f"tritonserver exited with code {process.returncode} before it was ready"
                     + _tail_message(handle.log_path, log_offset)
                 )
@@ -334,6 +353,10 @@ def read_log_tail(log_path: str | Path, lines: int = LOG_TAIL_LINES, offset: int
     return data.decode("utf-8", errors="replace").splitlines()[-lines:]
 
 
+def _log_says_port_taken(log_path: str | Path, offset: int) -> bool:
+    return any("Address already in use" in line for line in read_log_tail(log_path, LOG_TAIL_LINES, offset))
+
+
 def _tail_message(log_path: str | Path, offset: int) -> str:
     tail = read_log_tail(log_path, LOG_TAIL_LINES, offset)
     if not tail:
@@ -355,6 +378,9 @@ def stop(handle: ServerHandle, timeout: float = 30) -> bool:
     if not is_tritonserver(handle.pid):
         log.info("pid %d is not a running tritonserver: nothing to stop", handle.pid)
         _reap(handle.pid)
+        # A server that crashed (or was killed) leaves its python stubs behind in its group
+        # until they notice; end them now, but only processes that are ours by name.
+        _kill_stragglers(handle.pgid, only=SERVER_PROCESS_NAMES)
         return False
     own_group = _pgid(handle.pid) == handle.pgid
     if not own_group:
@@ -371,10 +397,14 @@ def stop(handle: ServerHandle, timeout: float = 30) -> bool:
     return True
 
 
-def _kill_stragglers(pgid: int, timeout: float = 10) -> None:
-    """Python stubs live in the server's group; none may outlive it (e.g. after an exit timeout)."""
+def _kill_stragglers(pgid: int, timeout: float = 10, only: frozenset[str] | None = None) -> None:
+    """Python stubs live in the server's group; none may outlive it (e.g. after an exit timeout).
+
+    ``only`` limits the kill to those program names: once the server itself is gone its pgid may
+    in principle be reused by an unrelated group, which must be left alone.
+    """
     deadline = time.monotonic() + timeout
-    while members := _group_members(pgid):
+    while members := [pid for pid in _group_members(pgid) if only is None or program_name(pid) in only]:
         if time.monotonic() >= deadline:
             log.error("processes %s of group %d survived SIGKILL", members, pgid)
             return
@@ -383,6 +413,12 @@ def _kill_stragglers(pgid: int, timeout: float = 10) -> None:
             _signal_pid(pid, signal.SIGKILL)
             _reap(pid)
         time.sleep(0.1)
+
+
+def program_name(pid: int) -> str:
+    """The basename of argv[0] ('' when the process is gone)."""
+    argv = _cmdline(pid)
+    return Path(argv[0]).name if argv else ""
 
 
 def is_tritonserver(pid: int) -> bool:

@@ -38,6 +38,7 @@ def start_server(spec: DeploySpec, repo: dict, run_id: str) -> ServerRecord:
         trtllm.require_worker("start_server")
     from llm_deploy.server import tritonserver
 
+    check_served_files(spec, Path(repo["model_repo"]))
     log_path = volume.run_dir(spec, run_id) / "tritonserver.log"
     log.info("starting tritonserver on %s (HTTP %d, gRPC %d); server log: %s",
              spec.server_host, spec.http_port, spec.grpc_port, log_path)
@@ -65,6 +66,26 @@ def start_server(spec: DeploySpec, repo: dict, run_id: str) -> ServerRecord:
         log_path=str(log_path),
         model_repo=repo["model_repo"],
     )
+
+
+def check_served_files(spec: DeploySpec, model_repo: Path) -> None:
+    """Hash every file the server would load against its manifest: the model repository, the
+    engine and the checkpoint (tokenizer). Published engines are reused across runs for weeks, so
+    bit rot or a stray write on the volume must stop the start here, not produce wrong tokens."""
+    repo_manifest = volume.read_manifest(model_repo) or {}
+    settings = repo_manifest.get("settings", {})
+    dirs = [model_repo] + [Path(settings[key]) for key in ("engine_dir", "tokenizer_dir") if key in settings]
+    for directory in dirs:
+        if spec.model_source == "local" and directory == spec.local_model_path() \
+                and volume.read_manifest(directory) is None:
+            log.info("%s is a user's checkpoint without our manifest: not hash-checked", directory)
+            continue
+        problems = volume.check_manifest(directory, deep=True)
+        if problems:
+            raise NonRetryableError(
+                f"refusing to serve: {directory} does not match its manifest ({'; '.join(problems[:5])}); "
+                "delete that directory and rerun the step that produced it")
+    log.info("hash-checked %d directories against their manifests", len(dirs))
 
 
 def stop_server(server: dict | None) -> bool:

@@ -24,7 +24,7 @@ def model_parameters(model_config: dict) -> dict[str, str]:
 
 def encode_queries(tokenizer: Any, queries: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Tokenize a [batch, 1] BYTES array; right-pad ids with pad_id like upstream's pad_sequence."""
-    ids = [tokenizer.encode(_text(row)) for row in queries]
+    ids = [tokenizer.encode(_text(row, "QUERY")) for row in queries]
     width = max((len(row) for row in ids), default=0)
     padded = np.full((len(ids), width), pad_id, dtype=np.int32)
     for index, row in enumerate(ids):
@@ -45,7 +45,7 @@ def to_word_list_format(tokenizer: Any, word_dict: np.ndarray) -> np.ndarray:
     for item in word_dict:
         ids: list[int] = []
         ends: list[int] = []
-        for phrase in _phrases(_text(item)):
+        for phrase in _phrases(_text(item, "bad_words/stop_words")):
             phrase_ids = tokenizer.encode(phrase, add_special_tokens=False)
             if phrase_ids:
                 ids += phrase_ids
@@ -67,12 +67,21 @@ def _phrases(text: str) -> list[str]:
     return rows[0] if rows else []
 
 
-def _text(row: Any) -> str:
+def _text(row: Any, name: str = "QUERY") -> str:
     value = np.asarray(row, dtype=object).reshape(-1)
     if value.size == 0:
         return ""
     item = value[0]
-    return item.decode("utf-8") if isinstance(item, bytes) else str(item)
+    if not isinstance(item, bytes):
+        return str(item)
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Guessing an encoding would tokenize something the client never wrote; say what is wrong.
+        raise ValueError(
+            f"{name} is not valid UTF-8 text: byte {item[exc.start:exc.start + 1]!r} at offset {exc.start} "
+            f"of {len(item)}; send the prompt as UTF-8"
+        ) from None
 
 
 class TritonPythonModel:
@@ -93,6 +102,9 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self._process(request))
+            except ValueError as exc:  # the request's own fault: the message is for the client
+                error = pb_utils.TritonError(f"preprocessing: {exc}")
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
             except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch
                 error = pb_utils.TritonError(f"preprocessing: {type(exc).__name__}: {exc}")
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
