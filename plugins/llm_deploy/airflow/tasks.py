@@ -43,10 +43,12 @@ def run_step(step: Callable[..., Any], *args: Any, pass_run_id: bool = False) ->
 def run_pipeline_step(name: str, *inputs: Any) -> Any:
     """Run tutorial step ``name`` where the run's ``runner`` param says; return its XCom record.
 
-    ``local``: the step function in this worker process. ``docker``: the same step as
-    ``python -m llm_deploy.cli <name>`` in a container of the run's image (DockerOperator), with
-    the engines volume mounted and the Hugging Face token passed as an environment variable.
-    Either way the step's exceptions become the same Airflow outcomes.
+    ``local``: the step function in this worker process. ``docker``: for the torch backend the
+    same step as ``python -m llm_deploy.cli <name>`` in a container of the run's image
+    (DockerOperator), with the engines volume mounted and the Hugging Face token passed as an
+    environment variable; for trtllm the step runs here and sends only upstream's commands into
+    containers of the release's NGC image, which carries nothing of ours. Either way the step's
+    exceptions become the same Airflow outcomes.
     """
     from airflow.sdk import get_current_context
 
@@ -57,7 +59,7 @@ def run_pipeline_step(name: str, *inputs: Any) -> Any:
     about = STEPS[name]
     run_id = context["run_id"] if about.takes_run_id else None
     token = hf_token(spec) if about.takes_token else None
-    if spec.runner == "docker":
+    if spec.runner == "docker" and spec.backend == "torch":
         from llm_deploy.runners import run_python_step, runner_for
 
         secrets = {"HF_TOKEN": token} if token else {}

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llm_deploy import volume
-from llm_deploy.backends import trtllm
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.spec import DeploySpec
 
@@ -48,8 +47,8 @@ def engine_config(spec: DeploySpec, checkpoint: dict) -> dict:
         "max_input_len": spec.max_input_len,
         "max_output_len": spec.max_output_len,
         "world_size": spec.world_size,
-        "tensor_parallel": spec.world_size,
-        "pipeline_parallel": 1,
+        "tensor_parallel": _parallelism(spec)[0],
+        "pipeline_parallel": _parallelism(spec)[1],
         "spec_hash": spec.engine_hash,
         "engine_id": volume.engine_id(spec, weights_digest(checkpoint)),
         "spec": spec.engine_inputs(),
@@ -67,7 +66,11 @@ def build_engine(spec: DeploySpec, checkpoint: dict) -> EngineRecord:
         log.info("engine %s already built and intact: reusing %s", final.name, final)
         return _record(spec, final, reused=True)
     if spec.backend == "trtllm":
-        trtllm.require_worker("build_engine")
+        from llm_deploy.backends.trtllm import pipeline
+        from llm_deploy.runners import runner_for
+
+        pipeline.build_engine(spec, checkpoint, final, engine_config(spec, checkpoint), runner_for(spec))
+        return _record(spec, final, reused=False)
     if spec.world_size != 1:
         raise NonRetryableError(
             f"world_size={spec.world_size}: the torch backend serves one process per engine; "
@@ -83,6 +86,14 @@ def build_engine(spec: DeploySpec, checkpoint: dict) -> EngineRecord:
         _set_config_dtype(scratch / "config.json", spec.dtype)
         (scratch / ENGINE_CONFIG).write_text(json.dumps(config, indent=2))
     return _record(spec, final, reused=False)
+
+
+def _parallelism(spec: DeploySpec) -> tuple[int, int]:
+    if spec.backend == "trtllm":
+        from llm_deploy.backends.trtllm.validation import parallelism
+
+        return parallelism(spec)
+    return spec.world_size, 1
 
 
 def weights_digest(checkpoint: dict) -> str | None:

@@ -44,26 +44,41 @@ def repo_settings(spec: DeploySpec, engine_dir: str, tokenizer_dir: str) -> dict
     }
 
 
+def _templates(spec: DeploySpec, ours) -> str:
+    """What the files are rendered from: our templates' hash, or upstream's pinned commit."""
+    if spec.backend == "trtllm":
+        from llm_deploy.backends.trtllm.releases import RELEASES
+
+        return f"tensorrtllm_backend@{RELEASES[spec.trtllm_release].backend_commit}"
+    return ours()
+
+
 def render_model_repo(spec: DeploySpec, engine: dict, checkpoint: dict) -> ModelRepoRecord:
     from llm_deploy.model_repo import render_repository, templates_fingerprint
 
     settings = repo_settings(spec, engine["engine_dir"], checkpoint["checkpoint_dir"])
-    settings["templates"] = templates_fingerprint()
+    settings["templates"] = _templates(spec, templates_fingerprint)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     final = volume.model_repo_dir(spec).with_name(f"inflight_batcher_llm-{key}")
     reused = volume.is_published(final)
     if not reused:
         with volume.publish_dir(final, manifest_extra={"settings": settings}) as scratch:
-            render_repository(
-                spec,
-                engine_dir=Path(engine["engine_dir"]),
-                tokenizer_dir=Path(checkpoint["checkpoint_dir"]),
-                out_dir=scratch,
-                decoupled=True,
-                # Clients want the completion, not the prompt echoed back (0.5.0 echoed it;
-                # later releases added this switch and recommend it on).
-                exclude_input_in_output=True,
-            )
+            if spec.backend == "trtllm":
+                # Upstream's own repository from the backend clone, every placeholder filled.
+                from llm_deploy.backends.trtllm import pipeline
+
+                pipeline.render_model_repo(spec, engine, checkpoint, scratch)
+            else:
+                render_repository(
+                    spec,
+                    engine_dir=Path(engine["engine_dir"]),
+                    tokenizer_dir=Path(checkpoint["checkpoint_dir"]),
+                    out_dir=scratch,
+                    decoupled=True,
+                    # Clients want the completion, not the prompt echoed back (0.5.0 echoed it;
+                    # later releases added this switch and recommend it on).
+                    exclude_input_in_output=True,
+                )
     models = sorted(p.parent.name for p in final.glob("*/config.pbtxt"))
     log.info("model repository %s (%s): %s", final, "reused" if reused else "rendered", ", ".join(models))
     return ModelRepoRecord(str(final), models, True, reused)

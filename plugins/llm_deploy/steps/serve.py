@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llm_deploy import volume
-from llm_deploy.backends import trtllm
 from llm_deploy.errors import NonRetryableError, StepError
 from llm_deploy.spec import DeploySpec
 
@@ -28,18 +27,20 @@ class ServerRecord:
     metrics_url: str
     log_path: str
     model_repo: str
+    # trtllm: the runner's record of launch_triton_server.py (process group or container).
+    service: dict | None = None
 
     def to_xcom(self) -> dict:
         return asdict(self)
 
 
 def start_server(spec: DeploySpec, repo: dict, run_id: str) -> ServerRecord:
-    if spec.backend == "trtllm":
-        trtllm.require_worker("start_server")
     from llm_deploy.server import tritonserver
 
     check_served_files(spec, Path(repo["model_repo"]))
     log_path = volume.run_dir(spec, run_id) / "tritonserver.log"
+    if spec.backend == "trtllm":
+        return _start_trtllm(spec, repo, log_path)
     log.info("starting tritonserver on %s (HTTP %d, gRPC %d); server log: %s",
              spec.server_host, spec.http_port, spec.grpc_port, log_path)
     try:
@@ -68,6 +69,32 @@ def start_server(spec: DeploySpec, repo: dict, run_id: str) -> ServerRecord:
     )
 
 
+def _start_trtllm(spec: DeploySpec, repo: dict, log_path: Path) -> ServerRecord:
+    """Tutorial "launch Triton": upstream's launch_triton_server.py through the spec's runner."""
+    from llm_deploy.backends.trtllm import pipeline
+    from llm_deploy.runners import runner_for
+    from llm_deploy.server import tritonserver
+
+    log.info("launching tritonserver (world_size %d) with launch_triton_server.py; log: %s",
+             spec.world_size, log_path)
+    try:
+        service, http_url = pipeline.start_server(spec, repo["model_repo"], log_path, runner_for(spec))
+    except tritonserver.PortInUseError as exc:
+        raise NonRetryableError(str(exc)) from None
+    host = http_url.rsplit(":", 1)[0].removeprefix("http://")
+    log.info("tritonserver ready: %s (%s runner)", http_url, service.runner)
+    return ServerRecord(
+        pid=service.pid,
+        pgid=service.pgid,
+        http_url=http_url,
+        grpc_url=f"{host}:{spec.grpc_port}",
+        metrics_url=f"http://{host}:{spec.metrics_port}/metrics",
+        log_path=str(log_path),
+        model_repo=repo["model_repo"],
+        service=service.to_xcom(),
+    )
+
+
 def check_served_files(spec: DeploySpec, model_repo: Path) -> None:
     """Hash every file the server would load against its manifest: the model repository, the
     engine and the checkpoint (tokenizer). Published engines are reused across runs for weeks, so
@@ -93,6 +120,12 @@ def stop_server(server: dict | None) -> bool:
     if not server:
         log.info("no server record: start_server never succeeded, nothing to stop")
         return False
+    if server.get("service"):
+        from llm_deploy.runners import service_runner
+
+        stopped = service_runner(server["service"]).stop(server["service"])
+        log.info("tritonserver %s; its log: %s", "stopped" if stopped else "was not running", server["log_path"])
+        return stopped
     from llm_deploy.server import tritonserver
 
     handle = tritonserver.ServerHandle.from_record(server)

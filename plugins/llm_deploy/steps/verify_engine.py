@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llm_deploy.backends import trtllm
 from llm_deploy.errors import NonRetryableError, StepError
 from llm_deploy.spec import TUTORIAL_PROMPT, DeploySpec
 
@@ -39,7 +38,7 @@ class VerifyRecord:
 
 def verify_engine(spec: DeploySpec, engine: dict, checkpoint: dict) -> VerifyRecord:
     if spec.backend == "trtllm":
-        trtllm.require_worker("verify_engine")
+        return _verify_trtllm(spec, engine, checkpoint)
     from transformers import AutoTokenizer
 
     engine_dir = Path(engine["engine_dir"])
@@ -67,6 +66,20 @@ def verify_engine(spec: DeploySpec, engine: dict, checkpoint: dict) -> VerifyRec
         )
     log.info("matches transformers greedy output token for token (reference took %.2fs)", reference_s)
     return VerifyRecord(str(engine_dir), TUTORIAL_PROMPT, text, len(ours), round(engine_s, 3), round(reference_s, 3))
+
+
+def _verify_trtllm(spec: DeploySpec, engine: dict, checkpoint: dict) -> VerifyRecord:
+    """The tutorial's check as it is: run.py on the tutorial's prompt must print an output text."""
+    from transformers import AutoTokenizer
+
+    from llm_deploy.backends.trtllm import pipeline
+    from llm_deploy.runners import runner_for
+
+    text, seconds = pipeline.verify_engine(spec, engine, checkpoint, runner_for(spec))
+    tokens = len(AutoTokenizer.from_pretrained(checkpoint["checkpoint_dir"])(text, add_special_tokens=False)["input_ids"])
+    log.info("prompt: %s", TUTORIAL_PROMPT)
+    log.info("run.py output (%d tokens, %.2fs): %s", tokens, seconds, text)
+    return VerifyRecord(engine["engine_dir"], TUTORIAL_PROMPT, text, tokens, round(seconds, 3), 0.0)
 
 
 def engine_greedy(engine_dir: Path, prompt_ids: list[int], max_new: int, end_id: int | None) -> list[int]:

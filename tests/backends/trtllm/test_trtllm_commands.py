@@ -114,7 +114,7 @@ def test_the_tutorial_builds_the_wheel_the_current_release_pip_installs_it():
     assert built[0] == ["bash", "/tensorrtllm_backend/tensorrt_llm/docker/common/install_cmake.sh"]
     assert ["bash", "/tensorrtllm_backend/tensorrt_llm/docker/common/install_pytorch.sh", "pypi"] in built
     assert built[-2] == ["python3", "-m", "pip", "install", "--no-index", "--find-links",
-                         "/tensorrtllm_backend/tensorrt_llm/build", "--no-deps", "tensorrt_llm"]
+                         "/tensorrtllm_backend/tensorrt_llm/build", "--no-deps", "tensorrt_llm==0.5.0"]
     assert commands.install_wheel(DeploySpec(backend="trtllm", trtllm_release="0.19.0"), paths) == [
         ["python3", "-m", "pip", "install", "tensorrt_llm==0.19.0"]]
 

@@ -97,7 +97,9 @@ def test_a_clone_without_its_submodule_is_refused_unless_only_the_backend_is_nee
         require_backend_clone(tmp_path, RELEASES["0.19.0"])
 
 
-def test_require_worker_refuses_a_worker_without_tensorrt_llm(monkeypatch):
-    monkeypatch.setattr(trtllm, "worker_has_trtllm", lambda: False)
-    with pytest.raises(BackendNotAvailable, match="build_engine: backend 'trtllm' is not available on this worker"):
+def test_the_local_runner_refuses_a_worker_outside_the_ngc_image(monkeypatch, tmp_path):
+    monkeypatch.setenv(trtllm.TRITONSERVER_ENV, str(tmp_path / "no-tritonserver"))
+    with pytest.raises(BackendNotAvailable, match="build_engine: backend 'trtllm' with runner 'local' needs a worker"):
         trtllm.require_worker("build_engine")
+    (tmp_path / "no-tritonserver").write_text("")
+    trtllm.require_worker("build_engine")

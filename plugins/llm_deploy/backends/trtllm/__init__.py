@@ -2,7 +2,8 @@
 
 ``releases``: the one table of supported releases. ``commands``: every step's argv lists for a
 release. ``upstream_repo``: upstream's inflight_batcher_llm repository, copied and filled.
-``validation``: bad input refused before anything runs. None of them runs anything.
+``validation``: bad input refused before anything runs. ``pipeline``: the steps, running the
+commands through a runner.
 
 This module stays import-light (``llm_deploy.spec`` imports ``releases`` from this package), so
 the submodules are imported by name, not re-exported here.
@@ -10,30 +11,29 @@ the submodules are imported by name, not re-exported here.
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
+import os
 
 from llm_deploy.errors import BackendNotAvailable
 
+# What every NGC tritonserver:<yy.mm>-trtllm-python-py3 image has, and what
+# launch_triton_server.py runs by default (its --tritonserver).
+NGC_TRITONSERVER = "/opt/tritonserver/bin/tritonserver"
+# A worker image that keeps it elsewhere says where (also what the tests point at a stand-in).
+TRITONSERVER_ENV = "LLM_DEPLOY_NGC_TRITONSERVER"
 
-def worker_has_trtllm() -> bool:
-    """TensorRT-LLM is installed on this worker (the wheel's trtllm-build or its package)."""
-    return shutil.which("trtllm-build") is not None or importlib.util.find_spec("tensorrt_llm") is not None
+
+def worker_is_ngc_image() -> bool:
+    """This worker runs inside an NGC Triton TensorRT-LLM image (the ``local`` runner's premise)."""
+    return os.path.isfile(os.environ.get(TRITONSERVER_ENV) or NGC_TRITONSERVER)
 
 
 def require_worker(step: str) -> None:
-    """Refuse to run a trtllm step where TensorRT-LLM is not installed.
-
-    Until the steps execute ``commands`` through a runner, a worker that has TensorRT-LLM is
-    refused too, rather than falling through into the torch backend's code.
-    """
-    if not worker_has_trtllm():
+    """Refuse a ``local``-runner trtllm step on a worker that is not the NGC image, before it
+    clones or builds anything: there upstream's scripts would fail one by one, much later."""
+    if not worker_is_ngc_image():
         raise BackendNotAvailable(
-            f"{step}: backend 'trtllm' is not available on this worker (no tensorrt_llm "
-            "package, no trtllm-build); run it on a GPU worker in the NGC Triton TensorRT-LLM "
-            "image, or choose backend='torch'"
+            f"{step}: backend 'trtllm' with runner 'local' needs a worker inside the NGC Triton "
+            f"TensorRT-LLM image (no {os.environ.get(TRITONSERVER_ENV) or NGC_TRITONSERVER} here), "
+            "so it is not available on this worker; use runner='docker' (each command in the "
+            "release's image), run the task on a GPU worker built from that image, or choose backend='torch'"
         )
-    raise BackendNotAvailable(
-        f"{step}: the trtllm runner for this step is not wired into this version yet; "
-        "choose backend='torch'"
-    )

@@ -73,9 +73,18 @@ def install_wheel(spec: DeploySpec, paths: TrtllmPaths) -> list[Argv]:
         ["bash", f"{docker_common}/install_pytorch.sh", "pypi"],
         [PYTHON, paths.in_trtllm(release.scripts[BUILD_WHEEL]),
          "--trt_root", release.wheel.trt_root, "--dist_dir", wheel_dir],
-        # The wheel from wheel_dir and nothing else (no same-named package from an index), then
-        # its requirements, which is what `pip install ./build/tensorrt_llm*.whl` resolves.
-        [PYTHON, "-m", "pip", "install", "--no-index", "--find-links", wheel_dir, "--no-deps", "tensorrt_llm"],
+        *install_built_wheel(spec, paths),
+    ]
+
+
+def install_built_wheel(spec: DeploySpec, paths: TrtllmPaths) -> list[Argv]:
+    """`pip install ./build/tensorrt_llm*.whl`: the wheel from wheel_dir and nothing else (no index;
+    pinned, so no other version a find-links dir may also hold), then its requirements. Every later
+    step of a built-wheel release repeats it, since each docker container starts from the bare image."""
+    release = validate_spec(spec)
+    return [
+        [PYTHON, "-m", "pip", "install", "--no-index", "--find-links", paths.wheel_output_dir, "--no-deps",
+         f"tensorrt_llm=={release.wheel.version}"],
         [PYTHON, "-m", "pip", "install", "-r", paths.in_trtllm("requirements.txt")],
     ]
 

@@ -1,0 +1,132 @@
+"""A worker "inside the NGC image", made of stand-ins for upstream's scripts.
+
+``make_backend_clone`` lays out a tensorrtllm_backend clone of a release: upstream's recorded
+inflight_batcher_llm templates (tests/fixtures/upstream) and, at each script path the release
+table names, a stand-in whose argparse is built from that script's recorded flag set
+(tests/data/upstream). ``make_toolbox`` makes what the image has on PATH: python3 from a
+throwaway venv (so the pip installs our commands make land there, not in the test's venv), a
+stand-in ``trtllm-build``, an ``mpirun`` that starts -n copies with OMPI rank variables, and a
+file standing for /opt/tritonserver/bin/tritonserver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm_deploy.backends.trtllm.releases import LAUNCH_SERVER, RELEASES, TRTLLM_BUILD
+
+HERE = Path(__file__).resolve().parent
+IMPL = HERE / "standin_impl.py"
+FLAG_SETS = HERE.parents[1] / "data" / "upstream"
+TEMPLATES = HERE.parents[1] / "fixtures" / "upstream"
+
+_STANDIN = """\
+#!{python}
+import runpy
+runpy.run_path({impl!r}, init_globals={{"FLAGS": __import__("json").load(open({flags!r})), "SCRIPT": {key!r},
+               "RELEASE": {release!r}, "CALLS": {calls!r}, "IMPL": {impl!r}}}, run_name="__main__")
+"""
+
+_MPIRUN = """\
+#!{python}
+# mpirun -n N [--allow-run-as-root] cmd...: N copies of cmd, ranks in OMPI's variables.
+import os, subprocess, sys
+args = sys.argv[1:]
+n = 1
+while args and args[0].startswith("-"):
+    flag = args.pop(0)
+    if flag == "-n":
+        n = int(args.pop(0))
+procs = [subprocess.Popen(args, env={{**os.environ, "OMPI_COMM_WORLD_RANK": str(r), "OMPI_COMM_WORLD_SIZE": str(n)}})
+         for r in range(n)]
+sys.exit(max(p.wait() for p in procs))
+"""
+
+
+@dataclass(frozen=True)
+class Toolbox:
+    bin_dir: Path
+    wheelhouse: Path
+    calls: Path
+    tritonserver: Path
+
+    def calls_made(self) -> list[dict]:
+        if not self.calls.exists():
+            return []
+        return [json.loads(line) for line in self.calls.read_text().splitlines()]
+
+    def env(self) -> dict[str, str]:
+        """Environment of a worker in the image: its PATH first, pip offline with our wheelhouse."""
+        return {"PATH": f"{self.bin_dir}{os.pathsep}{os.environ['PATH']}", "PIP_NO_INDEX": "1",
+                "PIP_FIND_LINKS": str(self.wheelhouse), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                "LLM_DEPLOY_NGC_TRITONSERVER": str(self.tritonserver)}
+
+
+def _executable(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def _standin(path: Path, release: str, key: str, calls: Path, python: str) -> Path:
+    flags = FLAG_SETS / release / f"{key}.json"
+    return _executable(path, _STANDIN.format(python=python, impl=str(IMPL), flags=str(flags), key=key,
+                                             release=release, calls=str(calls)))
+
+
+def make_toolbox(root: Path, releases: tuple[str, ...] = tuple(RELEASES)) -> Toolbox:
+    """A venv for pip to install into, plus PATH stand-ins for every release's tools."""
+    venv = root / "image-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    bin_dir = root / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python3", "python"):
+        # A wrapper, not a symlink: a symlinked interpreter does not find its venv and would
+        # install into the base Python.
+        _executable(bin_dir / name, f'#!/bin/sh\nexec "{venv}/bin/python" "$@"\n')
+    calls = root / "calls.jsonl"
+    python = str(venv / "bin" / "python")
+    # trtllm-build is the installed wheel's console script: one per release cannot share PATH, so
+    # the stand-in takes the newest release's flags (the only release with that flow today).
+    newest = [r for r in releases if TRTLLM_BUILD in RELEASES[r].flag_sets][-1]
+    _standin(bin_dir / TRTLLM_BUILD, newest, TRTLLM_BUILD, calls, python)
+    _executable(bin_dir / "mpirun", _MPIRUN.format(python=python))
+    wheelhouse = root / "wheelhouse"
+    sys.path.insert(0, str(HERE))
+    try:
+        from standin_impl import write_wheel
+    finally:
+        sys.path.remove(str(HERE))
+    for release in releases:
+        if RELEASES[release].wheel.kind == "pip":
+            write_wheel(wheelhouse, RELEASES[release].wheel.version)
+    wheelhouse.mkdir(exist_ok=True)
+    tritonserver = _executable(root / "opt/tritonserver/bin/tritonserver", "#!/bin/sh\nexit 1\n")
+    return Toolbox(bin_dir, wheelhouse, calls, tritonserver)
+
+
+def make_backend_clone(clone: Path, release: str, toolbox: Toolbox) -> Path:
+    """A tensorrtllm_backend clone of ``release`` with stand-in scripts and upstream's templates."""
+    row = RELEASES[release]
+    python = str(toolbox.bin_dir / "python3")
+    shutil.copytree(TEMPLATES / f"tensorrtllm_backend-v{release}" / "inflight_batcher_llm",
+                    clone / "all_models" / "inflight_batcher_llm")
+    for key, relative in row.scripts.items():
+        path = clone / relative if key == LAUNCH_SERVER else clone / "tensorrt_llm" / relative
+        _standin(path, release, key, toolbox.calls, python)
+    trtllm = clone / "tensorrt_llm"
+    (trtllm / "requirements.txt").write_text("")
+    for script in ("install_cmake.sh", "install_pytorch.sh"):
+        _executable(trtllm / "docker/common" / script, textwrap.dedent(f"""\
+            #!/bin/sh
+            echo "{script} $* (stand-in)" >> {toolbox.calls.with_suffix('.sh.log')}
+            """))
+    return clone

@@ -1,0 +1,196 @@
+"""The trtllm steps, run for real through the local runner on a stand-in NGC worker.
+
+Every command the steps execute reaches a stand-in built from the release's recorded flag set
+(standins.py), so an argv the real script would reject fails here; the stand-ins do just enough
+of the real job (a wheel pip installs, rank engines with their parallelism, run.py's output
+line, a server answering Triton's health endpoints) for the next step to work on real files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_deploy import volume
+from llm_deploy.backends.trtllm import commands, pipeline
+from llm_deploy.backends.trtllm.validation import DEFAULT_PORTS
+from llm_deploy.errors import BackendNotAvailable, NonRetryableError
+from llm_deploy.model_repo import parse_model_config
+from llm_deploy.runners import LocalRunner
+from llm_deploy.spec import TUTORIAL_PROMPT, DeploySpec
+from llm_deploy.steps.build_engine import build_engine
+from llm_deploy.steps.build_wheel import build_wheel
+from llm_deploy.steps.download_weights import download_weights
+from llm_deploy.steps.render_model_repo import render_model_repo
+from llm_deploy.steps.serve import start_server, stop_server
+from llm_deploy.steps.verify_engine import verify_engine
+from tests.backends.trtllm.standins import make_backend_clone, make_toolbox
+
+CLONE = "src/my-tensorrtllm_backend"
+
+
+@pytest.fixture(scope="module")
+def toolbox(tmp_path_factory):
+    return make_toolbox(tmp_path_factory.mktemp("ngc-worker"))
+
+
+@pytest.fixture
+def worker(toolbox, monkeypatch, tmp_path):
+    """This process (and the local runner's subprocesses) as a worker inside the NGC image."""
+    for key, value in toolbox.env().items():
+        monkeypatch.setenv(key, value)
+    # install_cmake.sh's link goes into the image's /usr/local/bin; here into a scratch dir.
+    monkeypatch.setattr(commands, "CMAKE_LINK", str(tmp_path / "cmake-link"))
+    toolbox.calls.unlink(missing_ok=True)
+    return toolbox
+
+
+def make_spec(root, checkpoint, toolbox, release, **params) -> DeploySpec:
+    """The tiny model as a local checkpoint and the user's own backend clone, on one volume."""
+    clone = root / CLONE
+    if not clone.exists():
+        make_backend_clone(clone, release, toolbox)
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    if not (root / "models/tiny-llama").exists():
+        (root / "models/tiny-llama").symlink_to(checkpoint, target_is_directory=True)
+    return DeploySpec(engines_root=str(root), backend="trtllm", trtllm_release=release, dtype="float16",
+                      model_source="local", model_local_dir="models/tiny-llama", backend_repo_dir=CLONE,
+                      max_batch_size=4, max_input_len=64, max_output_len=32, benchmark_max_tokens=16, **params)
+
+
+@pytest.fixture
+def spec_for(worker, tmp_path, tiny_llama_checkpoint):
+    def make(release, **params):
+        return make_spec(tmp_path / "engines", tiny_llama_checkpoint, worker, release, **params)
+
+    return make
+
+
+def scripts_called(toolbox) -> list[tuple[str, int]]:
+    return [(call["script"], call["rank"]) for call in toolbox.calls_made()]
+
+
+def test_the_tutorial_release_builds_its_wheel_then_an_engine_from_it(spec_for, worker):
+    spec = spec_for("0.5.0", **DEFAULT_PORTS)
+    weights = download_weights(spec, None).to_xcom()
+
+    backend = build_wheel(spec)
+    assert backend.wheel_dir == str(pipeline.wheel_dir(spec))
+    assert volume.is_published(pipeline.wheel_dir(spec))
+    assert [w.name for w in pipeline.wheel_dir(spec).glob("*.whl")] == ["tensorrt_llm-0.5.0-py3-none-any.whl"]
+
+    engine = build_engine(spec, weights)
+    engine_dir = engine.engine_dir
+    published = Path(engine_dir)
+    # build.py imports tensorrt_llm: it ran after the wheel from the volume was installed.
+    assert scripts_called(worker) == [("build_wheel.py", 0), ("build.py", 0)]
+    assert volume.is_published(published) and [p.name for p in published.glob("*.engine")] == ["rank0.engine"]
+    build_argv = worker.calls_made()[1]["argv"]
+    assert build_argv[:2] == ["--model_dir", weights["checkpoint_dir"]]
+    assert {"--use_inflight_batching", "--paged_kv_cache", "--remove_input_padding"} <= set(build_argv)
+    # Built in a scratch dir, published under the content-addressed name: nothing half-written.
+    assert build_argv[build_argv.index("--output_dir") + 1] != engine_dir + "/"
+    assert not list(published.parent.glob(".tmp-*"))
+
+    verified = verify_engine(spec, engine.to_xcom(), weights)
+    assert verified.output_text == f"stand-in completion of {TUTORIAL_PROMPT}"
+    assert verified.tokens > 0
+
+    repo = render_model_repo(spec, engine.to_xcom(), weights)
+    config = parse_model_config(Path(repo.model_repo) / "tensorrt_llm" / "config.pbtxt")
+    assert config.parameters["gpt_model_type"].string_value == "inflight_fused_batching"
+    assert config.parameters["gpt_model_path"].string_value == engine_dir
+
+
+def test_the_current_release_converts_and_builds_for_two_ranks_and_serves(spec_for, worker, free_ports, tmp_path):
+    spec = spec_for("0.19.0", world_size=2, **free_ports)
+    weights = download_weights(spec, None).to_xcom()
+    assert build_wheel(spec).wheel_dir == ""  # pip-installed, nothing built
+
+    engine = build_engine(spec, weights).to_xcom()
+    assert [name for name, _ in scripts_called(worker)] == ["convert_checkpoint.py", "trtllm-build"]
+    convert = worker.calls_made()[0]["argv"]
+    assert convert[convert.index("--tp_size") + 1] == "2"
+    # The converted checkpoint was only a way to the engine: gone once the engine is published.
+    assert not list(Path(engine["engine_dir"]).parent.glob(".tmp-converted-*"))
+    assert json.loads((Path(engine["engine_dir"]) / "config.json").read_text())[
+        "pretrained_config"]["mapping"]["tp_size"] == 2
+
+    verify_engine(spec, engine, weights)
+    assert sorted(scripts_called(worker)[-2:]) == [("run.py", 0), ("run.py", 1)]  # under mpirun -n 2
+
+    repo = render_model_repo(spec, engine, weights).to_xcom()
+    server = start_server(spec, repo, "manual__1").to_xcom()
+    try:
+        launch = [c for c in worker.calls_made() if c["script"] == "launch_triton_server.py"][-1]["argv"]
+        assert launch[:4] == ["--world_size", "2", "--model_repo", repo["model_repo"]]
+        assert launch[launch.index("--http_port") + 1] == str(spec.http_port)
+        assert server["http_url"].endswith(f":{spec.http_port}")
+        assert server["service"]["runner"] == "local"
+    finally:
+        assert stop_server(server) is True
+    # The launcher's whole group, the server it left running included, is gone.
+    assert not LocalRunner().alive(server["service"])
+    assert not pipeline._ready(server["http_url"])
+
+
+def test_a_world_size_the_engine_was_not_built_for_is_refused_before_the_server_starts(spec_for, free_ports):
+    spec = spec_for("0.19.0", **free_ports)
+    weights = download_weights(spec, None).to_xcom()
+    build_wheel(spec)
+    engine = build_engine(spec, weights).to_xcom()
+    repo = render_model_repo(spec, engine, weights).to_xcom()
+    wider = spec.model_copy(update={"world_size": 2})
+    with pytest.raises(NonRetryableError, match=r"world_size=2: the engine .* was built for 1 GPUs"):
+        start_server(wider, repo, "manual__2")
+
+
+def test_a_worker_outside_the_ngc_image_is_refused_before_anything_runs(spec_for, worker, monkeypatch, tmp_path):
+    spec = spec_for("0.19.0")
+    monkeypatch.setenv("LLM_DEPLOY_NGC_TRITONSERVER", str(tmp_path / "absent"))
+    with pytest.raises(BackendNotAvailable, match="runner 'local' needs a worker inside the NGC"):
+        build_wheel(spec)
+    assert worker.calls_made() == []
+
+
+def test_a_missing_backend_clone_names_the_param(spec_for, worker):
+    spec = spec_for("0.19.0").model_copy(update={"backend_repo_dir": "src/nowhere"})
+    with pytest.raises(NonRetryableError, match="backend_repo_dir: no complete tensorrtllm_backend v0.19.0 clone"):
+        build_wheel(spec)
+
+
+def test_the_server_supervisor_ends_the_whole_group_on_sigterm(spec_for, worker, free_ports):
+    spec = spec_for("0.19.0", **free_ports)
+    weights = download_weights(spec, None).to_xcom()
+    build_wheel(spec)
+    engine = build_engine(spec, weights).to_xcom()
+    repo = render_model_repo(spec, engine, weights).to_xcom()
+    server = start_server(spec, repo, "manual__3").to_xcom()
+    os.killpg(server["pgid"], signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while LocalRunner().alive(server["service"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not LocalRunner().alive(server["service"])
+    assert stop_server(server) is False
+
+
+def test_on_the_docker_runner_each_command_runs_in_the_release_image_with_the_tutorials_settings(tmp_path):
+    from llm_deploy.runners import DockerRunner
+
+    spec = DeploySpec(engines_root=str(tmp_path), backend="trtllm", trtllm_release="0.19.0", world_size=2,
+                      runner="docker")
+    settings = DockerRunner.for_spec(spec).settings(pipeline.launch_command(spec, str(tmp_path / "model_repos/r")))
+    assert settings["image"] == "nvcr.io/nvidia/tritonserver:25.05-trtllm-python-py3"
+    assert settings["device_requests"] == [{"Driver": "", "Count": 2, "DeviceIDs": [], "Capabilities": [["gpu"]],
+                                            "Options": {}}]
+    assert settings["network_mode"] == "host" and settings["shm_size"] == 2 << 30
+    assert {u["Name"]: u["Soft"] for u in settings["ulimits"]} == {"memlock": -1, "stack": 67108864}
+    assert settings["mounts"] == [{"Target": str(tmp_path), "Source": str(tmp_path), "Type": "bind", "ReadOnly": True}]
+    # The supervisor keeps the container up after launch_triton_server.py returns.
+    launched = json.loads(settings["command"][-1])
+    assert launched[-1][:2] == ["python3", f"{pipeline.backend_dir(spec)}/scripts/launch_triton_server.py"]
