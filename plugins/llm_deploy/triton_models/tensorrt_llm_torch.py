@@ -20,6 +20,7 @@ upstream clients work, and ignored with a warning; beam_width must be 1.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import uuid
@@ -254,6 +255,8 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         params = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
         ensure_llm_deploy_importable(params.get("llm_deploy_path"))
+        _forward_logging_to_triton()
+        self._stack_dump = _stack_dumps(params)
         import torch
 
         from llm_deploy.backends.torch.inflight import InflightBatcher
@@ -285,12 +288,21 @@ class TritonPythonModel:
         self._by_client_id: dict[str, dict[str, Generation]] = {}
         self._ids_lock = threading.Lock()
         self._warned: set[str] = set()
-        _log("info", f"tensorrt_llm (torch) ready: decoupled={self.decoupled}, end_id={self.end_id}")
+        # Off unless asked for: its gain on a GPU is not measured yet (the served CUDA path hangs,
+        # see benchmarks/results/gpu_triton_llama7b_h100.json), and on CPU it costs a thread.
+        thread = params.get("llm_deploy_response_thread", "off").lower()
+        use_outbox = thread == "on" or (thread == "auto" and device.startswith("cuda"))
+        self._outbox = ResponseOutbox() if self.decoupled and use_outbox else None
+        _log("info", f"tensorrt_llm (torch) ready: decoupled={self.decoupled}, end_id={self.end_id}, "
+                     f"response thread={'on' if self._outbox else 'off'}")
 
     def execute(self, requests: list) -> list | None:
         if self.decoupled:
             for request in requests:
                 sender = request.get_response_sender()
+                if self._outbox is not None:
+                    self._start(request, *self._outbox.channel(sender))
+                    continue
                 self._start(request, lambda response, flags, s=sender: _send(s, response, flags), sender.is_cancelled)
             return None
         return [self._run_blocking(request) for request in requests]
@@ -300,6 +312,8 @@ class TritonPythonModel:
         if batcher is not None:
             batcher.stop()
             _log("info", f"tensorrt_llm (torch) stopped: {batcher.stats}")
+        if getattr(self, "_outbox", None) is not None:
+            self._outbox.close()
 
     # --- one request ------------------------------------------------------------------------
     def _start(self, request: Any, send: Callable[[Any, int], None], is_cancelled: Callable[[], bool]) -> Generation | None:
@@ -384,11 +398,87 @@ class TritonPythonModel:
             _log("warn", f"greedy decoding: ignoring {', '.join(new)} (the torch backend does not sample)")
 
 
+class ResponseOutbox:
+    """Sends decoupled responses from a thread of its own (on by default when serving on CUDA).
+
+    The stub's send() and is_cancelled() are each a round trip to the server process. Made on
+    the batcher thread they run between GPU steps, one send (plus a cancel check) per token: 64
+    each step at batch 64. Here they overlap the next step, which the batcher launches meanwhile.
+    One FIFO keeps every request's responses in order; a client that went away is noticed every
+    ``CHECK_EVERY`` responses and reported through the is_cancelled() handed to Generation.
+    """
+
+    CHECK_EVERY = 8
+
+    def __init__(self) -> None:
+        import queue
+
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="tensorrt_llm-responses", daemon=True)
+        self._thread.start()
+
+    def channel(self, sender: Any) -> tuple[Callable[[Any, int], None], Callable[[], bool]]:
+        """(send, is_cancelled) for one request's sender."""
+        state = {"sent": 0, "cancelled": False}
+        return (lambda response, flags: self._queue.put((sender, state, response, flags)),
+                lambda: state["cancelled"])
+
+    def close(self, timeout: float = 10) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            sender, state, response, flags = item
+            try:
+                if state["sent"] % self.CHECK_EVERY == 0 and not state["cancelled"]:
+                    state["cancelled"] = bool(sender.is_cancelled())
+                state["sent"] += 1
+                _send(sender, response, flags)
+            except Exception as exc:  # noqa: BLE001 - a client that left must not stop the others' responses
+                state["cancelled"] = True
+                _log("warn", f"could not send a response: {exc}")
+
+
 def _send(sender: Any, response: Any, flags: int) -> None:
     if response is None:
         sender.send(flags=flags)
     else:
         sender.send(response, flags=flags)
+
+
+def _stack_dumps(params: dict[str, str]) -> Any:
+    """For a server that hangs: every thread's Python stack appended to a file every N seconds
+    (params llm_deploy_stack_dump_path and llm_deploy_stack_dump_s; off unless both are set)."""
+    path, every = params.get("llm_deploy_stack_dump_path", ""), float(params.get("llm_deploy_stack_dump_s", "0") or 0)
+    if not path or every <= 0:
+        return None
+    import faulthandler
+
+    out = open(path, "a")  # noqa: SIM115 - stays open for the model's life; faulthandler writes to its fd
+    faulthandler.dump_traceback_later(every, repeat=True, file=out)
+    _log("warn", f"dumping every thread's stack to {path} every {every:.0f}s (llm_deploy_stack_dump_s)")
+    return out
+
+
+class _TritonLogHandler(logging.Handler):
+    """llm_deploy's own log records (the batcher's, the engine's) into Triton's server log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "error" if record.levelno >= logging.ERROR else "warn" if record.levelno >= logging.WARNING else "info"
+        try:
+            _log(level, self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never take a request down
+            self.handleError(record)
+
+
+def _forward_logging_to_triton() -> None:
+    package = logging.getLogger("llm_deploy")
+    if not any(isinstance(h, _TritonLogHandler) for h in package.handlers):
+        handler = _TritonLogHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
 
 
 def _log(level: str, message: str) -> None:

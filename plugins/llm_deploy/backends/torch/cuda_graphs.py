@@ -1,51 +1,160 @@
-"""Decode steps replayed as CUDA graphs: one launch per step instead of ~20 kernels x layers.
+"""Decode and prefill replayed as CUDA graphs, with attention over each row's true length.
 
 At batch 1 a 7B decode step reads 13.5 GB of weights (~4.5 ms on an H100) but eager PyTorch
-issues ~700 kernel launches from Python, which on its own took >100 ms/step on the device
-machine's CPU. A graph needs static shapes, so a step runs over a bucket: row i of the graph is
-slot i, for slots 0..B-1 with B the next power of two above the highest slot in the step (the
-batcher hands out the lowest free slots, so B tracks the batch), and the attended cache length
-is rounded up to a multiple of ``kv_step``. Attention then reads the cache as a slice (no gather
-copy of K/V); rows of slots sitting the step out write their K/V into a scratch slot nobody
-reads, and their logits are dropped. The per-row mask inside the graph keeps results identical to
-the unpadded step. On CPU (``capture=False``) the same static-shape path runs eagerly, which is
-how CI covers it.
+issues ~1,400 kernel launches from Python, which on its own took >100 ms/step on the device
+machine's CPU. A graph needs static shapes, so a step runs over a bucket: row i of a decode graph
+is slot i, for slots 0..B-1 with B the next power of two above the highest slot in the step (the
+batcher hands out the lowest free slots, so B tracks the batch). Rows of slots sitting the step
+out write their K/V into a scratch slot nobody reads, and their logits are dropped.
+
+Attention (``attention="varlen"``, the default) reads exactly each row's own cached length, not
+a padded bucket: the cache [slots, kv_heads, max_seq, head_dim] is viewed as one long run of
+head_dim vectors, and every (row, query head) pair becomes its own one-query "sequence" whose
+keys start at its slot's and KV head's offset and stop at the row's length (cumulative starts +
+``seqused_k`` of FlashAttention-2's varlen kernel, or ``seqlen_k`` of the memory-efficient one).
+With a boolean mask over a bucket instead (``attention="masked"``), every row of a batch-64 step
+read K/V up to the longest row rounded up to ``kv_step``: at Llama-2-7B's 0.5 MB of K/V per
+token that padding was most of the gap between batch 1 and batch 64. On CPU the same offsets
+drive a plain gather (``varlen_attention_reference``), so CI checks the offsets a GPU uses.
+
+The step itself is written for few kernels: q/k/v and gate/up are one GEMM each (the layer's
+own tensors become views into the stacked ones, so memory is not doubled), RoPE rotates q and k
+together, and RMSNorm normalises with one fused call while keeping HF's rounding (fp32, then the
+model dtype, then the weight).
+
+Prefill runs through graphs too, batched: every request admitted in a turn is one row of a
+[rows, prompt bucket] graph (right-padded; causal attention keeps real tokens from seeing the
+padding). Eagerly, one 7B prefill costs the same ~100 ms of launches as an eager decode step,
+which at 64 concurrent requests would stall every decoding row for seconds.
+
+On CPU (``capture=False``) the same static-shape functions run eagerly, which is how CI covers
+them.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
+import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from llm_deploy.backends.torch.llama import LlamaEngine
 
+logger = logging.getLogger(__name__)
+
+Attention = Literal["varlen", "masked"]
+ATTENTION_CHOICES = ("varlen", "masked")
+
 
 @dataclass
 class _Entry:
-    ids: torch.Tensor        # [B, 1] long
-    positions: torch.Tensor  # [B, 1] long
-    slot_index: torch.Tensor  # [B] long
+    ids: torch.Tensor        # [B, T] long
+    positions: torch.Tensor  # [B, T] long
+    slot_index: torch.Tensor  # [B] long: where each row writes its K/V
+    last: torch.Tensor | None = None  # [B] long: prefill only, each row's last real token
     logits: torch.Tensor | None = None
     graph: torch.cuda.CUDAGraph | None = None
 
 
+@dataclass
+class FusedLayer:
+    qkv: torch.Tensor      # [(heads + 2 kv_heads) * head_dim, hidden]
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+
+
+def fuse_projections(engine: LlamaEngine) -> list[FusedLayer]:
+    """Stack q/k/v and gate/up per layer; the layer's own weights become views into the stacks."""
+    fused = []
+    for w in engine._layers:
+        qkv = torch.cat([w.q_proj, w.k_proj, w.v_proj])
+        gate_up = torch.cat([w.gate_proj, w.up_proj])
+        w.q_proj, w.k_proj, w.v_proj = qkv.split([w.q_proj.shape[0], w.k_proj.shape[0], w.v_proj.shape[0]])
+        w.gate_proj, w.up_proj = gate_up.split([w.gate_proj.shape[0], w.up_proj.shape[0]])
+        fused.append(FusedLayer(qkv, gate_up))
+    return fused
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # HF's rounding (normalise in fp32, round to the model dtype, then scale), in 4 kernels, not 8.
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., heads, D] rotated by cos/sin broadcast to it (same arithmetic as llama.apply_rope)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def varlen_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_k: torch.Tensor,
+                               used_k: torch.Tensor, max_k: int, scale: float) -> torch.Tensor:
+    """What the varlen kernels compute, gathered by hand: q [N, 1, D]; k, v [total, 1, D].
+
+    Sequence n attends to k[cu_k[n] : cu_k[n] + used_k[n]].
+    """
+    index = cu_k[:-1, None].long() + torch.arange(max_k, device=q.device)
+    index = index.clamp_(max=k.shape[0] - 1)
+    keys, values = k[index, 0], v[index, 0]  # [N, max_k, D]
+    scores = (q.float() @ keys.float().transpose(1, 2)) * scale  # [N, 1, max_k]
+    beyond = torch.arange(max_k, device=q.device)[None, :] >= used_k[:, None]
+    scores = scores.masked_fill(beyond[:, None, :], float("-inf"))
+    return (scores.softmax(-1) @ values.float()).to(q.dtype)
+
+
+def _flash(q, k, v, cu_q, cu_k, used_k, max_k, scale):
+    return torch.ops.aten._flash_attention_forward(
+        q, k, v, cu_q, cu_k, 1, max_k, 0.0, False, False, scale=scale, seqused_k=used_k)[0]
+
+
+def _efficient(q, k, v, cu_q, cu_k, used_k, max_k, scale):
+    out = torch.ops.aten._efficient_attention_forward(
+        q[None], k[None], v[None], None, cu_q, cu_k, 1, max_k, 0.0, 0, False, scale=scale, seqlen_k=used_k)[0]
+    return out[0]
+
+
+def _reference(q, k, v, cu_q, cu_k, used_k, max_k, scale):
+    return varlen_attention_reference(q, k, v, cu_k, used_k, max_k, scale)
+
+
+_VARLEN_KERNELS: dict[str, Callable[..., torch.Tensor]] = {
+    "flash": _flash, "efficient": _efficient, "reference": _reference,
+}
+
+
 class GraphedDecode:
-    def __init__(self, engine: LlamaEngine, *, capture: bool, kv_step: int = 128) -> None:
+    def __init__(self, engine: LlamaEngine, *, capture: bool, kv_step: int = 128,
+                 attention: Attention = "varlen", prefill_step: int = 64) -> None:
+        if attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention={attention!r} is not one of {', '.join(ATTENTION_CHOICES)}")
+        if kv_step < 1 or prefill_step < 1:
+            raise ValueError(f"kv_step ({kv_step}) and prefill_step ({prefill_step}) must be >= 1")
         self.engine = engine
         self.capture = capture
         self.kv_step = kv_step
+        self.prefill_step = prefill_step
+        self.attention = attention
         self.scratch_slot = engine.max_batch_size  # the engine allocates one extra cache row for it
         self._entries: dict[tuple[int, int], _Entry] = {}
+        self._prefills: dict[tuple[int, int], _Entry] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
+        self._fused = fuse_projections(engine) if attention == "varlen" else None
+        # CUDA tries FlashAttention-2's varlen kernel first; CPU has neither kernel.
+        self._kernels = ["flash", "efficient"] if engine.device.type == "cuda" else ["reference"]
+        self._folds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def kernel(self) -> str:
+        return self._kernels[0] if self.attention == "varlen" else "masked sdpa"
+
+    # --- decode ------------------------------------------------------------------------------
 
     def bucket(self, rows: int, kv_len: int) -> tuple[int, int]:
-        batch = 1
-        while batch < rows:
-            batch *= 2
-        batch = min(batch, self.engine.max_batch_size)
+        batch = _pow2_at_least(rows, self.engine.max_batch_size)
+        if self.attention == "varlen":  # the kernels stop at each row's length: no kv bucket
+            return batch, self.engine.max_seq_len
         kv = min(-(-kv_len // self.kv_step) * self.kv_step, self.engine.max_seq_len)
         return batch, kv
 
@@ -56,22 +165,132 @@ class GraphedDecode:
         ids, positions, writes = [0] * width, [0] * width, [self.scratch_slot] * width
         for slot, token, length in zip(slots, tokens, lengths):
             ids[slot], positions[slot], writes[slot] = token, length, slot
-        # One host->device copy of all three inputs: small copies each cost a launch too.
-        host = torch.tensor([ids, positions, writes], dtype=torch.long)
-        device_inputs = host.to(self.engine.device, non_blocking=True)
-        entry.ids[:, 0].copy_(device_inputs[0])
-        entry.positions[:, 0].copy_(device_inputs[1])
-        entry.slot_index.copy_(device_inputs[2])
-        if entry.graph is not None:
-            entry.graph.replay()
-            logits = entry.logits
-        else:
-            logits = self._run(entry, key[1])
+        self._load(entry, [ids, positions, writes])
+        logits = self._replay(entry, lambda: self._run(entry, key[1]))
         # Back to the caller's row order; indexing copies, so the next replay cannot overwrite it.
         return logits[torch.tensor(slots, device=logits.device)]
 
     def _run(self, entry: _Entry, kv_len: int) -> torch.Tensor:
-        return self.engine._forward(entry.ids, entry.positions, None, kv_len, slot_index=entry.slot_index)
+        if self.attention == "masked":
+            return self.engine._forward(entry.ids, entry.positions, None, kv_len, slot_index=entry.slot_index)
+        return self._decode_step(entry)
+
+    def _decode_step(self, entry: _Entry) -> torch.Tensor:
+        engine, arch = self.engine, self.engine.arch
+        heads, kv_heads, dim = arch.num_heads, arch.num_kv_heads, arch.head_dim
+        width = entry.ids.shape[0]
+        positions = entry.positions[:, 0]
+        cos, sin = engine._cos[positions][:, None], engine._sin[positions][:, None]  # [B, 1, D]
+        cu_q, cu_k = self._fold(width)
+        # Row r (slot r) holds positions+1 tokens once this step's K/V is written.
+        used_k = (positions + 1).to(torch.int32).repeat_interleave(heads)
+        qk_width = (heads + kv_heads) * dim
+        x = F.embedding(entry.ids[:, 0], engine._embed)  # [B, hidden]
+        for w, fused, k_cache, v_cache in zip(engine._layers, self._fused, engine._k_cache, engine._v_cache):
+            qkv = F.linear(rms_norm(x, w.input_norm, arch.rms_norm_eps), fused.qkv)
+            qk = rope(qkv[:, :qk_width].view(width, heads + kv_heads, dim), cos, sin)
+            k_cache[entry.slot_index, :, positions] = qk[:, heads:]
+            v_cache[entry.slot_index, :, positions] = qkv[:, qk_width:].view(width, kv_heads, dim)
+            attn = self._varlen(qk[:, :heads].reshape(width * heads, 1, dim), k_cache.view(-1, 1, dim),
+                                v_cache.view(-1, 1, dim), cu_q, cu_k, used_k)
+            x = x + F.linear(attn.view(width, heads * dim), w.o_proj)
+            gate, up = F.linear(rms_norm(x, w.post_attention_norm, arch.rms_norm_eps), fused.gate_up).chunk(2, -1)
+            x = x + F.linear(F.silu(gate) * up, w.down_proj)
+        return F.linear(rms_norm(x, engine._final_norm, arch.rms_norm_eps), engine._lm_head).float()
+
+    def _fold(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cumulative query and key starts of the (row, query head) sequences of a ``width`` bucket."""
+        if width not in self._folds:
+            arch, device = self.engine.arch, self.engine.device
+            seq = self.engine.max_seq_len
+            group = arch.num_heads // arch.num_kv_heads
+            rows = torch.arange(width, device=device)[:, None]
+            kv_head = torch.arange(arch.num_heads, device=device)[None, :] // group
+            starts = ((rows * arch.num_kv_heads + kv_head) * seq).flatten()
+            # The end entry only closes the array: with seqused_k the kernels never read it as a length.
+            cu_k = torch.cat([starts, starts[-1:] + seq]).to(torch.int32)
+            cu_q = torch.arange(width * arch.num_heads + 1, device=device, dtype=torch.int32)
+            self._folds[width] = (cu_q, cu_k)
+        return self._folds[width]
+
+    def _varlen(self, q, k, v, cu_q, cu_k, used_k) -> torch.Tensor:
+        max_k, scale = self.engine.max_seq_len, self.engine._scale
+        while True:
+            try:
+                return _VARLEN_KERNELS[self._kernels[0]](q, k, v, cu_q, cu_k, used_k, max_k, scale)
+            except (RuntimeError, NotImplementedError) as exc:
+                if len(self._kernels) == 1 or torch.cuda.is_current_stream_capturing():
+                    raise
+                # Checked on the warm-up runs before any capture: a torch build without this
+                # kernel (or refusing these shapes) falls back to the next one, once.
+                logger.warning("varlen attention: %s kernel unavailable (%s); trying %s",
+                               self._kernels[0], exc, self._kernels[1])
+                self._kernels.pop(0)
+
+    # --- prefill -----------------------------------------------------------------------------
+
+    def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        """Prefill ``slots[i]`` with ``prompts[i]`` in one batched step; fp32 last-token logits [n, vocab]."""
+        if self._fused is None:
+            raise RuntimeError("batched prefill needs attention='varlen' (it uses the fused weights)")
+        engine = self.engine
+        rows = _pow2_at_least(len(slots), engine.max_batch_size)
+        longest = max(len(p) for p in prompts)
+        tokens = min(-(-longest // self.prefill_step) * self.prefill_step, engine.max_seq_len)
+        key = (rows, tokens)
+        entry = self._prefills.get(key) or self._build_prefill(*key)
+        ids = [[0] * tokens for _ in range(rows)]
+        writes, last = [self.scratch_slot] * rows, [0] * rows
+        for row, (slot, prompt) in enumerate(zip(slots, prompts)):
+            ids[row][:len(prompt)] = prompt
+            writes[row], last[row] = slot, len(prompt) - 1
+        host = torch.tensor([value for row in ids for value in row] + writes + last, dtype=torch.long)
+        device_inputs = host.to(engine.device, non_blocking=True)
+        entry.ids.copy_(device_inputs[:rows * tokens].view(rows, tokens))
+        entry.slot_index.copy_(device_inputs[rows * tokens:rows * tokens + rows])
+        entry.last.copy_(device_inputs[rows * tokens + rows:])
+        logits = self._replay(entry, lambda: self._prefill_step(entry))
+        return logits[:len(slots)].clone()
+
+    def _prefill_step(self, entry: _Entry) -> torch.Tensor:
+        engine, arch = self.engine, self.engine.arch
+        heads, kv_heads, dim = arch.num_heads, arch.num_kv_heads, arch.head_dim
+        rows, tokens = entry.ids.shape
+        cos, sin = engine._cos[:tokens][None, :, None], engine._sin[:tokens][None, :, None]  # [1, T, 1, D]
+        positions = entry.positions
+        qk_width = (heads + kv_heads) * dim
+        grouped = heads != kv_heads
+        x = F.embedding(entry.ids, engine._embed)  # [R, T, hidden]
+        for w, fused, k_cache, v_cache in zip(engine._layers, self._fused, engine._k_cache, engine._v_cache):
+            qkv = F.linear(rms_norm(x, w.input_norm, arch.rms_norm_eps), fused.qkv)
+            qk = rope(qkv[..., :qk_width].view(rows, tokens, heads + kv_heads, dim), cos, sin)
+            k, v = qk[:, :, heads:], qkv[..., qk_width:].view(rows, tokens, kv_heads, dim)
+            k_cache[entry.slot_index[:, None], :, positions] = k
+            v_cache[entry.slot_index[:, None], :, positions] = v
+            # A prefill starts its slot over: the prompt attends to itself only, never to the cache.
+            attn = F.scaled_dot_product_attention(
+                qk[:, :, :heads].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                is_causal=True, scale=engine._scale, enable_gqa=grouped)
+            x = x + F.linear(attn.transpose(1, 2).reshape(rows, tokens, heads * dim), w.o_proj)
+            gate, up = F.linear(rms_norm(x, w.post_attention_norm, arch.rms_norm_eps), fused.gate_up).chunk(2, -1)
+            x = x + F.linear(F.silu(gate) * up, w.down_proj)
+        last = x[torch.arange(rows, device=x.device), entry.last]
+        return F.linear(rms_norm(last, engine._final_norm, arch.rms_norm_eps), engine._lm_head).float()
+
+    # --- building and replaying graphs ----------------------------------------------------------
+
+    def _load(self, entry: _Entry, columns: list[list[int]]) -> None:
+        # One host->device copy of all inputs: small copies each cost a launch too.
+        device_inputs = torch.tensor(columns, dtype=torch.long).to(self.engine.device, non_blocking=True)
+        entry.ids[:, 0].copy_(device_inputs[0])
+        entry.positions[:, 0].copy_(device_inputs[1])
+        entry.slot_index.copy_(device_inputs[2])
+
+    def _replay(self, entry: _Entry, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if entry.graph is not None:
+            entry.graph.replay()
+            return entry.logits
+        return run()
 
     def _build(self, batch: int, kv_len: int) -> _Entry:
         device = self.engine.device
@@ -80,17 +299,54 @@ class GraphedDecode:
             positions=torch.zeros((batch, 1), dtype=torch.long, device=device),
             slot_index=torch.full((batch,), self.scratch_slot, dtype=torch.long, device=device),
         )
-        if self.capture:
-            # Warm up on a side stream (allocator + cuBLAS workspaces) before capturing, per torch docs.
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._run(entry, kv_len)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                entry.logits = self._run(entry, kv_len)
-            entry.graph = graph
+        self._capture(entry, lambda: self._run(entry, kv_len))
         self._entries[(batch, kv_len)] = entry
         return entry
+
+    def _build_prefill(self, rows: int, tokens: int) -> _Entry:
+        device = self.engine.device
+        entry = _Entry(
+            ids=torch.zeros((rows, tokens), dtype=torch.long, device=device),
+            positions=torch.arange(tokens, device=device)[None, :].expand(rows, tokens).contiguous(),
+            slot_index=torch.full((rows,), self.scratch_slot, dtype=torch.long, device=device),
+            last=torch.zeros((rows,), dtype=torch.long, device=device),
+        )
+        self._capture(entry, lambda: self._prefill_step(entry))
+        self._prefills[(rows, tokens)] = entry
+        logger.info("prefill bucket %d rows x %d tokens %s", rows, tokens, "captured" if self.capture else "built")
+        return entry
+
+    def _capture(self, entry: _Entry, run: Callable[[], torch.Tensor]) -> None:
+        if not self.capture:
+            return
+        # Warm-up runs write K/V for the scratch slot only (slot_index starts there).
+        # Warm up on a side stream (allocator + cuBLAS workspaces) before capturing, per torch docs.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(stream)
+        # capture_begin/end rather than the torch.cuda.graph context manager: that one runs
+        # gc.collect() first, and inside the Triton python stub a collection on the batcher thread
+        # can run finalizers of the stub's objects that wait for its main thread.
+        # thread_local: the server's other threads keep running during the capture; the default
+        # ("global") would fail their CUDA calls for its length.
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
+            try:
+                entry.logits = run()
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(stream)
+        entry.graph = graph
+
+
+def _pow2_at_least(rows: int, cap: int) -> int:
+    batch = 1
+    while batch < rows:
+        batch *= 2
+    return min(batch, cap)

@@ -224,10 +224,35 @@ class InflightBatcher:
     def _turn(self, pending: _Pending) -> None:
         for seq, error in pending.fail:
             self._finish(seq, error)
-        for seq in pending.admit:
-            self._admit(seq)
+        if len(pending.admit) > 1 and self.engine.batched_prefill:
+            self._admit_together(pending.admit)
+        else:
+            for seq in pending.admit:
+                self._admit(seq)
         if self._active:
             self._decode_step()
+
+    def _admit_together(self, seqs: list[_Sequence]) -> None:
+        """One batched prefill for every request admitted this turn (one CUDA graph on a GPU)."""
+        with self._cond:
+            for seq in seqs:
+                seq.slot = self._free_slots.pop()
+                self._active[seq.slot] = seq
+            self._counters.max_active_seen = max(self._counters.max_active_seen, len(self._active))
+        try:
+            logits = self.engine.prefill_many([s.slot for s in seqs], [s.request.input_ids for s in seqs])
+        except Exception:  # noqa: BLE001 - retried one by one, so only a bad request fails
+            logger.exception("batched prefill of %d requests failed; prefilling them one by one", len(seqs))
+            for seq in seqs:
+                with self._cond:
+                    del self._active[seq.slot]
+                    self._free_slots.append(seq.slot)
+                self._admit(seq)
+            return
+        with self._cond:
+            self._counters.prefills += len(seqs)
+        for seq, token in zip(seqs, _greedy(logits)):
+            self._emit(seq, token)
 
     def _admit(self, seq: _Sequence) -> None:
         with self._cond:
@@ -313,4 +338,9 @@ class InflightBatcher:
 
 
 def _greedy(logits: torch.Tensor) -> list[int]:
-    return logits.argmax(dim=-1).tolist()
+    ids = logits.argmax(dim=-1)
+    if ids.is_cuda:
+        # Wait for the step with the GIL released (tolist() would hold it): the server's response
+        # thread sends the previous step's tokens meanwhile.
+        torch.cuda.current_stream(ids.device).synchronize()
+    return ids.tolist()

@@ -197,9 +197,14 @@ class LlamaEngine:
         if cuda_graphs:
             self.enable_graphed_decode(capture=self.device.type == "cuda")
 
-    def enable_graphed_decode(self, *, capture: bool, kv_step: int = 128) -> None:
-        """Run decode steps through static-shape buckets (captured as CUDA graphs if ``capture``)."""
-        self._graphed = GraphedDecode(self, capture=capture, kv_step=kv_step)
+    def enable_graphed_decode(self, *, capture: bool, kv_step: int = 128, attention: str = "varlen") -> None:
+        """Run decode steps (and batched prefills) through static-shape buckets, see cuda_graphs.py."""
+        self._graphed = GraphedDecode(self, capture=capture, kv_step=kv_step, attention=attention)
+
+    @property
+    def batched_prefill(self) -> bool:
+        """Whether ``prefill_many`` runs one batched (graphed) step rather than one prefill per slot."""
+        return self._graphed is not None and self._graphed.attention == "varlen"
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -316,6 +321,25 @@ class LlamaEngine:
         logits = self._forward(ids, positions, slots, kv_len=max(lengths) + 1)
         for slot in slots:
             self._lengths[slot] += 1
+        return logits
+
+    @torch.inference_mode()
+    def prefill_many(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+        """``prefill`` for several slots at once; fp32 last-token logits [len(slots), vocab]."""
+        if len(slots) != len(prompts) or not slots or len(set(slots)) != len(slots):
+            raise ValueError(f"prefill_many needs distinct slots, one prompt each (got slots {slots}, "
+                             f"{len(prompts)} prompts)")
+        for slot, prompt in zip(slots, prompts):
+            self._check_slot(slot)
+            if not prompt:
+                raise ValueError("prefill needs at least one token")
+            if len(prompt) > self.max_seq_len:
+                raise ValueError(f"prompt of {len(prompt)} tokens exceeds the engine's max_seq_len={self.max_seq_len}")
+        if not self.batched_prefill:
+            return torch.stack([self.prefill(slot, prompt) for slot, prompt in zip(slots, prompts)])
+        logits = self._graphed.prefill(slots, prompts)
+        for slot, prompt in zip(slots, prompts):
+            self._lengths[slot] = len(prompt)
         return logits
 
     def release(self, slot: int) -> None:

@@ -1,0 +1,353 @@
+"""Llama-2-7B-shaped bf16 served through tritonserver by the torch backend on one GPU, in one run.
+
+1. the GPU's device-to-device copy bandwidth, and from it the decode floor (weights / bandwidth);
+2. HF transformers eager ``generate`` at batch 1 and 64 on the same shapes (random weights built
+   from the Llama-2-7B config on the GPU: nothing is downloaded);
+3. our engine called directly (CUDA graphs, varlen attention; and the masked-bucket attention it
+   replaced), with a kernel-time profile of one decode step and a check of its logits against
+   the masked path and HF;
+4. the same weights saved as an HF checkpoint on local disk, served by tritonserver with our
+   ``tensorrt_llm`` python model (device "cuda" in its config), measured with our gRPC client
+   straight at the tensorrt_llm model (token ids in, one streamed response per token, as
+   upstream's benchmark_core_model.py): decode ms/step at concurrency 1, output tok/s at 16 and 64.
+
+Every phase's figures go to --out as soon as they exist, so a failure late in the run keeps them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "plugins"))
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+from gpu_llama7b import LLAMA2_7B, copy_bandwidth, hf_generate  # noqa: E402
+
+from llm_deploy.backends.torch.llama import LlamaArch, LlamaEngine  # noqa: E402
+
+MAX_BATCH = 64
+START = time.perf_counter()
+
+
+class Report:
+    def __init__(self, path: Path, **head) -> None:
+        self.path, self.figures = path, dict(head)
+
+    def __setitem__(self, key: str, value) -> None:
+        self.figures[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.figures, indent=1))
+        print(f"--- {key}: {json.dumps(value)[:2000]}", flush=True)
+
+    def phase(self, name: str, run):
+        started = time.perf_counter()
+        try:
+            self[name] = run()
+        except Exception as exc:  # noqa: BLE001 - one broken phase must not lose the others' figures
+            traceback.print_exc()
+            self[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"=== {name}: {time.perf_counter() - started:.1f}s", flush=True)
+
+
+def random_prompts(count: int, length: int, seed: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    # Above the special tokens (0..2) of Llama's vocabulary.
+    return torch.randint(3, LLAMA2_7B["vocab_size"], (count, length), generator=generator).tolist()
+
+
+# --- engine called directly ------------------------------------------------------------------
+
+
+def engine_decode(engine: LlamaEngine, prompts: list[list[int]], steps: int) -> dict:
+    """Batched prefill of every prompt, then ``steps`` greedy decode steps, as the batcher runs them."""
+    slots = list(range(len(prompts)))
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    tokens = engine.prefill_many(slots, prompts).argmax(dim=-1).tolist()
+    prefill_s = time.perf_counter() - start
+    for _ in range(3):  # warm-up: captures this width's graph
+        tokens = engine.decode(slots, tokens).argmax(dim=-1).tolist()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        tokens = engine.decode(slots, tokens).argmax(dim=-1).tolist()
+    seconds = time.perf_counter() - start
+    for slot in slots:
+        engine.release(slot)
+    return {"batch": len(prompts), "steps": steps, "ms_per_step": 1000 * seconds / steps,
+            "tokens_per_s": len(prompts) * steps / seconds, "prefill_ms": 1000 * prefill_s}
+
+
+def kernel_profile(engine: LlamaEngine, prompts: list[list[int]]) -> dict:
+    """GPU time per kernel of one uncaptured fast decode step (the kernels a graph replays)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from llm_deploy.backends.torch.cuda_graphs import GraphedDecode
+
+    graphed = engine._graphed
+    eager = GraphedDecode(engine, capture=False)
+    engine._graphed = eager
+    try:
+        slots = list(range(len(prompts)))
+        tokens = engine.prefill_many(slots, prompts).argmax(dim=-1).tolist()
+        engine.decode(slots, tokens)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            engine.decode(slots, tokens)
+            torch.cuda.synchronize()
+        for slot in slots:
+            engine.release(slot)
+    finally:
+        engine._graphed = graphed
+    rows = []
+    total = 0.0
+    for event in prof.key_averages():
+        device_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if device_us and event.count:
+            rows.append((event.key[:90], event.count, device_us / 1000))
+    rows.sort(key=lambda row: -row[2])
+    kernels = [r for r in rows if not r[0].startswith(("aten::", "cuda"))]
+    total = sum(r[2] for r in kernels)
+    return {"batch": len(prompts), "kernel_ms_total": total, "kernels": sum(r[1] for r in kernels),
+            "attention_kernel": eager.kernel,
+            "top": [{"kernel": k, "count": c, "ms": round(ms, 4)} for k, c, ms in kernels[:14]]}
+
+
+def logits_check(engine: LlamaEngine, model, prompts: list[list[int]]) -> dict:
+    """One decode step through varlen attention vs. the masked-bucket path vs. HF's forward."""
+    slots = list(range(len(prompts)))
+    first = engine.prefill_many(slots, prompts).argmax(dim=-1).tolist()
+    varlen = engine.decode(slots, first)
+    for slot in slots:  # the masked path re-runs the same step on the same cache
+        engine._lengths[slot] -= 1
+    graphed = engine._graphed
+    engine.enable_graphed_decode(capture=True, attention="masked")
+    masked = engine.decode(slots, first)
+    engine._graphed = graphed
+    for slot in slots:
+        engine.release(slot)
+    ids = torch.tensor([p + [t] for p, t in zip(prompts, first)], device="cuda")
+    hf = model(ids).logits[:, -1].float()
+    scale = hf.std().item()
+
+    def compare(a, b):
+        return {"max_abs_diff_over_logit_std": (a - b).abs().max().item() / scale,
+                "argmax_agreement": (a.argmax(-1) == b.argmax(-1)).float().mean().item()}
+
+    return {"batch": len(prompts), "varlen_vs_masked": compare(varlen, masked), "varlen_vs_hf": compare(varlen, hf),
+            "masked_vs_hf": compare(masked, hf)}
+
+
+def engine_direct(model, args) -> dict:
+    tensors = dict(model.state_dict())  # same storage as the HF model: no second copy
+    engine = LlamaEngine._from_tensors(LlamaArch.from_config(LLAMA2_7B), tensors, dtype=torch.bfloat16,
+                                       device="cuda", max_batch_size=MAX_BATCH,
+                                       max_seq_len=args.prompt_len + args.new_tokens)
+    out: dict = {"attention_kernel": None}
+    with torch.inference_mode():
+        out["varlen"] = [engine_decode(engine, random_prompts(b, args.prompt_len, b), args.new_tokens - 4)
+                         for b in (1, 16, 64)]
+        out["attention_kernel"] = engine._graphed.kernel
+        out["profile"] = [kernel_profile(engine, random_prompts(b, args.prompt_len, 7)) for b in (1, 64)]
+        out["logits_check"] = logits_check(engine, model, random_prompts(8, args.prompt_len, 11))
+        engine.enable_graphed_decode(capture=True, attention="masked")
+        prompts = random_prompts(64, args.prompt_len, 5)
+        masked = []
+        for b in (1, 64):
+            slots = list(range(b))
+            for slot, prompt in zip(slots, prompts):  # one eager prefill each: masked has no batched prefill
+                engine.prefill(slot, prompt)
+            masked.append(_decode_only(engine, slots, args.new_tokens - 4))
+        out["masked_bucket_kv128"] = masked
+    del engine, tensors
+    torch.cuda.empty_cache()
+    return out
+
+
+def _decode_only(engine: LlamaEngine, slots: list[int], steps: int) -> dict:
+    tokens = [1] * len(slots)
+    for _ in range(3):
+        tokens = engine.decode(slots, tokens).argmax(dim=-1).tolist()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        tokens = engine.decode(slots, tokens).argmax(dim=-1).tolist()
+    seconds = time.perf_counter() - start
+    for slot in slots:
+        engine.release(slot)
+    return {"batch": len(slots), "steps": steps, "ms_per_step": 1000 * seconds / steps,
+            "tokens_per_s": len(slots) * steps / seconds}
+
+
+# --- served through tritonserver ---------------------------------------------------------------
+
+
+def save_checkpoint(model, directory: Path, args) -> dict:
+    """An HF checkpoint of these weights plus the torch backend's engine_config.json."""
+    started = time.perf_counter()
+    if directory.exists():
+        shutil.rmtree(directory)
+    model.save_pretrained(directory, max_shard_size="20GB")
+    # No EOS: random weights would stop requests at random; every request runs to its budget.
+    config = {**LLAMA2_7B, "torch_dtype": "bfloat16", "dtype": "bfloat16"}
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    (directory / "generation_config.json").unlink(missing_ok=True)
+    (directory / "engine_config.json").write_text(json.dumps({
+        "backend": "torch", "dtype": "bfloat16", "max_batch_size": MAX_BATCH,
+        "max_input_len": args.prompt_len, "max_output_len": args.new_tokens, "world_size": 1,
+    }))
+    return {"dir": str(directory), "seconds": time.perf_counter() - started,
+            "bytes": sum(p.stat().st_size for p in directory.glob("*.safetensors"))}
+
+
+def render_core_model(engine_dir: Path, repo: Path, device: str, response_thread: str = "auto") -> Path:
+    """The inflight_batcher_llm repository's tensorrt_llm model alone, its device set explicitly.
+
+    The random-weight model has no tokenizer, so the pre/postprocessing models and the ensemble
+    are left out; the client sends token ids, as upstream's benchmark_core_model.py does.
+    """
+    from llm_deploy import model_repo
+    from llm_deploy.spec import DeploySpec
+
+    spec = DeploySpec(backend="torch", dtype="bfloat16", max_batch_size=MAX_BATCH, engines_root=str(engine_dir.parent),
+                      max_input_len=json.loads((engine_dir / "engine_config.json").read_text())["max_input_len"],
+                      max_output_len=json.loads((engine_dir / "engine_config.json").read_text())["max_output_len"],
+                      benchmark_max_tokens=16, benchmark_input_len_mean=16)
+    context = model_repo.template_context(spec, engine_dir=engine_dir, tokenizer_dir=engine_dir, decoupled=True,
+                                          exclude_input_in_output=True)
+    context["device"] = device
+    if repo.exists():
+        shutil.rmtree(repo)
+    (repo / "tensorrt_llm" / "1").mkdir(parents=True)
+    config = repo / "tensorrt_llm" / "config.pbtxt"
+    text = model_repo.render_template("tensorrt_llm", context)
+    stacks = repo.parent / f"stacks-{response_thread}.txt"
+    text += ('parameters: {\n  key: "llm_deploy_stack_dump_path"\n  value: {\n'
+             f'    string_value: "{stacks}"\n  }}\n}}\n'
+             'parameters: {\n  key: "llm_deploy_stack_dump_s"\n  value: {\n    string_value: "45"\n  }\n}\n')
+    if response_thread != "auto":  # A/B of the model's response thread (see ResponseOutbox)
+        text += ('parameters: {\n  key: "llm_deploy_response_thread"\n  value: {\n'
+                 f'    string_value: "{response_thread}"\n  }}\n}}\n')
+    config.write_text(text)
+    model_repo.parse_model_config(config)
+    shutil.copyfile(model_repo._model_source("tensorrt_llm", "torch"), repo / "tensorrt_llm" / "1" / "model.py")
+    return repo
+
+
+async def _level(client, requests, concurrency: int) -> dict:
+    from llm_deploy.bench.metrics import summarize
+    from llm_deploy.bench.stream_client import run_level
+
+    timings, wall = await run_level(lambda i: client.send(requests[i], i), requests=len(requests),
+                                    concurrency=concurrency)
+    return summarize(timings, wall)
+
+
+def served(args, out_dir: Path, response_thread: str = "auto") -> dict:
+    from llm_deploy.bench.stream_client import LoadClient
+    from llm_deploy.bench.workload import BenchRequest
+    from llm_deploy.server import tritonserver
+
+    engine_dir = Path(args.work_dir) / "llama2-7b-random"
+    repo = render_core_model(engine_dir, Path(args.work_dir) / "repo", device="cuda", response_thread=response_thread)
+    started = time.perf_counter()
+    log_path = out_dir / f"tritonserver-{response_thread}.log"
+    handle = tritonserver.start(repo, http_port=18000, grpc_port=18001, metrics_port=18002,
+                                log_path=log_path, timeout_s=540)
+    result: dict = {"path": "gRPC streaming to the tensorrt_llm model (token ids), our LoadClient",
+                    "server_ready_s": time.perf_counter() - started}
+    try:
+        def requests(count: int, seed: int, tokens: int = args.new_tokens) -> list:
+            return [BenchRequest("", p, tokens) for p in random_prompts(count, args.prompt_len, seed)]
+
+        async def drive() -> None:
+            async with LoadClient("grpc_tensorrt_llm", grpc_url=handle.grpc_url, http_url=handle.http_url) as client:
+                warm = time.perf_counter()
+                # Warm-up: captures the decode graph of every batch width and the prefill buckets.
+                for concurrency in (1, 2, 4, 8, 16, 32, 64):
+                    await _level(client, requests(concurrency, 100 + concurrency, 8), concurrency)
+                result["warmup_s"] = time.perf_counter() - warm
+                for concurrency, count in ((1, 4), (16, 48), (64, 192)):
+                    result[f"c{concurrency}"] = await _level(client, requests(count, concurrency), concurrency)
+                    print(f"c={concurrency}: {json.dumps(result[f'c{concurrency}'])[:600]}", flush=True)
+
+        asyncio.run(drive())
+    finally:
+        tritonserver.stop(handle)
+    log = log_path.read_text(errors="replace").splitlines()
+    result["server_log_engine_lines"] = [line[-300:] for line in log
+                                         if "tensorrt_llm (torch)" in line or "loading " in line
+                                         or "varlen attention" in line][-8:]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work-dir", default="/tmp/llm-deploy-gpu")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--skip", default="", help="comma-separated phases to skip: hf, engine, served")
+    parser.add_argument("--response-thread", default="auto",
+                        help="comma-separated llm_deploy_response_thread values to serve with, in turn (auto, on, off)")
+    parser.add_argument("--budget-s", type=float, default=480, help="skip further served variants after this")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    report = Report(args.out, device=torch.cuda.get_device_name(), torch=torch.__version__,
+                    command=" ".join(["python3", *sys.argv]),
+                    shapes={"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "dtype": "bfloat16",
+                            "model": "Llama-2-7B config, random weights"})
+    report["copy_bandwidth_GBps"] = copy_bandwidth() / 1e9
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM._from_config(LlamaConfig(**LLAMA2_7B), dtype=torch.bfloat16).eval()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    report["weight_bytes"] = weight_bytes
+    report["floor_ms_per_step"] = 1000 * weight_bytes / (report.figures["copy_bandwidth_GBps"] * 1e9)
+
+    with torch.inference_mode():
+        if "hf" not in skip:
+            report.phase("hf_eager", lambda: [hf_generate(model, b, args.prompt_len, args.new_tokens) for b in (1, 64)])
+        if "engine" not in skip:
+            report.phase("engine_direct", lambda: engine_direct(model, args))
+    if "served" not in skip:
+        report.phase("checkpoint", lambda: save_checkpoint(model, Path(args.work_dir) / "llama2-7b-random", args))
+        del model
+        torch.cuda.empty_cache()
+        for index, variant in enumerate(args.response_thread.split(",")):
+            if index and time.perf_counter() - START > args.budget_s:
+                report[f"served_{variant}"] = {"skipped": f"past --budget-s={args.budget_s}"}
+                continue
+            name = "served" if index == 0 else f"served_{variant}"
+            report.phase(name, lambda v=variant: {"response_thread": v, **served(args, args.out.parent, v)})
+
+    figures = report.figures
+    ratios = {}
+    try:
+        hf64 = figures["hf_eager"][1]["tokens_per_s"]
+        served_figs = figures["served"]
+        ratios["served_decode_ms_per_step_c1"] = served_figs["c1"]["inter_token_latency_ms"]["avg"]
+        ratios["served_c1_over_floor (goal <= 2.0)"] = ratios["served_decode_ms_per_step_c1"] / figures["floor_ms_per_step"]
+        ratios["served_tok_s_c16"] = served_figs["c16"]["output_token_throughput_per_s"]
+        ratios["served_tok_s_c64"] = served_figs["c64"]["output_token_throughput_per_s"]
+        ratios["served_c64_over_hf_b64 (goal >= 10)"] = ratios["served_tok_s_c64"] / hf64
+    except (KeyError, TypeError, IndexError) as exc:
+        ratios["incomplete"] = repr(exc)
+    report["ratios"] = ratios
+
+
+if __name__ == "__main__":
+    main()

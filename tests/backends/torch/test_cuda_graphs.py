@@ -1,0 +1,140 @@
+"""The static-shape decode/prefill path a GPU captures as CUDA graphs, run eagerly on CPU.
+
+On a GPU the varlen attention runs FlashAttention's kernel over the offsets built here; on CPU
+the same offsets drive a plain gather, so these tests hold the offsets (slot, KV head, length of
+every row) to HF's logits.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llm_deploy.backends.torch.cuda_graphs import GraphedDecode, varlen_attention_reference
+from llm_deploy.backends.torch.inflight import InflightBatcher
+from llm_deploy.backends.torch.llama import LlamaEngine
+
+PROMPTS = [[5, 6, 7, 8, 9], [1, 2, 3], [100, 200, 30, 40, 50, 60, 70, 80, 90, 10, 11]]
+ATOL = 1e-5
+
+
+def hf_last_logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0, -1].float()
+
+
+def graphed_engine(checkpoint, slots: int = 4, max_seq_len: int = 64, **options) -> LlamaEngine:
+    engine = LlamaEngine.load(checkpoint, torch.float32, max_batch_size=slots, max_seq_len=max_seq_len)
+    engine.enable_graphed_decode(capture=False, **options)
+    return engine
+
+
+def test_varlen_reference_reads_each_sequence_own_keys():
+    # Three one-query sequences over one flat key run: starts 0, 10, 4 and lengths 3, 5, 1.
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 1, 8), torch.randn(20, 1, 8), torch.randn(20, 1, 8)
+    cu_k = torch.tensor([0, 10, 4, 20], dtype=torch.int32)
+    used = torch.tensor([3, 5, 1], dtype=torch.int32)
+    out = varlen_attention_reference(q, k, v, cu_k, used, max_k=6, scale=0.5)
+    for n, (start, length) in enumerate([(0, 3), (10, 5), (4, 1)]):
+        keys, values = k[start:start + length, 0][None], v[start:start + length, 0][None]
+        expected = F.scaled_dot_product_attention(q[n][None], keys, values, scale=0.5)[0]
+        torch.testing.assert_close(out[n], expected, atol=1e-6, rtol=0)
+
+
+def test_fused_projections_share_the_layer_weights(tiny_checkpoint):
+    engine = graphed_engine(tiny_checkpoint)
+    layer, fused = engine._layers[0], engine._graphed._fused[0]
+    # q/k/v and gate/up are views into the stacked weights: no second copy of the model.
+    assert layer.q_proj.data_ptr() == fused.qkv.data_ptr()
+    assert layer.v_proj.data_ptr() == fused.qkv[-layer.v_proj.shape[0]:].data_ptr()
+    assert layer.up_proj.data_ptr() == fused.gate_up[layer.gate_proj.shape[0]:].data_ptr()
+
+
+@pytest.mark.parametrize("attention", ["varlen", "masked"])
+def test_decode_rows_of_different_lengths_and_slots_match_hf(tiny_checkpoint, tiny_hf_model, attention):
+    engine = graphed_engine(tiny_checkpoint, kv_step=8, attention=attention)
+    # Slots 0, 1 and 3: slot 2 stays empty, so the bucket of 4 rows has a padded row in the middle.
+    sequences = {0: list(PROMPTS[0]), 1: list(PROMPTS[1]), 3: list(PROMPTS[2])}
+    for slot, prompt in sequences.items():
+        engine.prefill(slot, prompt)
+    for step, slots in enumerate([[0, 1, 3], [3, 0], [1, 3, 0], [3]]):
+        tokens = [(31 * step + 7 * slot) % 256 for slot in slots]
+        logits = engine.decode(slots, tokens)
+        for row, (slot, token) in enumerate(zip(slots, tokens)):
+            sequences[slot].append(token)
+            torch.testing.assert_close(logits[row], hf_last_logits(tiny_hf_model, sequences[slot]),
+                                       atol=ATOL, rtol=0)
+
+
+def test_batched_prefill_matches_hf_then_decodes_on(tiny_checkpoint, tiny_hf_model):
+    engine = graphed_engine(tiny_checkpoint)
+    engine._graphed.prefill_step = 8  # prompts of 3..11 tokens: buckets of 8 and 16 tokens
+    slots = [2, 0, 3]
+    logits = engine.prefill_many(slots, PROMPTS)
+    assert logits.shape == (3, 256)
+    for row, prompt in enumerate(PROMPTS):
+        torch.testing.assert_close(logits[row], hf_last_logits(tiny_hf_model, prompt), atol=ATOL, rtol=0)
+    assert [engine.length(s) for s in slots] == [len(p) for p in PROMPTS]
+    # The prompts' K/V landed in their own slots: decoding continues from there.
+    tokens = [17, 18, 19]
+    logits = engine.decode(slots, tokens)
+    for row, (prompt, token) in enumerate(zip(PROMPTS, tokens)):
+        torch.testing.assert_close(logits[row], hf_last_logits(tiny_hf_model, prompt + [token]), atol=ATOL, rtol=0)
+
+
+def test_prefill_many_refuses_bad_input(tiny_checkpoint):
+    engine = graphed_engine(tiny_checkpoint)
+    with pytest.raises(ValueError, match="distinct slots"):
+        engine.prefill_many([0, 0], [[1], [2]])
+    with pytest.raises(ValueError, match="at least one token"):
+        engine.prefill_many([0, 1], [[1], []])
+    with pytest.raises(ValueError, match="max_seq_len=64"):
+        engine.prefill_many([0], [[1] * 65])
+
+
+def test_unknown_attention_is_refused(tiny_checkpoint):
+    engine = LlamaEngine.load(tiny_checkpoint, torch.float32, max_batch_size=2, max_seq_len=16)
+    with pytest.raises(ValueError, match="attention='paged' is not one of varlen, masked"):
+        GraphedDecode(engine, capture=False, attention="paged")
+
+
+def test_batcher_admits_requests_together_and_matches_hf(tiny_checkpoint, tiny_hf_model, hf_greedy, collect):
+    engine = graphed_engine(tiny_checkpoint, max_seq_len=40)
+    assert engine.batched_prefill
+    batcher = InflightBatcher(engine, max_batch_size=4, max_input_len=16, max_output_len=24)
+    runs = [collect(f"r{i}") for i in range(len(PROMPTS))]
+    new_tokens = [9, 4, 12]
+    # Queued before the loop starts, so its first turn admits all three in one prefill.
+    for run, prompt, new in zip(runs, PROMPTS, new_tokens):
+        batcher.submit(run.request(prompt, new))
+    batcher.start()
+    try:
+        for run, prompt, new in zip(runs, PROMPTS, new_tokens):
+            assert run.wait().error is None
+            assert run.tokens == hf_greedy(tiny_hf_model, prompt, new), run.request_id
+        stats = batcher.stats
+        assert stats["prefills"] == 3 and stats["steps"] == max(new_tokens) - 1
+    finally:
+        batcher.stop()
+
+
+def test_failed_batched_prefill_retries_one_by_one(tiny_checkpoint, tiny_hf_model, hf_greedy, collect):
+    engine = graphed_engine(tiny_checkpoint, max_seq_len=40)
+
+    def broken(slots, prompts):
+        raise RuntimeError("simulated batched prefill failure")
+
+    engine._graphed.prefill = broken
+    batcher = InflightBatcher(engine, max_batch_size=4, max_input_len=16, max_output_len=24)
+    runs = [collect("a"), collect("b")]
+    for run, prompt in zip(runs, PROMPTS):
+        batcher.submit(run.request(prompt, 5))
+    batcher.start()
+    try:
+        for run, prompt in zip(runs, PROMPTS):
+            assert run.wait().error is None
+            assert run.tokens == hf_greedy(tiny_hf_model, prompt, 5)
+    finally:
+        batcher.stop()
