@@ -30,17 +30,19 @@ def current_spec(context: dict[str, Any] | None = None) -> DeploySpec:
         raise AirflowFailException(str(exc)) from None
 
 
-def run_step(step: Callable[..., Any], *args: Any, pass_run_id: bool = False) -> Any:
+def run_step(step: Callable[..., Any], *args: Any, pass_run_id: bool = False,
+             spec: DeploySpec | None = None) -> Any:
+    """``spec``: a config matrix entry's spec instead of the run's params."""
     from airflow.sdk import get_current_context
 
     context = get_current_context()
-    spec = current_spec(context)
+    spec = spec or current_spec(context)
     if pass_run_id:
         args = (*args, context["run_id"])
     return _task_outcome(lambda: step(spec, *args))
 
 
-def run_pipeline_step(name: str, *inputs: Any) -> Any:
+def run_pipeline_step(name: str, *inputs: Any, spec: DeploySpec | None = None) -> Any:
     """Run tutorial step ``name`` where the run's ``runner`` param says; return its XCom record.
 
     ``local``: the step function in this worker process. ``docker``: for the torch backend the
@@ -55,7 +57,7 @@ def run_pipeline_step(name: str, *inputs: Any) -> Any:
     from llm_deploy.cli import STEPS, load_step
 
     context = get_current_context()
-    spec = current_spec(context)
+    spec = spec or current_spec(context)  # a config matrix entry passes its own
     about = STEPS[name]
     run_id = context["run_id"] if about.takes_run_id else None
     token = hf_token(spec) if about.takes_token else None

@@ -1,0 +1,78 @@
+"""Serve and benchmark every engine a build_llm_engines run announced, then compare them.
+
+    engines_to_benchmark (from the triggering Asset events) → serve_and_benchmark × N, one at a
+        time (render_model_repo, start_server, benchmark, stop_server) → compare_configs
+
+Scheduled on the engines Asset: a finished build run starts this DAG, no manual trigger. Each
+engine is served with its own params (from the event's extra), on the ports those params name;
+servers share those ports, so only one engine is served at a time and its server is always
+stopped, even when its benchmark fails. The comparison table and plot go to
+runs/matrix-<run id>/ on the engines volume.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Asset, dag, task
+
+from llm_deploy.matrix import ENGINES_ASSET_NAME, ENGINES_ASSET_URI
+
+ENGINES = Asset(name=ENGINES_ASSET_NAME, uri=ENGINES_ASSET_URI)
+RETRIES = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+@dag(
+    dag_id="benchmark_llm_engines",
+    schedule=[ENGINES],
+    default_args=RETRIES,
+    max_active_runs=1,  # servers bind the ports given in the engines' params
+    tags=["llm", "tensorrt-llm", "triton", "matrix"],
+    doc_md=__doc__,
+)
+def benchmark_llm_engines():
+    @task(retries=0)
+    def engines_to_benchmark(triggering_asset_events=None) -> list[dict]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from llm_deploy.matrix import engines_from_events
+
+        events = list(triggering_asset_events.get(ENGINES, [])) if triggering_asset_events else []
+        if not events:
+            raise AirflowFailException(
+                "no engines Asset event triggered this run: it runs when build_llm_engines publishes "
+                "engines (trigger that DAG instead)")
+        try:
+            return engines_from_events([event.extra for event in events])
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    # One engine at a time, and the server is stopped in a finally, inside the task: a
+    # setup/teardown pair per mapped instance would interleave servers on the same ports.
+    @task(pool="gpu", queue="gpu", max_active_tis_per_dagrun=1, map_index_template="{{ config_label }}")
+    def serve_and_benchmark(built: dict) -> dict:
+        from airflow.sdk import get_current_context
+
+        from llm_deploy.airflow.tasks import run_step
+        from llm_deploy.matrix import serve_and_benchmark as step
+        from llm_deploy.spec import DeploySpec
+
+        get_current_context()["config_label"] = f"{built['index']}: {built['overrides']}"
+        return run_step(step, built, pass_run_id=True, spec=DeploySpec.from_params(built["params"]))
+
+    @task
+    def compare_configs(results: list[dict], engines: list[dict], run_id: str | None = None) -> dict:
+        from llm_deploy.matrix import comparison_report
+
+        return comparison_report(list(results), engines[0]["params"]["engines_root"], run_id)
+
+    engines = engines_to_benchmark()
+    compare_configs(serve_and_benchmark.expand(built=engines), engines)
+
+
+benchmark_llm_engines()

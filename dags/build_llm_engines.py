@@ -1,0 +1,103 @@
+"""Build one engine per entry of a config matrix, then announce them all as one Asset event.
+
+    plan (validate every entry) → build_engine_for_config × N (dynamic task mapping)
+        → publish_engines (outlet: the engines Asset, every engine record in the event's extra)
+
+The params are deploy_llm's, which every entry starts from, plus ``matrix``: a list of param
+overrides, e.g. ``[{"max_batch_size": 4}, {"max_batch_size": 8, "dtype": "bfloat16"}]``. A bad
+or duplicate entry fails ``plan`` before anything is built. The benchmark_llm_engines DAG is
+scheduled on the Asset: it serves and benchmarks each engine and writes one comparison report.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Asset, Param, dag, task
+
+from llm_deploy.airflow.params import deploy_params
+from llm_deploy.matrix import DEFAULT_MATRIX, ENGINES_ASSET_NAME, ENGINES_ASSET_URI, MAX_ENTRIES
+
+ENGINES = Asset(name=ENGINES_ASSET_NAME, uri=ENGINES_ASSET_URI)
+RETRIES = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+# As deploy_llm's GPU tasks: the "gpu" pool (one slot per GPU set) on the "gpu" queue's workers.
+GPU = {"pool": "gpu", "queue": "gpu", **RETRIES}
+
+MATRIX_PARAM = Param(
+    DEFAULT_MATRIX,
+    type="array",
+    minItems=1,
+    maxItems=MAX_ENTRIES,
+    items={"type": "object"},
+    title="matrix",
+    description="Configurations to build: a list of param overrides applied to the params above, "
+    'one engine each, e.g. [{"max_batch_size": 4}, {"max_batch_size": 8, "dtype": "bfloat16"}]. '
+    "Every entry must change the engine (no two entries with the same engine hash).",
+    section="Matrix",
+)
+
+
+@dag(
+    dag_id="build_llm_engines",
+    schedule=None,
+    params={**deploy_params(), "matrix": MATRIX_PARAM},
+    default_args=RETRIES,
+    max_active_runs=1,  # builds of the same engine hash must not race for its directory
+    tags=["llm", "tensorrt-llm", "matrix"],
+    doc_md=__doc__,
+)
+def build_llm_engines():
+    @task(retries=0)  # bad input: a retry cannot fix it
+    def plan(params: dict | None = None) -> list[dict]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from llm_deploy.matrix import MatrixError
+        from llm_deploy.matrix import plan as plan_matrix
+
+        try:
+            return plan_matrix(dict(params), params["matrix"])
+        except MatrixError as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    # One fat task per config: download → wheel → engine → verify. Retrying it repeats only the
+    # steps whose results are not on the volume yet (each step reuses its published output), so
+    # finer tasks would only add scheduling overhead per config.
+    @task(map_index_template="{{ config_label }}", **GPU)
+    def build_engine_for_config(config: dict) -> dict:
+        from airflow.sdk import get_current_context
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from llm_deploy.airflow.tasks import run_pipeline_step
+        from llm_deploy.spec import DeploySpec
+
+        get_current_context()["config_label"] = f"{config['index']}: {config['overrides']}"
+        spec = DeploySpec.from_params(config["params"])
+        weights = run_pipeline_step("download_weights", spec=spec)
+        try:
+            run_pipeline_step("build_wheel", spec=spec)
+        except AirflowSkipException:  # torch backend: nothing to build, the engine still is
+            pass
+        engine = run_pipeline_step("build_engine", weights, spec=spec)
+        try:
+            verified = run_pipeline_step("verify_engine", engine, weights, spec=spec)
+        except AirflowSkipException:  # verified before; its manifest says so
+            verified = None
+        return {**config, "weights": weights, "engine": engine, "verify": verified}
+
+    @task(outlets=[ENGINES])
+    def publish_engines(built: list[dict], run_id: str | None = None, outlet_events=None) -> dict:
+        from llm_deploy.matrix import event_extra
+
+        extra = event_extra(list(built), run_id)
+        outlet_events[ENGINES].extra = extra  # one event per run, all engines in it
+        return {"engines": [e["engine"]["engine_id"] for e in extra["engines"]]}
+
+    publish_engines(build_engine_for_config.expand(config=plan()))
+
+
+build_llm_engines()
