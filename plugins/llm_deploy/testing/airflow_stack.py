@@ -1,0 +1,385 @@
+"""A real Airflow 3 deployment on this machine, for tests and benchmarks of the deploy_llm DAG.
+
+PostgreSQL (Debian package) as the metadata database, then ``airflow db migrate``, then the
+api-server, scheduler (LocalExecutor), dag-processor and triggerer as separate processes, each in
+its own session with its log under the stack's directory; the REST API is reached with a JWT of
+the SimpleAuthManager's admin user. ``stop()`` stops everything and returns whatever was still
+running afterwards (found by process tree, see ``process_tree``), so a test can require nothing.
+
+Used by tests/deployment (pytest fixture) and benchmarks/pipeline_overhead.py; it lives in the
+package because both import it (tests have ``plugins`` on sys.path, benchmark scripts put it
+there), and plugins/.airflowignore keeps Airflow's plugin manager from importing it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from llm_deploy.testing.postgres import ThrowawayPostgres, find_or_install_bindir
+from llm_deploy.testing.process_tree import ProcessTree, ProcInfo
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+ADMIN = "admin"
+TERMINAL_RUN_STATES = {"success", "failed"}
+
+
+class StackError(RuntimeError):
+    """The deployment did not come up (or a call to it failed); the message holds the logs."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _log_line(entry: Any) -> str:
+    """One structured task-log entry as text: its event, then any exception it carries."""
+    if not isinstance(entry, dict):
+        return str(entry)
+    errors = [f"{e.get('exc_type')}: {e.get('exc_value')}" for e in entry.get("error_detail") or []]
+    return "\n".join([entry.get("event", ""), *errors])
+
+
+def latency_config(task_heartbeat_timeout_s: int) -> dict[str, str]:
+    """Airflow settings that decide how fast a run moves, each with the reason for its value."""
+    return {
+        # The scheduler loops without pause while it has work and sleeps this long when a loop
+        # found none (default 1 s): a task that ends during the sleep waits for it before its
+        # downstream is queued. 0.2 s cuts that wait on every edge of the DAG for ~5 cheap
+        # queries a second while idle.
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
+        # A LocalExecutor forks this many workers up front (one per task that may run at once).
+        # deploy_llm runs at most two tasks at once; 4 leaves headroom for a retry beside them
+        # without forking 32 idle processes (the default) on a 2-core machine.
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        # A task whose supervisor stops heartbeating (worker killed, host lost) is failed, and
+        # so retried, after this long (default 300 s). Supervisors heartbeat every 2 s here
+        # (default 5 s: one small Execution API call per running task): the timeout then
+        # allows five missed beats on a loaded machine while keeping the worker-kill test short.
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(task_heartbeat_timeout_s),
+        # ... and the scheduler looks for such tasks this often (default 10 s).
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+        # The dag-processor parses every file at start; the stack waits for deploy_llm to be
+        # serialized before triggering. Re-parsing a file every 30 s (default) and listing the
+        # folder every 30 s (default 300) is enough here, and one parsing process (default 2)
+        # leaves the second core to the tasks.
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        # One API server worker (uvicorn process) serves the REST API and the Execution API.
+        "AIRFLOW__API__WORKERS": "1",
+    }
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class AirflowStack:
+    """Start with ``start()`` (or ``with AirflowStack(...) as stack``); ``stop()`` ends everything.
+
+    ``root``: a fresh directory for AIRFLOW_HOME, logs and the passwords file.
+    ``engines_root``: the engines volume that the DAG's tasks see (LLM_DEPLOY_ENGINES_ROOT).
+    """
+
+    root: Path
+    engines_root: Path
+    dags_folder: Path = REPO_ROOT / "dags"
+    plugins_folder: Path = REPO_ROOT / "plugins"
+    task_heartbeat_timeout_s: int = 12
+    start_timeout_s: float = 240
+    api_port: int = field(default_factory=free_port)
+    components: dict[str, Component] = field(default_factory=dict)
+    token: str = ""
+    tree: ProcessTree | None = None
+    postgres: ThrowawayPostgres | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> AirflowStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def home(self) -> Path:
+        return self.root / "airflow-home"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> None:
+        begin = time.monotonic()
+        self.tree = ProcessTree()
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            self.logs.mkdir(parents=True, exist_ok=True)
+            self.postgres = ThrowawayPostgres(find_or_install_bindir(), self.logs / "postgres.log",
+                                              track=self.tree.track)
+            self.postgres.start()
+            self.timings["postgres_s"] = time.monotonic() - begin
+            self._password = secrets.token_urlsafe(16)
+            (self.home / "passwords.json").write_text(json.dumps({ADMIN: self._password}))
+            self.env = self._environment()
+            mark = time.monotonic()
+            self._airflow("db", "migrate")
+            self.timings["db_migrate_s"] = time.monotonic() - mark
+            mark = time.monotonic()
+            for name in COMPONENTS:
+                self._start_component(name)
+            self._wait_for_api()
+            self.token = self._fetch_token()
+            self.api("POST", "/api/v2/pools", json={
+                "name": "gpu", "slots": 1,
+                "description": "one slot per GPU set: the DAG's GPU tasks take turns"})
+            self.timings["components_s"] = time.monotonic() - mark
+        except BaseException:
+            self.stop()
+            raise
+        self.timings["start_s"] = time.monotonic() - begin
+
+    def stop(self, timeout_s: float = 30) -> list[ProcInfo]:
+        """Stop every component, then postgres; returns what was still running after that.
+
+        Whatever is returned has been SIGKILLed as well, so nothing outlives a failing test.
+        """
+        # The scheduler first, so that nothing new is started while the rest goes down.
+        for name in ("scheduler", "triggerer", "dag-processor", "api-server"):
+            if name in self.components:
+                self._stop_component(self.components[name], timeout_s)
+        if self.postgres:
+            self.postgres.stop(timeout_s)
+        if not self.tree:
+            return []
+        leftovers = self.tree.kill_all()
+        self.tree.close()
+        self.tree = None
+        return leftovers
+
+    def ours(self) -> list[ProcInfo]:
+        """Live processes started by this stack (components, their tasks, orphaned servers)."""
+        return self.tree.ours() if self.tree else []
+
+    def logs_tail(self, lines: int = 40) -> str:
+        parts = [f"--- {c.name} ({c.log_path}) ---\n{c.log_tail(lines)}" for c in self.components.values()]
+        if self.postgres:
+            parts.append(f"--- postgres ({self.postgres.log_path}) ---\n{self.postgres.log_tail(lines)}")
+        return "\n".join(parts)
+
+    # --- REST API ----------------------------------------------------------------------------
+    def api(self, method: str, path: str, *, expect: tuple[int, ...] = (200, 201), **kwargs) -> Any:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers.update(kwargs.pop("headers", {}))
+        response = httpx.request(method, self.api_url + path, headers=headers, timeout=30, **kwargs)
+        if response.status_code not in expect:
+            raise StackError(f"{method} {path} -> {response.status_code}: {response.text[:2000]}")
+        return response.json() if response.content else None
+
+    def wait_for_dag(self, dag_id: str, timeout_s: float = 120) -> dict:
+        """The DAG as the API shows it, once the dag-processor has serialized it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.api("GET", f"/api/v2/dags/{dag_id}", expect=(200, 404))
+            if found and "dag_id" in found:
+                return found
+            if time.monotonic() > deadline:
+                errors = self.api("GET", "/api/v2/importErrors")
+                raise StackError(f"DAG {dag_id} not parsed within {timeout_s:.0f}s; import errors: "
+                                 f"{json.dumps(errors)[:3000]}\n{self.logs_tail()}")
+            time.sleep(0.5)
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        """Unpause the DAG and trigger a run with ``conf``, as the UI's trigger form does."""
+        self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+        run = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        return run["dag_run_id"]
+
+    def run(self, dag_id: str, run_id: str) -> dict:
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = 600) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while (run := self.run(dag_id, run_id))["state"] not in TERMINAL_RUN_STATES:
+            if time.monotonic() > deadline:
+                states = {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
+                raise StackError(f"run {run_id} still {run['state']} after {timeout_s:.0f}s; tasks: {states}")
+            time.sleep(0.5)
+        return run
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict:
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+
+    def tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict]:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries"
+        return self.api("GET", path)["task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        return self.api("GET", path, params={"deserialize": "true"})["value"]
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+        content = self.api("GET", path, params={"full_content": "true"},
+                           headers={"Accept": "application/json"})["content"]
+        return "\n".join(_log_line(entry) for entry in content)
+
+    def task_graph(self, dag_id: str) -> dict[str, list[str]]:
+        """task_id -> its upstream task ids."""
+        upstream: dict[str, list[str]] = {}
+        for task in self.api("GET", f"/api/v2/dags/{dag_id}/tasks")["tasks"]:
+            upstream.setdefault(task["task_id"], [])
+            for down in task["downstream_task_ids"]:
+                upstream.setdefault(down, []).append(task["task_id"])
+        return upstream
+
+    # --- internals -----------------------------------------------------------------------------
+    def _environment(self) -> dict[str, str]:
+        from cryptography.fernet import Fernet
+
+        # Nothing of the caller's Airflow (AIRFLOW_HOME, a test's SQLite DB) may leak in.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        venv_bin = str(Path(sys.executable).parent)
+        env.update({
+            "PATH": venv_bin + os.pathsep + env.get("PATH", ""),
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.sqlalchemy_url,
+            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+            # Every process signs and checks the same JWTs: the API's and the task workers'.
+            "AIRFLOW__API_AUTH__JWT_SECRET": base64.b64encode(secrets.token_bytes(32)).decode(),
+            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.api_port),
+            "AIRFLOW__API__BASE_URL": self.api_url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
+            # The SimpleAuthManager (Airflow 3's default) with one admin whose password we chose.
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
+            # Log servers on free ports: another Airflow on this machine may hold the defaults.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            "LLM_DEPLOY_ENGINES_ROOT": str(self.engines_root),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_OFFLINE": "1",
+            **latency_config(self.task_heartbeat_timeout_s),
+        })
+        return env
+
+    def _airflow(self, *args: str, timeout_s: float = 300) -> None:
+        log_path = self.logs / f"airflow-{'-'.join(args)}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "airflow", *args], env=self.env,
+                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+            self.tree.track(process.pid)
+            try:
+                code = process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                code = "timeout"
+        if code != 0:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+            raise StackError(f"airflow {' '.join(args)} failed ({code}); {log_path}:\n{tail}")
+
+    def _start_component(self, name: str) -> None:
+        argv = [sys.executable, "-m", "airflow", name]
+        if name == "api-server":
+            argv += ["--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"]
+        component = Component(name, argv, self.logs / f"{name}.log")
+        with open(component.log_path, "ab") as log:
+            component.process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        self.tree.track(component.process.pid)
+        self.components[name] = component
+
+    def _stop_component(self, component: Component, timeout_s: float) -> None:
+        process = component.process
+        if process is None or process.poll() is not None:
+            return
+        # The whole session's group: uvicorn workers, parsing processes, executor workers.
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            process.wait()
+
+    def _check_alive(self) -> None:
+        for component in self.components.values():
+            if component.process.poll() is not None:
+                raise StackError(f"airflow {component.name} exited with code {component.process.returncode}"
+                                 f" while starting:\n{self.logs_tail()}")
+
+    def _wait_for_api(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            self._check_alive()
+            try:
+                health = httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=5).json()
+                if health.get("metadatabase", {}).get("status") == "healthy" and \
+                        health.get("scheduler", {}).get("status") == "healthy":
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(f"the API server did not report healthy within {self.start_timeout_s:.0f}s"
+                                 f":\n{self.logs_tail()}")
+            time.sleep(0.5)
+
+    def _fetch_token(self) -> str:
+        import httpx
+
+        response = httpx.post(f"{self.api_url}/auth/token", json={"username": ADMIN, "password": self._password},
+                              timeout=30)
+        if response.status_code != 201:
+            raise StackError(f"POST /auth/token -> {response.status_code}: {response.text[:500]}")
+        return response.json()["access_token"]

@@ -1,0 +1,137 @@
+"""Which processes a test started, found by process tree, orphans included.
+
+A stack's processes run in sessions of their own (so that a whole component can be signalled
+as a group), and some of their children outlive their parents on purpose: tritonserver, started
+by the start_server task, keeps running after that task's process exits. Linux reparents such
+orphans to the nearest ancestor marked as a "child subreaper" instead of to PID 1, so
+``ProcessTree`` marks this process as one: every process the stack ever started stays a
+descendant of ours, and what is left after a test is exactly ``ProcessTree.ours()``.
+
+A subreaper must also reap the orphans it adopts, or they stay zombies (and a pid check such as
+``os.kill(pid, 0)`` would still see them). A background thread reaps zombie children that lie
+outside this process's own session, i.e. those of the stack; children that the caller spawned in
+its own session (``subprocess.run`` and the like) are left to their Popen objects.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str
+    name: str  # basename of argv[0], or the kernel's comm for a process without argv
+    cmdline: str
+
+    @property
+    def zombie(self) -> bool:
+        return self.state in ("Z", "X")
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} (ppid {self.ppid}, pgid {self.pgid}, {self.state}) {self.cmdline[:200]}"
+
+
+def read_proc(pid: int) -> ProcInfo | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    comm = stat[stat.find("(") + 1: stat.rfind(")")]
+    # Fields after the name: state ppid pgrp session ...; the name may hold spaces and ')'.
+    state, ppid, pgid, sid = stat[stat.rfind(")") + 2:].split()[:4]
+    argv = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    name = Path(argv[0]).name if argv else comm
+    return ProcInfo(pid, int(ppid), int(pgid), int(sid), state, name, " ".join(argv) or f"[{comm}]")
+
+
+def all_processes() -> list[ProcInfo]:
+    infos = (read_proc(int(entry.name)) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [info for info in infos if info is not None]
+
+
+def descendants(root: int) -> list[ProcInfo]:
+    """Every process below ``root`` (children, grandchildren, ...), from one /proc snapshot."""
+    children: dict[int, list[ProcInfo]] = {}
+    for info in all_processes():
+        children.setdefault(info.ppid, []).append(info)
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child.pid)
+    return found
+
+
+class ProcessTree:
+    """This process as the subreaper of everything it starts in other sessions.
+
+    ``ours()`` lists the live processes below this one outside its own session: the stack's
+    components, their children and every orphan they left. ``close()`` gives the subreaper role
+    back (call it after the stack is gone).
+    """
+
+    def __init__(self, reap_interval_s: float = 0.2):
+        self.pid = os.getpid()
+        self.sid = os.getsid(0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+        self._libc = libc
+        self._own: set[int] = set()  # pids that a Popen of ours waits for itself
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, args=(reap_interval_s,),
+                                        name="process-tree-reaper", daemon=True)
+        self._reaper.start()
+
+    def track(self, pid: int) -> None:
+        """A direct child that a Popen will wait for: the reaper must leave its exit status alone."""
+        self._own.add(pid)
+
+    def ours(self) -> list[ProcInfo]:
+        return [p for p in descendants(self.pid) if p.sid != self.sid and not p.zombie]
+
+    def kill_all(self, timeout_s: float = 10) -> list[ProcInfo]:
+        """SIGKILL whatever is still ours; returns what was found (empty when nothing was left)."""
+        leftovers = self.ours()
+        deadline = time.monotonic() + timeout_s
+        while (alive := self.ours()) and time.monotonic() < deadline:
+            for proc in alive:
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+            self.reap()
+        return leftovers
+
+    def reap(self) -> None:
+        for proc in descendants(self.pid):
+            if proc.ppid == self.pid and proc.zombie and proc.sid != self.sid and proc.pid not in self._own:
+                try:
+                    os.waitpid(proc.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reaper.join()
+        self.reap()
+        self._libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+    def _reap_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.reap()
