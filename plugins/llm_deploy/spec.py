@@ -129,6 +129,14 @@ class DeploySpec(BaseModel):
         "engines_root); empty = src/tensorrtllm_backend-<trtllm_release>.",
     )
 
+    keep_engines: int = Field(
+        3,
+        ge=0,
+        le=1000,
+        description="Verified engines kept per model and backend on the volume; older ones are "
+        "removed after a successful verify, never one a running server uses. 0 = keep all.",
+    )
+
     # --- where it lives and how it is served --------------------------------------------------
     engines_root: str = Field(
         DEFAULT_ENGINES_ROOT,

@@ -33,7 +33,7 @@ def test_importing_the_dag_does_no_heavy_work():
 
 
 def test_tasks_follow_the_tutorial(dag):
-    assert set(dag.task_ids) == set(TUTORIAL_ORDER)
+    assert set(dag.task_ids) == {"find_cached_engine", *TUTORIAL_ORDER}
     t = dag.task_dict
     assert t["download_weights"].downstream_task_ids >= {"build_engine"}
     assert t["build_wheel"].downstream_task_ids == {"build_engine"}
@@ -72,3 +72,12 @@ def test_schedule_and_form(dag):
     assert params.get_param("dtype").schema["enum"] == ["float32", "float16", "bfloat16"]
     assert params.get_param("world_size").schema["minimum"] == 1
     assert all(params.get_param(name).description for name in params)
+
+
+def test_a_cache_hit_skips_the_build_steps_and_still_serves(dag):
+    t = dag.task_dict
+    assert t["find_cached_engine"].downstream_task_ids >= {"download_weights", "build_engine", "verify_engine",
+                                                          "render_model_repo"}
+    # The build steps are skipped on a hit: what comes after them must not skip with them.
+    for task_id in ("build_engine", "verify_engine", "render_model_repo"):
+        assert t[task_id].trigger_rule == "none_failed", task_id

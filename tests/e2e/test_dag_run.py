@@ -1,8 +1,8 @@
 """The whole DAG, as README command 1 runs it: real Airflow, real Triton, real SmolLM2.
 
 Runs ``airflow dags test`` twice on the test AIRFLOW_HOME: the first run converts the built-in
-checkpoint, builds, verifies, serves and benchmarks; the second must reuse the checkpoint and the
-engine. The served text (streamed through the ensemble, and from /generate) must equal
+checkpoint, builds, verifies, serves and benchmarks; the second finds the verified engine in the
+cache, skips download, build and verify, and serves it. The served text (streamed through the ensemble, and from /generate) must equal
 transformers' greedy output for the same prompt, token for token.
 """
 
@@ -72,7 +72,8 @@ def hf_greedy_text(checkpoint: Path, prompt: str, max_new: int) -> str:
 
 
 def test_whole_dag_twice_on_cpu(tmp_path):
-    engines = Path(os.environ.get("LLM_DEPLOY_ENGINES_ROOT", tmp_path / "engines"))
+    # A volume of its own: the first run must build, whatever earlier tests left on the suite's.
+    engines = tmp_path / "engines"
     airflow_home = tmp_path / "airflow"
     http, grpc, metrics = free_ports(3)
     conf = {
@@ -84,6 +85,7 @@ def test_whole_dag_twice_on_cpu(tmp_path):
     first = dags_test(conf, airflow_home)
     assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-6000:]
     values = xcoms(airflow_home)
+    assert values["find_cached_engine"] == {}  # a miss: nothing verified on the fresh volume
     assert set(values) >= {"download_weights", "build_engine", "verify_engine", "render_model_repo",
                            "start_server", "benchmark", "stop_server"}
     assert "build_wheel" not in values, "build_wheel is skipped on the torch backend, not faked"
@@ -99,6 +101,12 @@ def test_whole_dag_twice_on_cpu(tmp_path):
     second = dags_test(conf, airflow_home)
     assert second.returncode == 0, second.stdout[-6000:] + second.stderr[-6000:]
     again = xcoms(airflow_home)
-    assert again["download_weights"]["reused"] is True
-    assert again["build_engine"]["reused"] is True
-    assert again["build_engine"]["engine_dir"] == values["build_engine"]["engine_dir"]
+    # The engine is verified and intact: the second run skips download, build and verify and
+    # serves the very same engine.
+    hit = again["find_cached_engine"]
+    assert hit["engine"]["engine_dir"] == values["build_engine"]["engine_dir"]
+    assert hit["weights"]["checkpoint_dir"] == values["download_weights"]["checkpoint_dir"]
+    assert not {"download_weights", "build_engine", "verify_engine"} & set(again), sorted(again)
+    assert f"cache hit, engine {hit['engine']['engine_id']}" in second.stdout + second.stderr
+    assert again["render_model_repo"]["model_repo"] == values["render_model_repo"]["model_repo"]
+    assert again["benchmark"]["errors"] == 0 and again["stop_server"] is True

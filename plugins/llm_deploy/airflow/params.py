@@ -16,7 +16,7 @@ SECTIONS = {
     "Model": ("model_source", "model_id", "model_revision", "model_local_dir", "hf_conn_id",
               "hf_allow_patterns"),
     "Engine": ("backend", "trtllm_release", "dtype", "world_size", "max_batch_size",
-               "max_input_len", "max_output_len", "engines_root"),
+               "max_input_len", "max_output_len", "engines_root", "keep_engines"),
     "Runner": ("runner", "docker_image", "gpu_device_ids", "backend_repo_dir"),
     "Server": ("server_host", "http_port", "grpc_port", "metrics_port", "server_start_timeout_s",
                "batch_scheduler_policy", "max_queue_delay_microseconds"),

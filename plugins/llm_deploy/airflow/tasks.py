@@ -71,6 +71,38 @@ def run_pipeline_step(name: str, *inputs: Any, spec: DeploySpec | None = None) -
     return _task_outcome(lambda: load_step(name)(*args))
 
 
+def find_cached_engine() -> dict | None:
+    """The cache lookup task: records of a verified engine for the run's params, or None."""
+    from llm_deploy.engine_cache import find_cached
+
+    spec = current_spec()
+    found = find_cached(spec, hf_token(spec))
+    if found:
+        log.info("cache hit: engine %s (spec hash %s) verified at %s: download_weights, build_engine and "
+                 "verify_engine will be skipped; serving %s", found["engine"]["engine_id"], spec.engine_hash,
+                 _when(found["verified"]["verified_unix"]), found["engine"]["engine_dir"])
+    else:
+        log.info("no verified engine for spec hash %s on the volume: building it", spec.engine_hash)
+    return found
+
+
+def skip_if_cached(cached: dict | None, step: str) -> None:
+    """Skip a build step of a run whose engine find_cached_engine found verified."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    if cached:
+        engine = cached["engine"]
+        raise AirflowSkipException(
+            f"{step}: cache hit, engine {engine['engine_id']} (spec hash {current_spec().engine_hash}) was "
+            f"verified at {_when(cached['verified']['verified_unix'])}; reusing {engine['engine_dir']}")
+
+
+def _when(unix: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(unix, tz=timezone.utc).isoformat(timespec="seconds")
+
+
 def _task_outcome(call: Callable[[], Any]) -> Any:
     """Call a step; its record as a small dict, its errors as Airflow's skip / fail-without-retry."""
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException

@@ -63,8 +63,15 @@ def build_engine(spec: DeploySpec, checkpoint: dict) -> EngineRecord:
     """Build (or reuse) the engine for ``spec`` from the checkpoint record of download_weights."""
     final = volume.engine_dir(spec, weights_digest(checkpoint))
     if volume.is_published(final):
-        log.info("engine %s already built and intact: reusing %s", final.name, final)
-        return _record(spec, final, reused=True)
+        problems = volume.check_manifest(final, deep=True)
+        if not problems:
+            log.info("engine %s already built and intact: reusing %s", final.name, final)
+            return _record(spec, final, reused=True)
+        # Never served, never reused: out of the way under a trash name, then built again.
+        log.warning("engine %s does not match its manifest (%s): rebuilding it", final, "; ".join(problems[:3]))
+        from llm_deploy.engine_cache import discard
+
+        discard(final)
     if spec.backend == "trtllm":
         from llm_deploy.backends.trtllm import pipeline
         from llm_deploy.runners import runner_for
@@ -98,8 +105,10 @@ def _parallelism(spec: DeploySpec) -> tuple[int, int]:
 
 def weights_digest(checkpoint: dict) -> str | None:
     """Identity of the weights an engine is built from: their manifest's hash, or for a user's
-    unmanaged local dir (no manifest of ours) its path."""
-    return checkpoint.get("manifest_sha256") or checkpoint["checkpoint_dir"]
+    unmanaged local dir (no intact manifest of ours) its path and files' fingerprint."""
+    if checkpoint.get("manifest_sha256"):
+        return checkpoint["manifest_sha256"]
+    return f"{checkpoint['checkpoint_dir']}:{checkpoint.get('files_fingerprint') or ''}"
 
 
 def _cast_weights(source: Path, target: Path, dtype_name: str) -> None:
@@ -130,6 +139,11 @@ def _set_config_dtype(config_path: Path, dtype_name: str) -> None:
     config["torch_dtype"] = dtype_name
     config["dtype"] = dtype_name
     config_path.write_text(json.dumps(config, indent=2))
+
+
+def record_for(spec: DeploySpec, directory: Path, *, reused: bool) -> EngineRecord:
+    """The build_engine record of an engine already on the volume."""
+    return _record(spec, directory, reused=reused)
 
 
 def _record(spec: DeploySpec, directory: Path, *, reused: bool) -> EngineRecord:

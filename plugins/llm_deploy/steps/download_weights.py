@@ -55,6 +55,9 @@ class WeightsRecord:
     bytes: int
     manifest_sha256: str | None  # None for a 'local' dir without our manifest.json
     reused: bool
+    # A 'local' dir without an intact manifest of ours: a hash of its files' names, sizes and
+    # mtimes, so an edited checkpoint gets a new engine instead of the cached one.
+    files_fingerprint: str | None = None
 
     def to_xcom(self) -> dict:
         return asdict(self)
@@ -77,6 +80,33 @@ def download_weights(
     if spec.model_source == "local":
         return _local(spec)
     return _huggingface(spec, token, endpoint, progress_every_bytes)
+
+
+def published_weights(spec: DeploySpec, token: str | None, *, endpoint: str | None = None) -> WeightsRecord | None:
+    """What download_weights would return if the checkpoint is on the volume already, else None.
+
+    Never downloads. For the Hub one revision lookup at most (none for a pinned commit that is
+    published); any Hub error means "not known to be cached", and the download step reports it.
+    """
+    if spec.model_source == "builtin":
+        final = volume.checkpoint_dir(spec)
+        return _published_record(spec, final, revision=None, reused=True) if volume.is_published(final) else None
+    if spec.model_source == "local":
+        try:
+            return _local(spec)
+        except NonRetryableError:
+            return None
+    parent = volume.checkpoint_dir(spec).parent
+    if _COMMIT_SHA.match(spec.model_revision):
+        commit = spec.model_revision
+    else:
+        try:
+            commit = str(_resolve_revision(spec, token or False, token, endpoint).sha)
+        except Exception as exc:  # noqa: BLE001 - the download step says what is wrong with the Hub
+            log.info("cannot tell whether %s@%s is cached (%s)", spec.model_id, spec.model_revision, exc)
+            return None
+    final = parent / _dir_name(commit, spec.hf_allow_patterns)
+    return _published_record(spec, final, revision=commit, reused=True) if volume.is_published(final) else None
 
 
 # --- builtin ---------------------------------------------------------------------------------
@@ -114,6 +144,10 @@ def _local(spec: DeploySpec) -> WeightsRecord:
     _require_checkpoint(_top_level_names(path), where=f"model_local_dir {path}")
     sizes = [p.stat().st_size for p in _files_under(path)]
     manifest = path / volume.MANIFEST
+    intact = manifest.is_file() and not volume.check_manifest(path)
+    if manifest.is_file() and not intact:
+        log.warning("%s: its %s no longer matches the files; identifying it by their names, sizes and "
+                    "mtimes instead", path, volume.MANIFEST)
     log.info("using the local checkpoint %s as is (%d files, %s)", path, len(sizes), _human(sum(sizes)))
     return WeightsRecord(
         checkpoint_dir=str(path),
@@ -122,9 +156,19 @@ def _local(spec: DeploySpec) -> WeightsRecord:
         revision=None,
         files=len(sizes),
         bytes=sum(sizes),
-        manifest_sha256=_sha256_text(manifest) if manifest.is_file() else None,
+        manifest_sha256=_sha256_text(manifest) if intact else None,
         reused=True,
+        files_fingerprint=None if intact else _fingerprint(path),
     )
+
+
+def _fingerprint(root: Path) -> str:
+    """Cheap identity of an unmanaged dir (no reading of the weights): every file's path, size, mtime."""
+    digest = hashlib.sha256()
+    for path in _files_under(root):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 # --- huggingface -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ start. stop_server is the teardown: it runs even when the benchmark failed.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from llm_deploy import volume
@@ -29,18 +29,31 @@ class ServerRecord:
     model_repo: str
     # trtllm: the runner's record of launch_triton_server.py (process group or container).
     service: dict | None = None
+    # The engine's lease file: retention leaves a served engine alone until stop_server.
+    lease: str = ""
 
     def to_xcom(self) -> dict:
         return asdict(self)
 
 
 def start_server(spec: DeploySpec, repo: dict, run_id: str) -> ServerRecord:
-    from llm_deploy.server import tritonserver
-
     check_served_files(spec, Path(repo["model_repo"]))
     log_path = volume.run_dir(spec, run_id) / "tritonserver.log"
-    if spec.backend == "trtllm":
-        return _start_trtllm(spec, repo, log_path)
+    record = _start_trtllm(spec, repo, log_path) if spec.backend == "trtllm" else _start_torch(spec, repo, log_path)
+    engine_dir = (volume.read_manifest(Path(repo["model_repo"])) or {}).get("settings", {}).get("engine_dir")
+    if not engine_dir:
+        return record
+    from llm_deploy import engine_cache
+
+    service = record.service or {}
+    lease = engine_cache.take_lease(engine_dir, run_id=run_id, pid=record.pid,
+                                    container_id=service.get("container_id", ""))
+    return replace(record, lease=str(lease))
+
+
+def _start_torch(spec: DeploySpec, repo: dict, log_path: Path) -> ServerRecord:
+    from llm_deploy.server import tritonserver
+
     log.info("starting tritonserver on %s (HTTP %d, gRPC %d); server log: %s",
              spec.server_host, spec.http_port, spec.grpc_port, log_path)
     try:
@@ -120,6 +133,14 @@ def stop_server(server: dict | None) -> bool:
     if not server:
         log.info("no server record: start_server never succeeded, nothing to stop")
         return False
+    try:
+        return _stop(server)
+    finally:
+        if server.get("lease"):
+            Path(server["lease"]).unlink(missing_ok=True)
+
+
+def _stop(server: dict) -> bool:
     if server.get("service"):
         from llm_deploy.runners import service_runner
 

@@ -37,8 +37,17 @@ class VerifyRecord:
 
 
 def verify_engine(spec: DeploySpec, engine: dict, checkpoint: dict) -> VerifyRecord:
-    if spec.backend == "trtllm":
-        return _verify_trtllm(spec, engine, checkpoint)
+    """Check the engine; mark it verified (a later run with the same hash skips download, build
+    and verify) and let retention remove older engines of the model."""
+    from llm_deploy import engine_cache
+
+    record = _verify_trtllm(spec, engine, checkpoint) if spec.backend == "trtllm" else _verify_torch(spec, engine, checkpoint)
+    engine_cache.mark_verified(engine["engine_dir"], record.to_xcom())
+    engine_cache.apply_retention(spec, engine["engine_dir"])
+    return record
+
+
+def _verify_torch(spec: DeploySpec, engine: dict, checkpoint: dict) -> VerifyRecord:
     from transformers import AutoTokenizer
 
     engine_dir = Path(engine["engine_dir"])

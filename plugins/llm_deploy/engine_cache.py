@@ -1,0 +1,197 @@
+"""The engine cache: verified engines found again, leases of running servers, and retention.
+
+An engine directory is named by the content hash of everything it depends on (``volume.engine_id``:
+the spec's engine inputs plus the sha256 of the checkpoint's manifest). verify_engine leaves a
+``verified.json`` marker in it that names the manifest it verified, so an engine is a cache hit
+only if it is published, its files still hash to that manifest, and the manifest is the one that
+was verified. Then download, build and verify are skipped.
+
+A server that serves an engine leaves a lease file in its directory (``lease-*.json``: host, pid,
+the process's start time, run id); retention never removes a leased engine whose server is still
+alive. Retention keeps the ``keep_engines`` most recently verified engines of a model (per
+backend) and removes the others by renaming them to a trash name first, so a crash mid-delete
+never leaves a half-deleted directory under an engine's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+from llm_deploy import volume
+from llm_deploy.spec import DeploySpec
+
+log = logging.getLogger(__name__)
+
+MARKER = "verified.json"
+LEASE_GLOB = "lease-*.json"
+TRASH_PREFIX = ".trash-"
+# A lease whose liveness cannot be checked here (another host, a container) is honoured this long.
+FOREIGN_LEASE_TTL_S = 7 * 24 * 3600
+
+
+# --- verified marker ----------------------------------------------------------------------------
+
+
+def manifest_digest(directory: Path) -> str | None:
+    try:
+        return hashlib.sha256((Path(directory) / volume.MANIFEST).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def mark_verified(engine_dir: str | Path, record: dict) -> dict:
+    """Record that the engine, exactly as its manifest describes it, passed verify_engine."""
+    engine_dir = Path(engine_dir)
+    marker = {"manifest_sha256": manifest_digest(engine_dir), "verified_unix": time.time(),
+              "prompt": record.get("prompt"), "output_text": record.get("output_text")}
+    tmp = engine_dir / f".{MARKER}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(marker, indent=2))
+    os.replace(tmp, engine_dir / MARKER)
+    return marker
+
+
+def verified_marker(engine_dir: str | Path, *, deep: bool = True) -> dict | None:
+    """The marker of an intact, verified engine; None (with the reason logged) otherwise."""
+    engine_dir = Path(engine_dir)
+    try:
+        marker = json.loads((engine_dir / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if marker.get("manifest_sha256") != manifest_digest(engine_dir):
+        log.warning("%s: verified marker names another manifest: not a cache hit", engine_dir)
+        return None
+    problems = volume.check_manifest(engine_dir, deep=deep)
+    if problems:
+        log.warning("%s no longer matches its manifest (%s): not a cache hit", engine_dir, "; ".join(problems[:3]))
+        return None
+    return marker
+
+
+def find_cached(spec: DeploySpec, token: str | None, *, endpoint: str | None = None) -> dict | None:
+    """{"weights", "engine", "verified"} records of a verified engine for ``spec``, or None."""
+    from llm_deploy.steps.build_engine import record_for, weights_digest
+    from llm_deploy.steps.download_weights import published_weights
+
+    weights = published_weights(spec, token, endpoint=endpoint)
+    if weights is None:
+        log.info("no checkpoint for %s on the volume yet: nothing cached", spec.model_id)
+        return None
+    engine_dir = volume.engine_dir(spec, weights_digest(weights.to_xcom()))
+    if not engine_dir.is_dir():
+        log.info("no engine %s built yet", engine_dir.name)
+        return None
+    marker = verified_marker(engine_dir)
+    if marker is None:
+        log.info("engine %s exists but is not verified and intact: it will be (re)built and verified", engine_dir.name)
+        return None
+    return {"weights": weights.to_xcom(), "engine": record_for(spec, engine_dir, reused=True).to_xcom(),
+            "verified": marker}
+
+
+# --- leases -------------------------------------------------------------------------------------
+
+
+def take_lease(engine_dir: str | Path, *, run_id: str, pid: int = 0, container_id: str = "") -> Path:
+    """Mark ``engine_dir`` as served by this run's server until ``release_lease``."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)[:100] or "run"
+    path = Path(engine_dir) / f"lease-{name}.json"
+    lease = {"host": socket.gethostname(), "pid": pid, "start_ticks": _start_ticks(pid) if pid else None,
+             "container_id": container_id, "run_id": run_id, "created_unix": time.time()}
+    path.write_text(json.dumps(lease, indent=2))
+    return path
+
+
+def release_lease(engine_dir: str | Path, run_id: str) -> None:
+    for path in Path(engine_dir).glob(LEASE_GLOB):
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get("run_id") == run_id:
+                path.unlink()
+
+
+def live_leases(engine_dir: str | Path) -> list[dict]:
+    """Leases whose server may still run; stale ones (a dead pid on this host) are removed."""
+    live = []
+    for path in Path(engine_dir).glob(LEASE_GLOB):
+        try:
+            lease = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _lease_alive(lease):
+            live.append(lease)
+        else:
+            log.info("removing stale lease %s (run %s, pid %s gone)", path.name, lease.get("run_id"), lease.get("pid"))
+            path.unlink(missing_ok=True)
+    return live
+
+
+def _lease_alive(lease: dict) -> bool:
+    if lease.get("host") == socket.gethostname() and lease.get("pid"):
+        ticks = _start_ticks(lease["pid"])
+        return ticks is not None and ticks == lease.get("start_ticks")  # same pid, same process
+    # Another host's process, or a container: not checkable from here.
+    return time.time() - float(lease.get("created_unix", 0)) < FOREIGN_LEASE_TTL_S
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# --- retention ----------------------------------------------------------------------------------
+
+
+def apply_retention(spec: DeploySpec, current: str | Path) -> list[str]:
+    """Keep the spec's ``keep_engines`` most recently verified engines of this model; remove the
+    rest unless a live server holds them. Returns the removed directories."""
+    if spec.keep_engines == 0:
+        return []
+    current = Path(current)
+    verified = []
+    for candidate in current.parent.iterdir():
+        if candidate.name.startswith(".") or not candidate.is_dir():
+            continue
+        marker = verified_marker(candidate, deep=False)
+        if marker is not None:
+            verified.append((marker["verified_unix"], candidate))
+    verified.sort(reverse=True)
+    keep = {current} | {path for _, path in verified[: spec.keep_engines]}
+    removed = []
+    for _, path in verified:
+        if path in keep:
+            continue
+        leases = live_leases(path)
+        if leases:
+            log.info("retention: keeping %s, served by run %s", path.name, leases[0].get("run_id"))
+            continue
+        size = discard(path)
+        removed.append(str(path))
+        log.info("retention (keep_engines=%d): removed %s, %.1f MiB freed", spec.keep_engines, path.name, size / 2**20)
+    _remove_old_trash(current.parent)
+    return removed
+
+
+def discard(directory: Path) -> int:
+    """Rename to a trash name (atomic), then delete; returns the bytes freed."""
+    size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+    trash = directory.parent / f"{TRASH_PREFIX}{directory.name}-{uuid.uuid4().hex[:8]}"
+    os.rename(directory, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    return size
+
+
+def _remove_old_trash(parent: Path) -> None:
+    """Trash a crash left behind (its rename happened, the delete did not finish)."""
+    for leftover in parent.glob(f"{TRASH_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
