@@ -98,6 +98,27 @@ def test_pinned_commit_is_reused_without_the_hub(hf_hub: FakeHub, tmp_path: Path
     assert record.reused and record.revision == commit
 
 
+def test_the_cache_lookup_resolves_the_branch_and_never_downloads(hf_hub: FakeHub, tmp_path: Path) -> None:
+    from llm_deploy.steps.download_weights import published_weights
+
+    hf_hub.add_repo(REPO, hub_files())
+    assert published_weights(hub_spec(tmp_path), None, endpoint=hf_hub.endpoint) is None  # nothing on the volume
+    assert hf_hub.file_requests() == []
+    downloaded = download_weights(hub_spec(tmp_path), None, endpoint=hf_hub.endpoint)
+    file_requests, api_requests = len(hf_hub.file_requests()), hf_hub.count(contains="/api/")
+
+    found = published_weights(hub_spec(tmp_path), None, endpoint=hf_hub.endpoint)
+
+    assert found == WeightsRecord(**{**downloaded.to_xcom(), "reused": True})
+    assert len(hf_hub.file_requests()) == file_requests
+    assert hf_hub.count(contains="/api/") == api_requests + 1  # one revision lookup
+    # The branch moved: the cached copy is not what the run would serve.
+    hf_hub.push(REPO, tiny_model_files(seed=1))
+    assert published_weights(hub_spec(tmp_path), None, endpoint=hf_hub.endpoint) is None
+    # A Hub that does not answer: "not known to be cached", the download step reports the error.
+    assert published_weights(hub_spec(tmp_path), None, endpoint=dead_loopback_url()) is None
+
+
 def test_a_moved_branch_gets_a_new_directory(hf_hub: FakeHub, tmp_path: Path) -> None:
     old = hf_hub.add_repo(REPO, hub_files())
     first = download_weights(hub_spec(tmp_path), None, endpoint=hf_hub.endpoint)
@@ -328,9 +349,44 @@ def test_local_checkpoint_is_recorded_not_copied(tmp_path: Path) -> None:
     assert record == WeightsRecord(
         checkpoint_dir=str(model), source="local", model_id=None, revision=None,
         files=len(before), bytes=sum(p.stat().st_size for p in before), manifest_sha256=None, reused=True,
+        files_fingerprint=record.files_fingerprint,
     )
+    assert len(record.files_fingerprint) == 64
     assert {p: p.stat().st_mtime_ns for p in model.rglob("*")} == before  # nothing written
     assert not (tmp_path / "models").exists()
+
+
+def test_an_edited_local_checkpoint_gets_another_identity(tmp_path: Path) -> None:
+    # Its identity names the engine: the same identity after an edit would serve a stale engine.
+    from llm_deploy.steps.build_engine import weights_digest
+
+    model = tmp_path / "mine" / "llama"
+    tiny_checkpoint(model)
+    spec = DeploySpec(model_source="local", model_local_dir="mine/llama", engines_root=str(tmp_path))
+    first = download_weights(spec, None).to_xcom()
+    assert weights_digest(download_weights(spec, None).to_xcom()) == weights_digest(first)
+
+    tiny_checkpoint(model, seed=1)  # new weights, same names and sizes
+
+    assert weights_digest(download_weights(spec, None).to_xcom()) != weights_digest(first)
+
+
+def test_a_local_checkpoint_with_our_manifest_is_named_by_it_until_its_files_change(tmp_path: Path) -> None:
+    from llm_deploy.steps.build_engine import weights_digest
+
+    model = tmp_path / "mine" / "llama"
+    with volume.publish_dir(model) as scratch:
+        tiny_checkpoint(scratch)
+    spec = DeploySpec(model_source="local", model_local_dir="mine/llama", engines_root=str(tmp_path))
+    record = download_weights(spec, None)
+    assert record.manifest_sha256 == hashlib.sha256((model / volume.MANIFEST).read_bytes()).hexdigest()
+    assert weights_digest(record.to_xcom()) == record.manifest_sha256
+
+    (model / "config.json").write_text(json.dumps({"edited": True}))  # the manifest now lies
+
+    edited = download_weights(spec, None)
+    assert edited.manifest_sha256 is None and edited.files_fingerprint
+    assert weights_digest(edited.to_xcom()) != weights_digest(record.to_xcom())
 
 
 def test_local_dir_must_exist(tmp_path: Path) -> None:
