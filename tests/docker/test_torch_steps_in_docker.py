@@ -19,7 +19,7 @@ from llm_deploy import volume
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.runners import DockerRunner, run_python_step, runner_for
 from llm_deploy.spec import DeploySpec
-from llm_deploy.steps.build_engine import ENGINE_CONFIG
+from llm_deploy.steps.build_engine import ENGINE_CONFIG, weights_digest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -43,7 +43,7 @@ def test_build_and_verify_engine_run_in_containers_and_publish_an_intact_engine(
     engine = run_python_step(runner, "build_engine", docker_spec, weights)
     verified = run_python_step(runner, "verify_engine", docker_spec, engine, weights)
 
-    engine_dir = volume.engine_dir(docker_spec, weights["manifest_sha256"] or weights["checkpoint_dir"])
+    engine_dir = volume.engine_dir(docker_spec, weights_digest(weights))
     assert engine["engine_dir"] == str(engine_dir) and not engine["reused"]
     assert volume.check_manifest(engine_dir, deep=True) == []
     config = json.loads((engine_dir / ENGINE_CONFIG).read_text())

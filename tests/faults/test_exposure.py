@@ -45,7 +45,9 @@ STEPS = {
     "download_weights": ((), (), lambda s, r: str(volume.checkpoint_dir(s).parent)),
     "build_wheel": ((), (), None),
     "build_engine": (("checkpoint",), ("checkpoint_dir",), lambda s, r: str(PurePosixPath(r["engine"]["engine_dir"]).parent)),
-    "verify_engine": (("engine", "checkpoint"), ("engine_dir", "checkpoint_dir"), None),
+    # The verified marker goes into the engine's dir, and retention prunes the model's engines.
+    "verify_engine": (("engine", "checkpoint"), ("checkpoint_dir",),
+                      lambda s, r: str(PurePosixPath(r["engine"]["engine_dir"]).parent)),
     "render_model_repo": (("engine", "checkpoint"), ("engine_dir", "checkpoint_dir"),
                           lambda s, r: str(volume.model_repo_dir(s).parent)),
     "benchmark": (("server",), ("model_repo",), lambda s, r: str(s.root / "runs" / s.engine_hash)),
@@ -67,7 +69,8 @@ def test_each_step_writes_only_where_it_publishes(spec, step):
     every_input = {key: value for rec in recs.values() for key, value in rec.items()}
     for key in reads:
         assert access(mounts, every_input[key]) == "ro", key
-    assert access(mounts, str(volume.engine_dir(spec, "0" * 64))) == ("rw" if step == "build_engine" else "ro")
+    assert access(mounts, str(volume.engine_dir(spec, "0" * 64))) == (
+        "rw" if step in ("build_engine", "verify_engine") else "ro")
     assert access(mounts, str(volume.checkpoint_dir(spec))) == ("rw" if step == "download_weights" else "ro")
     assert all(m["Type"] == "bind" and m["Source"] == m["Target"] for m in mounts)
 

@@ -75,8 +75,11 @@ def test_build_engine_reads_the_volume_and_writes_only_where_it_publishes():
     assert command.env["HF_HUB_OFFLINE"] == "1" and not command.network_host
 
 
-def test_verify_engine_only_reads_and_benchmark_reaches_the_server():
-    assert all(not p.writable for p in python_step_command("verify_engine", spec(), {}, CHECKPOINT).volume_paths)
+def test_verify_engine_writes_only_its_models_engines_and_benchmark_reaches_the_server():
+    # The verified marker in the engine's dir; retention of older engines beside it.
+    engine = {"engine_dir": "/vol/engines/torch/m/abc"}
+    paths = python_step_command("verify_engine", spec(), engine, CHECKPOINT).volume_paths
+    assert [p.path for p in paths if p.writable] == ["/vol/engines/torch/m"]
     bench = python_step_command("benchmark", spec(), {"model_repo": "/vol/r"}, run_id="manual__1")
     assert bench.network_host and bench.argv[-2:] == ("--run-id", "manual__1")
 
@@ -94,7 +97,7 @@ def test_gpu_steps_ask_for_world_size_gpus_on_trtllm_and_none_for_the_cpu_twin(m
     assert python_step_command("build_engine", trtllm, CHECKPOINT).gpus == GpuRequest(count=2)
     assert not python_step_command("build_engine", spec(), CHECKPOINT).gpus.wanted
     on_gpu = spec(gpu_device_ids="1")
-    assert python_step_command("verify_engine", on_gpu, {}, CHECKPOINT).gpus == GpuRequest(device_ids=("1",))
+    assert python_step_command("verify_engine", on_gpu, {"engine_dir": "/vol/engines/torch/m/abc"}, CHECKPOINT).gpus == GpuRequest(device_ids=("1",))
     assert not python_step_command("render_model_repo", trtllm, {}, CHECKPOINT).gpus.wanted
 
 

@@ -57,6 +57,12 @@ def _engine_parent(spec: DeploySpec, inputs: list[dict]) -> list[Path]:
     return [volume.engine_dir(spec, weights_digest(inputs[0])).parent]
 
 
+def _verified_engine_parent(spec: DeploySpec, inputs: list[dict]) -> list[Path]:
+    # verify_engine marks the engine verified (a file in its dir) and retention removes older
+    # engines of the model beside it: the model's engines dir, nothing else.
+    return [Path(inputs[0]["engine_dir"]).parent]
+
+
 def _model_repo_parent(spec: DeploySpec, inputs: list[dict]) -> list[Path]:
     return [volume.model_repo_dir(spec).parent]
 
@@ -69,7 +75,7 @@ NEEDS: dict[str, StepNeeds] = {
     "download_weights": StepNeeds(_checkpoint_parent),
     "build_wheel": StepNeeds(lambda spec, inputs: [], gpu=True),
     "build_engine": StepNeeds(_engine_parent, gpu=True),
-    "verify_engine": StepNeeds(lambda spec, inputs: [], gpu=True),
+    "verify_engine": StepNeeds(_verified_engine_parent, gpu=True),
     "render_model_repo": StepNeeds(_model_repo_parent),
     "benchmark": StepNeeds(_runs_dir, network_host=True),
 }
