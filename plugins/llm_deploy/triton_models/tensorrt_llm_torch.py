@@ -456,6 +456,9 @@ def _stack_dumps(params: dict[str, str]) -> Any:
     import faulthandler
 
     out = open(path, "a")  # noqa: SIM115 - stays open for the model's life; faulthandler writes to its fd
+    # A stub that crashes (SIGSEGV/SIGABRT in native code) dies silently otherwise: tritonserver
+    # only notices much later that it is gone.
+    faulthandler.enable(file=out, all_threads=True)
     faulthandler.dump_traceback_later(every, repeat=True, file=out)
     _log("warn", f"dumping every thread's stack to {path} every {every:.0f}s (llm_deploy_stack_dump_s)")
     return out
