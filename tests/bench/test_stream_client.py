@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import serialize_byte_tensor
 
@@ -81,3 +82,26 @@ def test_a_server_error_is_kept_on_the_request():
     failed = service_pb2.ModelStreamInferResponse(error_message="tensorrt_llm: input too long")
     timing = asyncio.run(stream_one(ReplayStub(clock, [(0.1, failed)]), ensemble_request("x", 8), clock))
     assert timing.error == "tensorrt_llm: input too long" and timing.response_times == []
+
+
+@pytest.mark.parametrize("target", ["grpc_ensemble", "http_generate_stream"])
+def test_a_server_that_never_answers_fails_the_request_at_its_deadline(target):
+    """A model process that died without the server noticing: requests fail, the run goes on."""
+    from llm_deploy.bench.stream_client import LoadClient
+    from llm_deploy.bench.workload import BenchRequest
+
+    async def scenario():
+        async def swallow(reader, writer):  # accepts, reads, never answers
+            await reader.read(-1)
+
+        server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with LoadClient(target, grpc_url=f"127.0.0.1:{port}", http_url=f"http://127.0.0.1:{port}",
+                                  request_timeout_s=1.0) as client:
+                return await asyncio.wait_for(client.send(BenchRequest("hi", [1, 2], 4), 0), timeout=30)
+        finally:
+            server.close()
+
+    timing = asyncio.run(scenario())
+    assert timing.error and timing.response_times == []

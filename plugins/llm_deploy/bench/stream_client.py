@@ -73,7 +73,8 @@ def core_model_request(input_ids: list[int], max_tokens: int, *, request_id: str
     return request
 
 
-async def stream_one(stub, request, clock: Callable[[], float] = time.perf_counter) -> RequestTiming:
+async def stream_one(stub, request, clock: Callable[[], float] = time.perf_counter,
+                     timeout_s: float | None = None) -> RequestTiming:
     """Send one request on its own stream; timestamp every response with content until the final.
 
     Text is kept for the caller to count tokens with the model's tokenizer (as genai-perf does);
@@ -88,7 +89,10 @@ async def stream_one(stub, request, clock: Callable[[], float] = time.perf_count
     pieces: list[str] = []
     ids = 0
     try:
-        async for response in stub.ModelStreamInfer(requests()):
+        # A deadline, so a server whose model process died (its stub can crash without tritonserver
+        # noticing for a while) fails the request instead of stalling the whole benchmark.
+        call = stub.ModelStreamInfer(requests(), timeout=timeout_s) if timeout_s else stub.ModelStreamInfer(requests())
+        async for response in call:
             now = clock()
             if response.error_message:
                 timing.error = response.error_message
@@ -140,6 +144,11 @@ async def run_level(send: Callable[[int], Awaitable[RequestTiming]], *, requests
     return timings, clock() - started
 
 
+# Longest one request may take before it counts as failed (a 7B model streaming 2k tokens at
+# batch 64 stays well inside it); a dead server fails its requests instead of hanging the run.
+REQUEST_TIMEOUT_S = 600.0
+
+
 class LoadClient:
     """One target on one server; ``send(request, index)`` measures one request.
 
@@ -148,8 +157,9 @@ class LoadClient:
     """
 
     def __init__(self, target: str, *, grpc_url: str, http_url: str, concurrency_limit: int = 1024,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, request_timeout_s: float = REQUEST_TIMEOUT_S):
         self.target, self.grpc_url, self.http_url, self.clock = target, grpc_url, http_url, clock
+        self.request_timeout_s = request_timeout_s
         self._limit = concurrency_limit
         self._channel = self._stub = self._session = None
 
@@ -164,7 +174,8 @@ class LoadClient:
             import aiohttp
 
             connector = aiohttp.TCPConnector(limit=self._limit)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+            self._session = aiohttp.ClientSession(connector=connector,
+                                                  timeout=aiohttp.ClientTimeout(total=self.request_timeout_s))
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -176,11 +187,11 @@ class LoadClient:
     async def send(self, request, index: int) -> RequestTiming:
         request_id = f"bench-{index}"
         if self.target == "grpc_ensemble":
-            return await stream_one(self._stub, ensemble_request(request.prompt, request.max_tokens,
-                                                                 request_id=request_id), self.clock)
+            message = ensemble_request(request.prompt, request.max_tokens, request_id=request_id)
+            return await stream_one(self._stub, message, self.clock, timeout_s=self.request_timeout_s)
         if self.target == "grpc_tensorrt_llm":
-            return await stream_one(self._stub, core_model_request(request.input_ids, request.max_tokens,
-                                                                   request_id=request_id), self.clock)
+            message = core_model_request(request.input_ids, request.max_tokens, request_id=request_id)
+            return await stream_one(self._stub, message, self.clock, timeout_s=self.request_timeout_s)
         if self.target == "http_generate_stream":
             return await self._http_stream(request)
         if self.target == "http_generate":
