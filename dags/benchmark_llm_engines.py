@@ -12,19 +12,12 @@ runs/matrix-<run id>/ on the engines volume.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Asset, dag, task
 
+from llm_deploy.airflow.task_policy import RETRIES
 from llm_deploy.matrix import ENGINES_ASSET_NAME, ENGINES_ASSET_URI
 
 ENGINES = Asset(name=ENGINES_ASSET_NAME, uri=ENGINES_ASSET_URI)
-RETRIES = {
-    "retries": 2,
-    "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
-}
 
 
 @dag(

@@ -11,22 +11,13 @@ scheduled on the Asset: it serves and benchmarks each engine and writes one comp
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Asset, Param, dag, task
 
 from llm_deploy.airflow.params import deploy_params
+from llm_deploy.airflow.task_policy import GPU, RETRIES
 from llm_deploy.matrix import DEFAULT_MATRIX, ENGINES_ASSET_NAME, ENGINES_ASSET_URI, MAX_ENTRIES
 
 ENGINES = Asset(name=ENGINES_ASSET_NAME, uri=ENGINES_ASSET_URI)
-RETRIES = {
-    "retries": 2,
-    "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
-}
-# As deploy_llm's GPU tasks: the "gpu" pool (one slot per GPU set) on the "gpu" queue's workers.
-GPU = {"pool": "gpu", "queue": "gpu", **RETRIES}
 
 MATRIX_PARAM = Param(
     DEFAULT_MATRIX,

@@ -11,25 +11,12 @@ This module only declares the DAG: all work, and every heavy import, happens ins
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import dag, setup, task, teardown
 
 from llm_deploy.airflow.params import deploy_params
+from llm_deploy.airflow.task_policy import GPU, NEXT_TO_SERVER, RETRIES
 from llm_deploy.airflow.tasks import run_pipeline_step, run_step, skip_if_cached
 
-RETRIES = {
-    "retries": 2,
-    "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
-}
-# Tasks that hold a GPU on a production worker share the "gpu" pool (one slot per GPU set) and
-# go to the Celery workers of the "gpu" queue (docker-compose.yaml's airflow-worker-gpu).
-GPU = {"pool": "gpu", "queue": "gpu", **RETRIES}
-# The benchmark and stop_server must run where start_server started the server (its loopback,
-# its process group): the same queue.
-NEXT_TO_SERVER = {"queue": "gpu"}
 
 
 @dag(

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 from llm_deploy import volume
+from llm_deploy.runners.local_runner import start_ticks as _start_ticks
 from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
@@ -140,13 +141,6 @@ def _lease_alive(lease: dict) -> bool:
         return ticks is not None and ticks == lease.get("start_ticks")  # same pid, same process
     # Another host's process, or a container: not checkable from here.
     return time.time() - float(lease.get("created_unix", 0)) < FOREIGN_LEASE_TTL_S
-
-
-def _start_ticks(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 # --- retention ----------------------------------------------------------------------------------

@@ -128,13 +128,13 @@ class LocalRunner:
                 start_new_session=True,
             )
         return ServiceRecord(runner=self.name, name=command.name, pid=process.pid, pgid=process.pid,
-                             start_ticks=_start_ticks(process.pid), log_path=str(log_path))
+                             start_ticks=start_ticks(process.pid), log_path=str(log_path))
 
     def alive(self, record: ServiceRecord | Mapping[str, Any]) -> bool:
         """The service's process, or what it started in its group (a launcher such as
         launch_triton_server.py exits once mpirun is up), is still running."""
         record = _as_record(record)
-        ticks = _start_ticks(record.pid)
+        ticks = start_ticks(record.pid)
         if ticks is not None and ticks != record.start_ticks:
             return False  # the pid was reused: ours, and so its whole group, is gone
         return (ticks is not None and not _is_zombie(record.pid)) or _group_alive(record.pgid)
@@ -143,7 +143,7 @@ class LocalRunner:
         """End the service's whole process group; True if it was still running."""
         record = _as_record(record)
         was_running = self.alive(record)
-        if _start_ticks(record.pid) not in (None, record.start_ticks):
+        if start_ticks(record.pid) not in (None, record.start_ticks):
             # Our leader is gone and its pid was handed to another process, which means our whole
             # group is gone too (a pid is not reused while its group lives): nothing of ours to stop.
             log.warning("pid %d now belongs to another process; %s is long gone", record.pid, record.name)
@@ -216,7 +216,7 @@ def _stat_fields(pid: int) -> list[str] | None:
     return stat[stat.rfind(")") + 2:].split()
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
     """When the process started (clock ticks since boot): with the pid, names one process for good."""
     fields = _stat_fields(pid)
     return int(fields[19]) if fields else None

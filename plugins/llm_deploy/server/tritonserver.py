@@ -249,7 +249,7 @@ def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_po
             command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             env=server_env(paths), cwd=str(repo), start_new_session=True,
         )
-    host_for_clients = _client_host(host)
+    host_for_clients = client_host(host)
     handle = ServerHandle(
         pid=process.pid,
         pgid=process.pid,  # start_new_session: the server leads its own group
@@ -282,7 +282,7 @@ def repository_models(repo: Path) -> list[str]:
     return sorted(p.parent.name for p in Path(repo).glob("*/config.pbtxt"))
 
 
-def _client_host(host: str) -> str:
+def client_host(host: str) -> str:
     # A server bound to every interface is reached on loopback.
     if host in ("0.0.0.0", ""):
         return "127.0.0.1"

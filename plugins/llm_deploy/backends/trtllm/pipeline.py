@@ -276,7 +276,7 @@ def start_server(spec: DeploySpec, model_repo: str, log_path: Path, runner: Any)
         validation.check_engine_world_size(spec, settings["engine_dir"])
     ports = {"http": spec.http_port, "grpc": spec.grpc_port, "metrics": spec.metrics_port}
     tritonserver.check_ports_free(spec.server_host, ports)
-    http_url = f"http://{_client_host(spec.server_host)}:{spec.http_port}"
+    http_url = f"http://{tritonserver.client_host(spec.server_host)}:{spec.http_port}"
     record = runner.start(launch_command(spec, model_repo), log_path)
     try:
         _wait_ready(runner, record, http_url, spec.server_start_timeout_s)
@@ -310,10 +310,6 @@ def _ready(http_url: str) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _client_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
 
 
 def _file_tail(path: str, lines: int = 30) -> str:

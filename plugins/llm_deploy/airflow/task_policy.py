@@ -1,0 +1,18 @@
+"""Retry and placement settings shared by every DAG of this project (one place to tune them)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+RETRIES = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+# Tasks that hold a GPU on a production worker share the "gpu" pool (one slot per GPU set) and
+# go to the Celery workers of the "gpu" queue (docker-compose.yaml's airflow-worker-gpu).
+GPU = {"pool": "gpu", "queue": "gpu", **RETRIES}
+# The benchmark and stop_server must run where start_server started the server (its loopback,
+# its process group): the same queue.
+NEXT_TO_SERVER = {"queue": "gpu"}
