@@ -12,6 +12,17 @@
    upstream's benchmark_core_model.py): decode ms/step at concurrency 1, output tok/s at 16 and 64.
 
 Every phase's figures go to --out as soon as they exist, so a failure late in the run keeps them.
+
+On a machine whose python has numpy 2 (the lent GPU machines do), the stubs need their own python
+with numpy<2 (see benchmarks/results/gpu_stub_probe_h200.json), e.g. with the nvidia-pytriton
+wheel and the client wheels in $SITE:
+
+    python3 -m venv --without-pip /tmp/stubenv
+    python3 -c "import torch,os;print(os.path.dirname(os.path.dirname(torch.__file__)))" \
+        > /tmp/stubenv/lib/python3.12/site-packages/device-site.pth
+    pip install --no-deps --target /tmp/stubenv/lib/python3.12/site-packages numpy==1.26.4
+    LLM_DEPLOY_STUB_PYTHON=/tmp/stubenv/bin/python3 PYTHONPATH=$SITE \
+        python3 benchmarks/gpu_triton_llama7b.py --out $OUT/gpu_triton_llama7b.json
 """
 
 from __future__ import annotations

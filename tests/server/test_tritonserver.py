@@ -88,6 +88,52 @@ def test_stub_for_this_python_is_installed_next_to_the_backend():
     assert os.access(stub, os.X_OK)
 
 
+def test_the_stub_python_is_this_interpreter_described_by_asking_it():
+    import numpy
+
+    stub = tritonserver.stub_python(environ={})
+
+    assert stub.executable == Path(sys.executable)
+    assert stub.version == sys.version_info[:2]
+    assert stub.numpy == numpy.__version__
+    tritonserver.check_stub_python(stub)  # the pinned numpy<2 passes
+
+
+@pytest.mark.parametrize(
+    ("numpy_version", "says"),
+    [("2.1.3", "numpy 2.1.3 in /opt/venv/bin/python3: the python-backend stubs"), (None, "numpy is not installed")],
+)
+def test_a_stub_python_that_would_corrupt_tensors_is_refused_with_what_to_do(numpy_version, says):
+    stub = tritonserver.StubPython(Path("/opt/venv/bin/python3"), (3, 12), "/usr/lib", "libpython3.12.so.1.0",
+                                   numpy_version)
+
+    with pytest.raises(tritonserver.StubEnvironmentError, match="numpy<2") as refused:
+        tritonserver.check_stub_python(stub)
+    assert says in str(refused.value)
+
+
+def test_a_server_whose_stub_python_lacks_numpy_is_refused_before_it_starts(tmp_path, free_ports, monkeypatch):
+    # A real interpreter with no packages at all, named the way a worker would name it.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    monkeypatch.setenv(tritonserver.STUB_PYTHON_ENV, str(tmp_path / "bare" / "bin" / "python3"))
+    repo = _identity_repo(tmp_path / "repo", ["identity"])
+
+    with pytest.raises(tritonserver.StubEnvironmentError, match="numpy is not installed for .*bare"):
+        tritonserver.start(repo, **free_ports, log_path=tmp_path / "server.log", timeout_s=30)
+    assert not (tmp_path / "server.log").exists()  # refused before anything was launched
+
+
+def test_the_stub_environment_follows_the_stub_python(tmp_path):
+    paths = tritonserver.find_triton()
+    stub = tritonserver.StubPython(tmp_path / "stubenv" / "bin" / "python3", (3, 11), "/opt/py/lib",
+                                   "libpython3.11.so.1.0", "1.26.4")
+
+    env = tritonserver.server_env(paths, base={"PATH": "/usr/bin"}, stub=stub)
+
+    assert env["PATH"].split(os.pathsep)[0] == str(tmp_path / "stubenv" / "bin")
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == "/opt/py/lib"
+
+
 def test_port_in_use_is_named(free_ports):
     port = free_ports["grpc_port"]
     with socket.socket() as listener:

@@ -9,7 +9,11 @@ binary directly on our model repository. Three things make it work outside PyTri
   LD_LIBRARY_PATH (the base interpreter's LIBDIR, then ``nvidia_pytriton.libs``);
 - the stub's embedded interpreter ignores PYTHONPATH and finds its site-packages through the
   ``python3`` on PATH, so the venv's bin dir goes first on PATH and models can import torch,
-  transformers and llm_deploy.
+  transformers and llm_deploy. ``$LLM_DEPLOY_STUB_PYTHON`` names another interpreter for the
+  stubs, for a worker whose own packages cannot be the stub's (see the next point);
+- the wheel's stubs are built against numpy 1.x. Under numpy 2 they corrupt every tensor that
+  crosses them (Triton answers "output tensor shape does not match size of output", or the stub
+  segfaults in ``send`` and the server never notices): the stub's numpy is checked before start.
 
 The server runs in its own session (process group) so that it outlives the Airflow task that
 started it; stop() ends the whole group, and only after checking that the pid still belongs
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import importlib.util
 import logging
 import os
@@ -58,6 +63,63 @@ class PortInUseError(ServerStartError):
 
 class TritonNotInstalled(ServerStartError):
     """The tritonserver binary (nvidia-pytriton wheel) is missing or incomplete."""
+
+
+class StubEnvironmentError(TritonNotInstalled):
+    """The python the model stubs would import from cannot host them; retrying will not help."""
+
+
+STUB_PYTHON_ENV = "LLM_DEPLOY_STUB_PYTHON"
+# Asked of the stub's interpreter with -E, as its embedded interpreter ignores PYTHON* variables.
+_STUB_PYTHON_PROBE = """
+import json, sys, sysconfig
+try:
+    import numpy
+    numpy_version = numpy.__version__
+except ImportError:
+    numpy_version = None
+print(json.dumps({"version": list(sys.version_info[:2]), "libdir": sysconfig.get_config_var("LIBDIR") or "",
+                  "libpython": sysconfig.get_config_var("INSTSONAME") or "", "numpy": numpy_version}))
+"""
+
+
+@dataclass(frozen=True)
+class StubPython:
+    """The interpreter whose site-packages the python-backend stubs import from, as they see it."""
+
+    executable: Path
+    version: tuple[int, int]
+    libdir: str
+    libpython: str
+    numpy: str | None
+
+
+def stub_python(environ: dict[str, str] | None = None) -> StubPython:
+    """$LLM_DEPLOY_STUB_PYTHON, else this interpreter, described by asking it."""
+    executable = Path((os.environ if environ is None else environ).get(STUB_PYTHON_ENV) or sys.executable)
+    try:
+        probe = subprocess.run([str(executable), "-E", "-c", _STUB_PYTHON_PROBE],  # noqa: S603 - fixed argv
+                               capture_output=True, text=True, timeout=120, check=True)
+        facts = json.loads(probe.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        raise StubEnvironmentError(f"cannot run the python for the model stubs ({executable}, from "
+                                   f"${STUB_PYTHON_ENV} or this interpreter): {exc}") from exc
+    return StubPython(executable=executable, version=tuple(facts["version"]), libdir=facts["libdir"],
+                      libpython=facts["libpython"], numpy=facts["numpy"])
+
+
+def check_stub_python(stub: StubPython) -> None:
+    """Refuse a stub environment that would corrupt tensors or fail to start, saying what to do."""
+    if stub.numpy is None:
+        raise StubEnvironmentError(f"numpy is not installed for {stub.executable}: the python-backend stubs "
+                                   f"import it; pip install 'numpy<2' there")
+    if int(stub.numpy.split(".")[0]) >= 2:
+        raise StubEnvironmentError(
+            f"numpy {stub.numpy} in {stub.executable}: the python-backend stubs of nvidia-pytriton are built "
+            f"against numpy 1.x and corrupt every tensor under numpy 2 (or crash in send). Install 'numpy<2' "
+            f"there, or point ${STUB_PYTHON_ENV} at a python (e.g. a venv with --system-site-packages or a "
+            f".pth to this one's packages) that has numpy<2 first on its path"
+        )
 
 
 @dataclass(frozen=True)
@@ -122,14 +184,13 @@ def find_triton() -> TritonPaths:
     return paths
 
 
-def ensure_python_stub(paths: TritonPaths) -> Path:
-    """Put this Python's stub next to libtriton_python.so (once; replaced if it differs)."""
-    source = paths.stub_source()
+def ensure_python_stub(paths: TritonPaths, version: tuple[int, int] = sys.version_info[:2]) -> Path:
+    """Put the stub for Python ``version`` next to libtriton_python.so (once; replaced if it differs)."""
+    source = paths.stub_source(version)
     target = paths.python_backend / STUB
     if not source.exists():
         raise TritonNotInstalled(
-            f"nvidia-pytriton has no python-backend stub for Python {sys.version_info[0]}.{sys.version_info[1]} "
-            f"({source} is missing)"
+            f"nvidia-pytriton has no python-backend stub for Python {version[0]}.{version[1]} ({source} is missing)"
         )
     if target.exists() and _same_file_content(source, target):
         return target
@@ -141,7 +202,7 @@ def ensure_python_stub(paths: TritonPaths) -> Path:
         with contextlib.suppress(OSError):
             scratch.unlink()
         raise TritonNotInstalled(f"cannot install the python-backend stub into {target}: {exc}") from exc
-    log.info("installed the Python %d.%d python-backend stub: %s", *sys.version_info[:2], target)
+    log.info("installed the Python %d.%d python-backend stub: %s", *version, target)
     return target
 
 
@@ -151,16 +212,16 @@ def _same_file_content(a: Path, b: Path) -> bool:
     return a.read_bytes() == b.read_bytes()
 
 
-def server_env(paths: TritonPaths, base: dict[str, str] | None = None) -> dict[str, str]:
+def server_env(paths: TritonPaths, base: dict[str, str] | None = None, stub: StubPython | None = None) -> dict[str, str]:
     """The environment tritonserver and its python stubs need (see the module docstring)."""
     env = dict(os.environ if base is None else base)
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    libpython = sysconfig.get_config_var("INSTSONAME") or ""
+    libdir = stub.libdir if stub else sysconfig.get_config_var("LIBDIR") or ""
+    libpython = stub.libpython if stub else sysconfig.get_config_var("INSTSONAME") or ""
     if libdir and libpython and not (Path(libdir) / libpython).exists():
         log.warning("%s not found in %s: the python backend may fail to start", libpython, libdir)
     env["LD_LIBRARY_PATH"] = _join_path(libdir, str(paths.vendored_libs), env.get("LD_LIBRARY_PATH", ""))
     # The venv's bin, not sys.base_prefix's: the stub resolves site-packages from this python3.
-    venv_bin = str(Path(sys.executable).parent)
+    venv_bin = str((stub.executable if stub else Path(sys.executable)).parent)
     env["PATH"] = _join_path(venv_bin, env.get("PATH", ""))
     if not (Path(venv_bin) / "python3").exists():
         log.warning("%s has no python3: the python-backend stub will not see this venv's packages", venv_bin)
@@ -237,7 +298,9 @@ def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_po
         raise ServerStartError(f"{repo} holds no model (no */config.pbtxt)")
     check_ports_free(host, {"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
     paths = find_triton()
-    ensure_python_stub(paths)
+    stub = stub_python()
+    check_stub_python(stub)
+    ensure_python_stub(paths, stub.version)
     command = server_command(paths, repo, host=host, http_port=http_port, grpc_port=grpc_port,
                              metrics_port=metrics_port)
     log_path = Path(log_path)
@@ -247,7 +310,7 @@ def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_po
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            env=server_env(paths), cwd=str(repo), start_new_session=True,
+            env=server_env(paths, stub=stub), cwd=str(repo), start_new_session=True,
         )
     host_for_clients = client_host(host)
     handle = ServerHandle(

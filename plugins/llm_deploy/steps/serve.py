@@ -66,7 +66,7 @@ def _start_torch(spec: DeploySpec, repo: dict, log_path: Path) -> ServerRecord:
             log_path=log_path,
             timeout_s=spec.server_start_timeout_s,
         )
-    except tritonserver.PortInUseError as exc:
+    except (tritonserver.PortInUseError, tritonserver.StubEnvironmentError) as exc:
         raise NonRetryableError(str(exc)) from None
     except tritonserver.ServerStartError as exc:
         raise StepError(str(exc)) from None
@@ -92,7 +92,7 @@ def _start_trtllm(spec: DeploySpec, repo: dict, log_path: Path) -> ServerRecord:
              spec.world_size, log_path)
     try:
         service, http_url = pipeline.start_server(spec, repo["model_repo"], log_path, runner_for(spec))
-    except tritonserver.PortInUseError as exc:
+    except (tritonserver.PortInUseError, tritonserver.StubEnvironmentError) as exc:
         raise NonRetryableError(str(exc)) from None
     host = http_url.rsplit(":", 1)[0].removeprefix("http://")
     log.info("tritonserver ready: %s (%s runner)", http_url, service.runner)

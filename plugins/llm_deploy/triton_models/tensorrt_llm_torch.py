@@ -288,8 +288,9 @@ class TritonPythonModel:
         self._by_client_id: dict[str, dict[str, Generation]] = {}
         self._ids_lock = threading.Lock()
         self._warned: set[str] = set()
-        # Off unless asked for: its gain on a GPU is not measured yet (the served CUDA path hangs,
-        # see benchmarks/results/gpu_triton_llama7b_h100.json), and on CPU it costs a thread.
+        # Off unless asked for: its gain on a GPU is not measured yet (the served CUDA runs so far
+        # died of numpy 2 in the stub, see benchmarks/results/gpu_stub_probe_h200.json), and on
+        # CPU it costs a thread.
         thread = params.get("llm_deploy_response_thread", "off").lower()
         use_outbox = thread == "on" or (thread == "auto" and device.startswith("cuda"))
         self._outbox = ResponseOutbox() if self.decoupled and use_outbox else None
