@@ -67,7 +67,8 @@ def started(tmp_path):
 
 def test_environment_puts_the_venv_first_and_finds_libpython():
     paths = tritonserver.find_triton()
-    env = tritonserver.server_env(paths, base={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/opt/x"})
+    env = tritonserver.server_env(paths, tritonserver.stub_python(environ={}),
+                                  base={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/opt/x"})
 
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     libs = env["LD_LIBRARY_PATH"].split(os.pathsep)
@@ -128,7 +129,7 @@ def test_the_stub_environment_follows_the_stub_python(tmp_path):
     stub = tritonserver.StubPython(tmp_path / "stubenv" / "bin" / "python3", (3, 11), "/opt/py/lib",
                                    "libpython3.11.so.1.0", "1.26.4")
 
-    env = tritonserver.server_env(paths, base={"PATH": "/usr/bin"}, stub=stub)
+    env = tritonserver.server_env(paths, stub, base={"PATH": "/usr/bin"})
 
     assert env["PATH"].split(os.pathsep)[0] == str(tmp_path / "stubenv" / "bin")
     assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == "/opt/py/lib"

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -33,7 +33,6 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -212,16 +211,14 @@ def _same_file_content(a: Path, b: Path) -> bool:
     return a.read_bytes() == b.read_bytes()
 
 
-def server_env(paths: TritonPaths, base: dict[str, str] | None = None, stub: StubPython | None = None) -> dict[str, str]:
+def server_env(paths: TritonPaths, stub: StubPython, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment tritonserver and its python stubs need (see the module docstring)."""
     env = dict(os.environ if base is None else base)
-    libdir = stub.libdir if stub else sysconfig.get_config_var("LIBDIR") or ""
-    libpython = stub.libpython if stub else sysconfig.get_config_var("INSTSONAME") or ""
-    if libdir and libpython and not (Path(libdir) / libpython).exists():
-        log.warning("%s not found in %s: the python backend may fail to start", libpython, libdir)
-    env["LD_LIBRARY_PATH"] = _join_path(libdir, str(paths.vendored_libs), env.get("LD_LIBRARY_PATH", ""))
+    if stub.libdir and stub.libpython and not (Path(stub.libdir) / stub.libpython).exists():
+        log.warning("%s not found in %s: the python backend may fail to start", stub.libpython, stub.libdir)
+    env["LD_LIBRARY_PATH"] = _join_path(stub.libdir, str(paths.vendored_libs), env.get("LD_LIBRARY_PATH", ""))
     # The venv's bin, not sys.base_prefix's: the stub resolves site-packages from this python3.
-    venv_bin = str((stub.executable if stub else Path(sys.executable)).parent)
+    venv_bin = str(stub.executable.parent)
     env["PATH"] = _join_path(venv_bin, env.get("PATH", ""))
     if not (Path(venv_bin) / "python3").exists():
         log.warning("%s has no python3: the python-backend stub will not see this venv's packages", venv_bin)
@@ -310,7 +307,7 @@ def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_po
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            env=server_env(paths, stub=stub), cwd=str(repo), start_new_session=True,
+            env=server_env(paths, stub), cwd=str(repo), start_new_session=True,
         )
     host_for_clients = client_host(host)
     handle = ServerHandle(

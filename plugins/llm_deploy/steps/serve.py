@@ -92,7 +92,7 @@ def _start_trtllm(spec: DeploySpec, repo: dict, log_path: Path) -> ServerRecord:
              spec.world_size, log_path)
     try:
         service, http_url = pipeline.start_server(spec, repo["model_repo"], log_path, runner_for(spec))
-    except (tritonserver.PortInUseError, tritonserver.StubEnvironmentError) as exc:
+    except tritonserver.PortInUseError as exc:
         raise NonRetryableError(str(exc)) from None
     host = http_url.rsplit(":", 1)[0].removeprefix("http://")
     log.info("tritonserver ready: %s (%s runner)", http_url, service.runner)
