@@ -17,6 +17,9 @@ Each model is asked for N streamed responses through HTTP ``/generate_stream`` (
 library needed). Figures per probe: responses received, error, whether its stub is still alive,
 and any fatal-error trace the stub wrote (faulthandler, all threads).
 
+It answered: the stub's numpy (benchmarks/results/gpu_stub_probe_h200.json). tritonserver.start
+has refused numpy 2 for the stubs since, so the numpy-2 half of that file cannot be rerun as is.
+
 Run: python3 benchmarks/gpu_stub_probe.py --out benchmarks/results/gpu_stub_probe.json
 """
 
