@@ -94,7 +94,9 @@ def dockerd() -> str:
             process.wait()
 
 
-@pytest.fixture(scope="session", autouse=True)
+# Module scope: the override is set for these modules only and never outlives them, so tests
+# elsewhere in the same session still see the tutorial's settings.
+@pytest.fixture(scope="module", autouse=True)
 def daemon_ulimits():
     """The tutorial's memlock=-1 where the daemon may grant it; this machine's cap where not.
 
