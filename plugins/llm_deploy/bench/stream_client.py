@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from llm_deploy.bench.metrics import RequestTiming
+from llm_deploy.server import direct_http
 
 ENSEMBLE = "ensemble"
 CORE_MODEL = "tensorrt_llm"
@@ -258,7 +259,7 @@ def generate(http_url: str, prompt: str, max_tokens: int, timeout_s: float = 300
         f"{http_url}/v2/models/{ENSEMBLE}/generate", data=body.encode(),
         headers={"Content-Type": "application/json"}, method="POST",
     )
-    with urllib.request.urlopen(req, timeout=timeout_s) as response:  # noqa: S310 - our own server URL
+    with direct_http.urlopen(req, timeout=timeout_s) as response:
         return json.loads(response.read())["text_output"]
 
 

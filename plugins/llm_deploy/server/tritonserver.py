@@ -34,10 +34,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from llm_deploy.server import direct_http
 
 log = logging.getLogger(__name__)
 
@@ -328,14 +331,7 @@ def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_po
 
 def is_live(http_url: str, timeout_s: float = 5) -> bool:
     """Whether a server answers its liveness endpoint (for error messages after failed requests)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{http_url}/v2/health/live", timeout=timeout_s) as response:  # noqa: S310
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    return direct_http.answers_ok(f"{http_url}/v2/health/live", timeout_s)
 
 
 def repository_models(repo: Path) -> list[str]:
@@ -353,54 +349,52 @@ def client_host(host: str) -> str:
 
 def wait_ready(handle: ServerHandle, models: Iterable[str], *, process: subprocess.Popen | None = None,
                timeout_s: float = 600, log_offset: int = 0) -> None:
-    """Poll until the server is live and ready and every model reports ready."""
-    import tritonclient.http as httpclient
+    """Poll until the server is live and ready and every model reports ready.
 
+    Plain HTTP on the KServe v2 health endpoints, so a launcher needs no Triton client library
+    (tritonclient.http would pull in gevent for three GETs).
+    """
     models = list(models)
     started = time.monotonic()
     deadline = started + timeout_s
     next_progress = started + _PROGRESS_EVERY_S
-    client = httpclient.InferenceServerClient(
-        handle.http_url.removeprefix("http://"), connection_timeout=5.0, network_timeout=10.0
-    )
-    try:
-        while True:
-            if process is not None and process.poll() is not None:
-                # The port check before launch can lose a race with another program binding the
-                # port; the server then exits saying so, and that is not worth a retry either.
-                error = (PortInUseError if _log_says_port_taken(handle.log_path, log_offset)
-                         else ServerStartError)
-                raise error(
-                    f"tritonserver exited with code {process.returncode} before it was ready"
-                    + _tail_message(handle.log_path, log_offset)
-                )
-            pending = _not_ready(client, models)
-            if not pending:
-                log.info("tritonserver ready after %.1f s: %s", time.monotonic() - started, ", ".join(models))
-                return
-            now = time.monotonic()
-            if now >= deadline:
-                raise ServerStartError(
-                    f"tritonserver not ready after {timeout_s:.0f} s (waiting for: {', '.join(pending)})"
-                    + _tail_message(handle.log_path, log_offset)
-                )
-            if now >= next_progress:
-                log.info("waiting for tritonserver (%.0f s): not ready yet: %s", now - started, ", ".join(pending))
-                next_progress = now + _PROGRESS_EVERY_S
-            time.sleep(_POLL_S)
-    finally:
-        client.close()
+    while True:
+        if process is not None and process.poll() is not None:
+            # The port check before launch can lose a race with another program binding the
+            # port; the server then exits saying so, and that is not worth a retry either.
+            error = (PortInUseError if _log_says_port_taken(handle.log_path, log_offset)
+                     else ServerStartError)
+            raise error(
+                f"tritonserver exited with code {process.returncode} before it was ready"
+                + _tail_message(handle.log_path, log_offset)
+            )
+        pending = _not_ready(handle.http_url, models)
+        if not pending:
+            log.info("tritonserver ready after %.1f s: %s", time.monotonic() - started, ", ".join(models))
+            return
+        now = time.monotonic()
+        if now >= deadline:
+            raise ServerStartError(
+                f"tritonserver not ready after {timeout_s:.0f} s (waiting for: {', '.join(pending)})"
+                + _tail_message(handle.log_path, log_offset)
+            )
+        if now >= next_progress:
+            log.info("waiting for tritonserver (%.0f s): not ready yet: %s", now - started, ", ".join(pending))
+            next_progress = now + _PROGRESS_EVERY_S
+        time.sleep(_POLL_S)
 
 
-def _not_ready(client: Any, models: list[str]) -> list[str]:
+def _not_ready(http_url: str, models: list[str]) -> list[str]:
     """Names of what is not ready yet: 'server' until it answers, then each model still loading."""
-    try:
-        if not (client.is_server_live() and client.is_server_ready()):
-            # strict readiness: the server is not ready until every model is; say which.
-            return ["server"] + [m for m in models if not client.is_model_ready(m)]
-        return [m for m in models if not client.is_model_ready(m)]
-    except Exception:  # noqa: BLE001 - connection refused / reset while the server comes up
-        return ["server"]
+    def model_ready(name: str) -> bool:
+        return direct_http.answers_ok(f"{http_url}/v2/models/{urllib.parse.quote(name, safe='')}/ready", 10.0)
+
+    if not direct_http.answers_ok(f"{http_url}/v2/health/live", 5.0):
+        return ["server"]  # not answering yet (Triton opens its HTTP port once models are loaded)
+    if not direct_http.answers_ok(f"{http_url}/v2/health/ready", 5.0):
+        # strict readiness: the server is not ready until every model is; say which.
+        return ["server"] + [m for m in models if not model_ready(m)]
+    return [m for m in models if not model_ready(m)]
 
 
 def read_log_tail(log_path: str | Path, lines: int = LOG_TAIL_LINES, offset: int = 0) -> list[str]:

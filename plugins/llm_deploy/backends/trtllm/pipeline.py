@@ -23,8 +23,6 @@ import logging
 import re
 import shutil
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from llm_deploy.runners.command import (
     VolumePath,
     sequence_argv,
 )
+from llm_deploy.server import direct_http
 from llm_deploy.spec import TUTORIAL_PROMPT, DeploySpec
 
 log = logging.getLogger(__name__)
@@ -305,11 +304,7 @@ def _wait_ready(runner: Any, record: ServiceRecord, http_url: str, timeout_s: fl
 
 
 def _ready(http_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{http_url}/v2/health/ready", timeout=2) as response:  # noqa: S310
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    return direct_http.answers_ok(f"{http_url}/v2/health/ready", 2)
 
 
 def _file_tail(path: str, lines: int = 30) -> str:
