@@ -11,14 +11,22 @@ not hide the others):
 - ``cuda``: torch imported and CUDA initialised in initialize(), the thread runs a CUDA op and
   synchronises before each send;
 - ``graph``: the thread captures a CUDA graph first and replays it before each send (what the
-  in-flight batcher does for decode).
+  in-flight batcher does for decode);
+- ``pruned``: each response also carries an output the client did not ask for (the stub drops
+  it before sending), as the tensorrt_llm model's sequence_length for a client asking for
+  output_ids only; asked over gRPC, since HTTP /generate_stream asks for every output;
+- ``cancel``: is_cancelled() before each send, as the tensorrt_llm model does;
+- ``bigmem``: all of the above at the 7B model's size: 24 GiB held on the GPU, a GEMM per token.
 
 Each model is asked for N streamed responses through HTTP ``/generate_stream`` (no client
 library needed). Figures per probe: responses received, error, whether its stub is still alive,
 and any fatal-error trace the stub wrote (faulthandler, all threads).
 
-It answered: the stub's numpy (benchmarks/results/gpu_stub_probe_h200.json). tritonserver.start
-has refused numpy 2 for the stubs since, so the numpy-2 half of that file cannot be rerun as is.
+It answered twice. The stub's numpy: with numpy 2 every tensor is corrupt
+(benchmarks/results/gpu_stub_probe_h200.json; tritonserver.start has refused numpy 2 for the
+stubs since, so that half cannot be rerun as is). And ``pruned``: an output the client did not ask
+for, freed by the stub inside send() without the GIL, segfaults a Python 3.12 stub, on a GPU or
+not (benchmarks/results/gpu_stub_probe_pruned.json); that was the served model's segfault.
 
 Run: python3 benchmarks/gpu_stub_probe.py --out benchmarks/results/gpu_stub_probe.json
 """
@@ -37,15 +45,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from llm_deploy.server import tritonserver  # noqa: E402
-
-# Loopback only: a proxy from the environment must not see these requests.
-urllib.request.install_opener(urllib.request.build_opener(urllib.request.ProxyHandler({})))
+from llm_deploy.server import direct_http, tritonserver  # noqa: E402
 
 MODEL = '''
 import faulthandler, queue, threading
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+CPU_ONLY = ("plain", "pruned", "cancel")
 
 
 class TritonPythonModel:
@@ -54,10 +62,13 @@ class TritonPythonModel:
         self.probe = params["probe"]
         self.trace = open(params["trace_path"], "w")
         faulthandler.enable(file=self.trace, all_threads=True)
-        if self.probe != "plain":
+        if self.probe not in CPU_ONLY:
             import torch
             self.torch = torch
             self.x = torch.ones(1 << 20, device="cuda")
+            if self.probe == "bigmem":  # the 7B model's weights + KV cache, and a GEMM per token
+                self.hold = torch.empty(24 << 30, dtype=torch.uint8, device="cuda")
+                self.w = torch.randn(4096, 4096, dtype=torch.bfloat16, device="cuda")
             torch.cuda.synchronize()
         self.q = queue.SimpleQueue()
         threading.Thread(target=self.loop, name="sender", daemon=True).start()
@@ -79,12 +90,23 @@ class TritonPythonModel:
             for i in range(n):
                 if graph is not None:
                     graph.replay()
-                if self.probe != "plain":
+                if self.probe not in CPU_ONLY:
                     self.x.add_(1)
+                    if self.probe == "bigmem":
+                        self.w @ self.w
                     self.torch.cuda.synchronize()
-                out = pb_utils.Tensor("I", np.array([i], dtype=np.int32))
+                if self.probe in ("cancel", "bigmem") and sender.is_cancelled():
+                    return
                 final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if i == n - 1 else 0
-                sender.send(pb_utils.InferenceResponse(output_tensors=[out]), flags=final)
+                if self.probe in ("pruned", "bigmem"):
+                    # J is not asked for, so the stub drops it inside send(); built inline, so the
+                    # stub holds its only reference, as in the tensorrt_llm model's token_response.
+                    sender.send(pb_utils.InferenceResponse(output_tensors=[
+                        pb_utils.Tensor("I", np.array([i], dtype=np.int32)),
+                        pb_utils.Tensor("J", np.array([i], dtype=np.int32))]), flags=final)
+                else:
+                    sender.send(pb_utils.InferenceResponse(
+                        output_tensors=[pb_utils.Tensor("I", np.array([i], dtype=np.int32))]), flags=final)
 
     def execute(self, requests):
         for request in requests:
@@ -98,7 +120,7 @@ backend: "python"
 max_batch_size: 0
 model_transaction_policy {{ decoupled: true }}
 input [ {{ name: "N", data_type: TYPE_INT32, dims: [ 1 ] }} ]
-output [ {{ name: "I", data_type: TYPE_INT32, dims: [ 1 ] }} ]
+output [ {{ name: "I", data_type: TYPE_INT32, dims: [ 1 ] }}, {{ name: "J", data_type: TYPE_INT32, dims: [ 1 ] }} ]
 instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
 parameters: {{ key: "probe" value: {{ string_value: "{probe}" }} }}
 parameters: {{ key: "trace_path" value: {{ string_value: "{trace}" }} }}
@@ -121,7 +143,7 @@ def stream(http_url: str, model: str, n: int, timeout_s: float) -> dict:
                                      headers={"Content-Type": "application/json"})
     received, started = 0, time.perf_counter()
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with direct_http.urlopen(request, timeout=timeout_s) as response:
             for line in response:
                 if line.startswith(b"data:"):
                     received += 1
@@ -133,19 +155,29 @@ def stream(http_url: str, model: str, n: int, timeout_s: float) -> dict:
     return {"asked": n, "received": received, "error": error, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def wait_ready_without_client(handle, models, *, process=None, timeout_s=300, log_offset=0) -> None:
-    """tritonserver.wait_ready over plain HTTP: the device carries no tritonclient (it needs gevent)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise tritonserver.ServerStartError(f"tritonserver exited with {process.returncode}")
-        try:
-            for path in ["/v2/health/ready", *(f"/v2/models/{m}/ready" for m in models)]:
-                urllib.request.urlopen(handle.http_url + path, timeout=2).close()
-            return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    raise tritonserver.ServerStartError(f"not ready after {timeout_s} s")
+def stream_grpc(grpc_url: str, model: str, n: int, timeout_s: float) -> dict:
+    """As ``stream``, over gRPC asking for output I only (HTTP /generate_stream returns them all)."""
+    import asyncio
+
+    import grpc
+    import numpy as np
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    from llm_deploy.bench.stream_client import stream_one
+
+    request = service_pb2.ModelInferRequest(model_name=model, id="probe")
+    request.inputs.add(name="N", datatype="INT32", shape=[1])
+    request.raw_input_contents.append(np.array([n], dtype=np.int32).tobytes())
+    request.outputs.add(name="I")
+
+    async def send():
+        async with grpc.aio.insecure_channel(grpc_url) as channel:
+            return await stream_one(service_pb2_grpc.GRPCInferenceServiceStub(channel), request, timeout_s=timeout_s)
+
+    started = time.perf_counter()
+    timing = asyncio.run(send())
+    return {"asked": n, "received": len(timing.response_times), "error": timing.error,
+            "seconds": round(time.perf_counter() - started, 3)}
 
 
 def stubs_alive(pgid: int) -> int:
@@ -170,7 +202,6 @@ def main() -> int:
         report["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     except ImportError:
         report["torch"] = None
-    tritonserver.wait_ready = wait_ready_without_client
     with tempfile.TemporaryDirectory() as scratch:
         repo = write_repo(Path(scratch), probes, traces)
         log_path = args.out.parent / "stub-probe-tritonserver.log"
@@ -178,7 +209,10 @@ def main() -> int:
                                     log_path=log_path, timeout_s=300)
         try:
             for probe in probes:
-                result = stream(handle.http_url, f"probe_{probe}", args.responses, args.timeout_s)
+                if probe in ("pruned", "bigmem"):
+                    result = stream_grpc(handle.grpc_url, f"probe_{probe}", args.responses, args.timeout_s)
+                else:
+                    result = stream(handle.http_url, f"probe_{probe}", args.responses, args.timeout_s)
                 time.sleep(1)  # a stub that crashed on the last send needs a moment to be gone
                 result["stubs_alive_after"] = stubs_alive(handle.pgid)
                 report["probes"][probe] = result

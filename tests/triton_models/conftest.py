@@ -80,7 +80,8 @@ class Logger:
 class ResponseSender:
     """Records what a decoupled model sends; ``finished`` is set by the FINAL flag."""
 
-    def __init__(self, final_flag: int) -> None:
+    def __init__(self, final_flag: int, requested: tuple[str, ...] = ()) -> None:
+        self.requested = requested
         self.sent: list[tuple[InferenceResponse | None, int]] = []
         self.finished = threading.Event()
         self.cancelled = False
@@ -90,6 +91,11 @@ class ResponseSender:
     def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
         if self.finished.is_set():
             raise RuntimeError("a response was sent after the FINAL flag")
+        unasked = [t.name() for t in (response.output_tensors() if response else []) if t.name() not in self.requested]
+        if unasked:
+            # The real stub drops these inside send() with the GIL released; freeing their arrays
+            # there segfaults a Python 3.12 stub (benchmarks/gpu_stub_probe.py, probe "pruned").
+            raise RuntimeError(f"response carries {unasked}, which the request did not ask for")
         self.sent.append((response, flags))
         time.sleep(self.delay_s)
         if flags & self._final_flag:
@@ -102,11 +108,18 @@ class ResponseSender:
         return [response for response, _ in self.sent if response is not None]
 
 
+# What Triton lists as requested when a client names no outputs: all of the model's. Only the
+# tensorrt_llm model reads it, so these are its outputs.
+ALL_OUTPUTS = ("output_ids", "sequence_length")
+
+
 class Request:
-    def __init__(self, inputs: dict[str, np.ndarray], request_id: str = "", final_flag: int = 1) -> None:
+    def __init__(self, inputs: dict[str, np.ndarray], request_id: str = "", final_flag: int = 1,
+                 outputs: tuple[str, ...] = ALL_OUTPUTS) -> None:
         self._inputs = [Tensor(name, value) for name, value in inputs.items()]
         self._request_id = request_id
-        self.sender = ResponseSender(final_flag)
+        self._outputs = outputs
+        self.sender = ResponseSender(final_flag, outputs)
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -116,6 +129,9 @@ class Request:
 
     def get_response_sender(self) -> ResponseSender:
         return self.sender
+
+    def requested_output_names(self) -> list[str]:
+        return list(self._outputs)
 
     def is_cancelled(self) -> bool:
         return self.sender.cancelled
@@ -205,5 +221,6 @@ def rendered_repo(tmp_path, tiny_engine_dir, tiny_llama_checkpoint):
 
 @pytest.fixture
 def make_request():
-    """``make_request({name: array}, request_id="")``: an InferenceRequest stand-in with a sender."""
+    """``make_request({name: array}, request_id="", outputs=(...))``: an InferenceRequest stand-in
+    with a sender; ``outputs`` are the names the client asked for (default: all)."""
     return Request

@@ -67,6 +67,26 @@ def test_streaming_sends_one_response_per_token_then_final(trtllm_model, make_re
     assert all(flags == 0 for _, flags in sent[:-1])
 
 
+def test_responses_carry_only_the_outputs_the_client_asked_for(trtllm_model, make_request, prompt_ids,
+                                                                 tiny_llama_greedy):
+    # As upstream's benchmark_core_model.py: output_ids only. Anything more would be dropped by the
+    # stub inside send(), which segfaults a Python 3.12 stub (the fake sender refuses it instead).
+    model = trtllm_model()
+    streaming = make_request(_inputs(prompt_ids, 6, streaming=True), outputs=("output_ids",))
+    whole = make_request(_inputs(prompt_ids, 6), outputs=("sequence_length",))
+
+    model.execute([streaming, whole])
+    _finish(streaming)
+    _finish(whole)
+
+    tokens = streaming.sender.responses()
+    assert [r.output("output_ids").tolist() for r in tokens] == [[[[t]]] for t in tiny_llama_greedy(prompt_ids, 6)]
+    assert all([t.name() for t in r.output_tensors()] == ["output_ids"] for r in tokens)
+    [answer] = whole.sender.responses()
+    assert [t.name() for t in answer.output_tensors()] == ["sequence_length"]
+    assert answer.output("sequence_length").tolist() == [[len(prompt_ids) + 6]]
+
+
 def test_non_streaming_returns_prompt_and_tokens_once(trtllm_model, make_request, prompt_ids, tiny_llama_greedy):
     model = trtllm_model()
     request = make_request(_inputs(prompt_ids, 10))

@@ -33,6 +33,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 ENGINE_CONFIG = "engine_config.json"
+OUTPUTS = ("output_ids", "sequence_length")  # the model's outputs, in config.pbtxt's order
 _SAMPLING_INPUTS = (
     "temperature", "runtime_top_k", "runtime_top_p", "len_penalty", "repetition_penalty",
     "min_length", "presence_penalty", "random_seed", "pad_id",
@@ -52,6 +53,9 @@ class ParsedRequest:
     streaming: bool
     stop: bool
     ignored: tuple[str, ...] = ()
+    # What the client asked for (Triton lists every output when it names none). Responses carry
+    # only these: see token_response for why.
+    outputs: tuple[str, ...] = OUTPUTS
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ def parse_request(request: Any, limits: EngineLimits, default_end_id: int | None
         streaming=_scalar(request, "streaming", bool, False),
         stop=False,
         ignored=tuple(name for name in _SAMPLING_INPUTS if _input(request, name) is not None),
+        outputs=tuple(name for name in OUTPUTS if name in set(request.requested_output_names())),
     )
 
 
@@ -177,7 +182,7 @@ class Generation:
                 return
             self.tokens.append(int(token))
             if self.parsed.streaming:
-                self._send(token_response([int(token)]), 0)
+                self._send(token_response([int(token)], self.parsed.outputs), 0)
 
     def stop(self) -> None:
         """Cancel in the batcher; what was generated so far still goes out, as with TensorRT-LLM."""
@@ -198,7 +203,7 @@ class Generation:
                 self._send(None, _FINAL)
             else:
                 prompt = [] if self.exclude_input else self.parsed.input_ids
-                self._send(token_response(prompt + self.tokens), _FINAL)
+                self._send(token_response(prompt + self.tokens, self.parsed.outputs), _FINAL)
         finally:
             self.done.set()
             self.on_finish()
@@ -212,15 +217,18 @@ class Generation:
                 self.stop()
 
 
-def token_response(tokens: list[int]) -> Any:
-    """output_ids [batch 1, beam 1, tokens] and sequence_length [1, 1], upstream's layout."""
-    output_ids = np.array([[tokens]], dtype=np.int32)
-    sequence_length = np.array([[len(tokens)]], dtype=np.int32)
+def token_response(tokens: list[int], outputs: tuple[str, ...] = OUTPUTS) -> Any:
+    """output_ids [batch 1, beam 1, tokens] and sequence_length [1, 1], upstream's layout.
+
+    Only the ``outputs`` the request asked for: the stub drops any other output inside send(),
+    with the GIL released, and freeing its numpy array there segfaults a Python 3.12 stub (3.11's
+    allocator happens to survive it). A client asking for output_ids alone, as upstream's
+    benchmark_core_model.py does, killed the model on its first token.
+    """
+    arrays = {"output_ids": lambda: np.array([[tokens]], dtype=np.int32),
+              "sequence_length": lambda: np.array([[len(tokens)]], dtype=np.int32)}
     return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor("output_ids", output_ids),
-            pb_utils.Tensor("sequence_length", sequence_length),
-        ]
+        output_tensors=[pb_utils.Tensor(name, arrays[name]()) for name in outputs]
     )
 
 
