@@ -294,3 +294,22 @@ def test_batch_size_cannot_exceed_engine_slots(tiny_checkpoint):
     engine = LlamaEngine.load(tiny_checkpoint, torch.float32, max_batch_size=2, max_seq_len=16)
     with pytest.raises(ValueError, match="2 KV-cache slots"):
         InflightBatcher(engine, max_batch_size=3, max_input_len=8, max_output_len=8)
+
+
+def test_a_new_request_takes_the_lowest_free_slot(make_batcher, collect):
+    # Graphed decode runs over slots 0..B-1 (B a power of two above the highest busy slot), so a
+    # lone request must not inherit a high slot from whichever request happened to finish last.
+    batcher = make_batcher(slots=4)
+    decoded_slots: list[list[int]] = []
+    decode = batcher.engine.decode
+    batcher.engine.decode = lambda slots, tokens: decoded_slots.append(list(slots)) or decode(slots, tokens)
+    first = [collect(f"f{i}") for i in range(4)]
+    for run, new in zip(first, [2, 9, 7, 5]):  # slot 0 frees first, then 3, 2 and 1 last
+        batcher.submit(run.request(PROMPTS[0], new))
+    assert all(run.wait().error is None for run in first)
+
+    decoded_slots.clear()
+    lone = collect("lone")
+    batcher.submit(lone.request(PROMPTS[1], 4))
+    assert lone.wait().error is None
+    assert decoded_slots and all(slots == [0] for slots in decoded_slots)

@@ -16,6 +16,7 @@ the thread did not get to) and must be quick: a slow callback stalls every reque
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -100,7 +101,10 @@ class InflightBatcher:
         self._cancel_ids: set[str] = set()
         self._in_flight_ids: set[str] = set()  # submitted and not yet finished
         self._active: dict[int, _Sequence] = {}
-        self._free_slots = list(range(max_batch_size - 1, -1, -1))  # pop() hands out slot 0 first
+        # A min-heap: the lowest free slot goes out first, whatever order requests finished in.
+        # A graphed decode step runs over slots 0..B-1 with B the next power of two above the
+        # highest busy slot, so one request left in slot 37 would make every step a batch-64 step.
+        self._free_slots = list(range(max_batch_size))
         self._counters = _Counters()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -236,7 +240,7 @@ class InflightBatcher:
         """One batched prefill for every request admitted this turn (one CUDA graph on a GPU)."""
         with self._cond:
             for seq in seqs:
-                seq.slot = self._free_slots.pop()
+                seq.slot = heapq.heappop(self._free_slots)
                 self._active[seq.slot] = seq
             self._counters.max_active_seen = max(self._counters.max_active_seen, len(self._active))
         try:
@@ -246,7 +250,7 @@ class InflightBatcher:
             for seq in seqs:
                 with self._cond:
                     del self._active[seq.slot]
-                    self._free_slots.append(seq.slot)
+                    heapq.heappush(self._free_slots, seq.slot)
                 self._admit(seq)
             return
         with self._cond:
@@ -256,7 +260,7 @@ class InflightBatcher:
 
     def _admit(self, seq: _Sequence) -> None:
         with self._cond:
-            seq.slot = self._free_slots.pop()
+            seq.slot = heapq.heappop(self._free_slots)
             self._active[seq.slot] = seq
             self._counters.max_active_seen = max(self._counters.max_active_seen, len(self._active))
         try:
@@ -312,7 +316,7 @@ class InflightBatcher:
             if self._active.get(seq.slot) is seq:
                 del self._active[seq.slot]
                 self.engine.release(seq.slot)
-                self._free_slots.append(seq.slot)
+                heapq.heappush(self._free_slots, seq.slot)
             if error is None:
                 self._counters.completed += 1
             else:
