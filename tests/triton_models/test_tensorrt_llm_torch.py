@@ -19,13 +19,18 @@ def prompt_ids(tiny_llama_checkpoint) -> list[int]:
 
 @pytest.fixture
 def trtllm_model(load_model, model_args, rendered_repo):
-    """``trtllm_model(decoupled=True)``: an initialized TritonPythonModel; finalized afterwards."""
+    """``trtllm_model(decoupled=True, response_thread=None)``: an initialized TritonPythonModel;
+    finalized afterwards."""
     started = []
 
-    def make(decoupled: bool = True):
+    def make(decoupled: bool = True, response_thread: str | None = None):
         module = load_model("tensorrt_llm_torch")
         model = module.TritonPythonModel()
-        model.initialize(model_args(rendered_repo(decoupled=decoupled) / "tensorrt_llm" / "config.pbtxt"))
+        config = rendered_repo(decoupled=decoupled) / "tensorrt_llm" / "config.pbtxt"
+        if response_thread is not None:
+            config.write_text(config.read_text() + 'parameters: { key: "llm_deploy_response_thread" '
+                              f'value: {{ string_value: "{response_thread}" }} }}\n')
+        model.initialize(model_args(config))
         started.append(model)
         return model
 
@@ -85,6 +90,25 @@ def test_responses_carry_only_the_outputs_the_client_asked_for(trtllm_model, mak
     [answer] = whole.sender.responses()
     assert [t.name() for t in answer.output_tensors()] == ["sequence_length"]
     assert answer.output("sequence_length").tolist() == [[len(prompt_ids) + 6]]
+
+
+@pytest.mark.parametrize("thread", ["on", "off", "auto"])
+def test_response_thread_sends_the_same_streams_in_order(trtllm_model, make_request, prompt_ids, tiny_llama_greedy,
+                                                         thread):
+    # "auto" is off on CPU; "on" sends (and builds) every response from the model's own thread.
+    model = trtllm_model(response_thread=thread)
+    assert (model._outbox is not None) == (thread == "on")
+    requests = [make_request(_inputs(prompt_ids[:8 + i], 5 + i, streaming=True), outputs=("output_ids",))
+                for i in range(3)]
+
+    model.execute(requests)
+    for request in requests:
+        _finish(request)
+
+    for i, request in enumerate(requests):
+        tokens = [r.output("output_ids").tolist()[0][0][0] for r in request.sender.responses()]
+        assert tokens == tiny_llama_greedy(prompt_ids[:8 + i], 5 + i)
+        assert request.sender.sent[-1] == (None, 1)
 
 
 def test_non_streaming_returns_prompt_and_tokens_once(trtllm_model, make_request, prompt_ids, tiny_llama_greedy):

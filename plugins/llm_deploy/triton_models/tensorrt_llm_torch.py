@@ -19,6 +19,7 @@ upstream clients work, and ignored with a warning; beam_width must be 1.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -182,7 +183,9 @@ class Generation:
                 return
             self.tokens.append(int(token))
             if self.parsed.streaming:
-                self._send(token_response([int(token)], self.parsed.outputs), 0)
+                # Built where it is sent: with the response thread on, off the batcher's thread,
+                # whose every microsecond between GPU steps is idle GPU time (64 builds a step).
+                self._send(functools.partial(token_response, [int(token)], self.parsed.outputs), 0)
 
     def stop(self) -> None:
         """Cancel in the batcher; what was generated so far still goes out, as with TensorRT-LLM."""
@@ -296,10 +299,10 @@ class TritonPythonModel:
         self._by_client_id: dict[str, dict[str, Generation]] = {}
         self._ids_lock = threading.Lock()
         self._warned: set[str] = set()
-        # Off unless asked for: its gain on a GPU is not measured yet (the served CUDA runs so far
-        # died of numpy 2 in the stub, see benchmarks/results/gpu_stub_probe_h200.json), and on
-        # CPU it costs a thread.
-        thread = params.get("llm_deploy_response_thread", "off").lower()
+        # "auto": on when serving on CUDA, where it halved the time per token at concurrency 64 on
+        # an H200 (benchmarks/results/gpu_triton_llama7b_h200.json); off on CPU, where the thread
+        # would only take turns with the model for the same cores. "on"/"off" force it.
+        thread = params.get("llm_deploy_response_thread", "auto").lower()
         use_outbox = thread == "on" or (thread == "auto" and device.startswith("cuda"))
         self._outbox = ResponseOutbox() if self.decoupled and use_outbox else None
         _log("info", f"tensorrt_llm (torch) ready: decoupled={self.decoupled}, end_id={self.end_id}, "
@@ -412,9 +415,10 @@ class ResponseOutbox:
 
     The stub's send() and is_cancelled() are each a round trip to the server process. Made on
     the batcher thread they run between GPU steps, one send (plus a cancel check) per token: 64
-    each step at batch 64. Here they overlap the next step, which the batcher launches meanwhile.
-    One FIFO keeps every request's responses in order; a client that went away is noticed every
-    ``CHECK_EVERY`` responses and reported through the is_cancelled() handed to Generation.
+    each step at batch 64. Here they overlap the next step, which the batcher launches meanwhile;
+    so does building each token's response, handed over as a builder. One FIFO keeps every
+    request's responses in order; a client that went away is noticed every ``CHECK_EVERY``
+    responses and reported through the is_cancelled() handed to Generation.
     """
 
     CHECK_EVERY = 8
@@ -450,6 +454,9 @@ class ResponseOutbox:
 
 
 def _send(sender: Any, response: Any, flags: int) -> None:
+    """``response``: an InferenceResponse, a callable building one, or None (flags only)."""
+    if callable(response):
+        response = response()
     if response is None:
         sender.send(flags=flags)
     else:
