@@ -11,18 +11,23 @@
    straight at the tensorrt_llm model (token ids in, one streamed response per token, as
    upstream's benchmark_core_model.py): decode ms/step at concurrency 1, output tok/s at 16 and 64.
 
-Every phase's figures go to --out as soon as they exist, so a failure late in the run keeps them.
+Every phase's figures go to --out as soon as they exist, so a failure late in the run keeps them;
+a served variant whose warm-up fails stops there (--request-timeout-s) and leaves the stubs' Python
+stacks (and py-spy's native ones, when py-spy is installed) next to --out.
 
-On a machine whose python has numpy 2 (the lent GPU machines do), the stubs need their own python
-with numpy<2 (see benchmarks/results/gpu_stub_probe_h200.json), e.g. with the nvidia-pytriton
-wheel and the client wheels in $SITE:
+On a lent GPU machine (Python 3.12, torch, numpy 2, no network), $SITE holds what is carried: the
+nvidia-pytriton wheel's ``pytriton`` package, tritonclient, grpcio, protobuf, python-rapidjson and
+pydantic (with pydantic-core, annotated-types, typing-inspection). The stubs need their own python
+with numpy<2 (benchmarks/results/gpu_stub_probe_h200.json); torch comes from the machine's:
 
     python3 -m venv --without-pip /tmp/stubenv
     python3 -c "import torch,os;print(os.path.dirname(os.path.dirname(torch.__file__)))" \
         > /tmp/stubenv/lib/python3.12/site-packages/device-site.pth
     pip install --no-deps --target /tmp/stubenv/lib/python3.12/site-packages numpy==1.26.4
     LLM_DEPLOY_STUB_PYTHON=/tmp/stubenv/bin/python3 PYTHONPATH=$SITE \
-        python3 benchmarks/gpu_triton_llama7b.py --out $OUT/gpu_triton_llama7b.json
+        python3 benchmarks/gpu_triton_llama7b.py --out $OUT/gpu_triton_llama7b.json --response-thread auto,off
+
+Results: benchmarks/results/gpu_triton_llama7b_h200.json (and _repeat.json, a second run).
 """
 
 from __future__ import annotations
@@ -221,7 +226,7 @@ def save_checkpoint(model, directory: Path, args) -> dict:
             "bytes": sum(p.stat().st_size for p in directory.glob("*.safetensors"))}
 
 
-def render_core_model(engine_dir: Path, repo: Path, device: str, response_thread: str = "auto") -> Path:
+def render_core_model(engine_dir: Path, repo: Path, device: str, response_thread: str, stacks: Path) -> Path:
     """The inflight_batcher_llm repository's tensorrt_llm model alone, its device set explicitly.
 
     The random-weight model has no tokenizer, so the pre/postprocessing models and the ensemble
@@ -242,10 +247,9 @@ def render_core_model(engine_dir: Path, repo: Path, device: str, response_thread
     (repo / "tensorrt_llm" / "1").mkdir(parents=True)
     config = repo / "tensorrt_llm" / "config.pbtxt"
     text = model_repo.render_template("tensorrt_llm", context)
-    stacks = repo.parent / f"stacks-{response_thread}.txt"
     text += ('parameters: {\n  key: "llm_deploy_stack_dump_path"\n  value: {\n'
              f'    string_value: "{stacks}"\n  }}\n}}\n'
-             'parameters: {\n  key: "llm_deploy_stack_dump_s"\n  value: {\n    string_value: "45"\n  }\n}\n')
+             'parameters: {\n  key: "llm_deploy_stack_dump_s"\n  value: {\n    string_value: "20"\n  }\n}\n')
     if response_thread != "auto":  # A/B of the model's response thread (see ResponseOutbox)
         text += ('parameters: {\n  key: "llm_deploy_response_thread"\n  value: {\n'
                  f'    string_value: "{response_thread}"\n  }}\n}}\n')
@@ -270,7 +274,10 @@ def served(args, out_dir: Path, response_thread: str = "auto") -> dict:
     from llm_deploy.server import tritonserver
 
     engine_dir = Path(args.work_dir) / "llama2-7b-random"
-    repo = render_core_model(engine_dir, Path(args.work_dir) / "repo", device="cuda", response_thread=response_thread)
+    # Diagnostics land next to --out, so they come back with the figures from a lent machine.
+    stacks = out_dir / f"stacks-{response_thread}.txt"
+    repo = render_core_model(engine_dir, Path(args.work_dir) / "repo", device="cuda", response_thread=response_thread,
+                             stacks=stacks)
     started = time.perf_counter()
     log_path = out_dir / f"tritonserver-{response_thread}.log"
     handle = tritonserver.start(repo, http_port=18000, grpc_port=18001, metrics_port=18002,
@@ -282,17 +289,25 @@ def served(args, out_dir: Path, response_thread: str = "auto") -> dict:
             return [BenchRequest("", p, tokens) for p in random_prompts(count, args.prompt_len, seed)]
 
         async def drive() -> None:
-            async with LoadClient("grpc_tensorrt_llm", grpc_url=handle.grpc_url, http_url=handle.http_url) as client:
+            async with LoadClient("grpc_tensorrt_llm", grpc_url=handle.grpc_url, http_url=handle.http_url,
+                                  request_timeout_s=args.request_timeout_s) as client:
                 warm = time.perf_counter()
                 # Warm-up: captures the decode graph of every batch width and the prefill buckets.
                 for concurrency in (1, 2, 4, 8, 16, 32, 64):
-                    await _level(client, requests(concurrency, 100 + concurrency, 8), concurrency)
+                    level = await _level(client, requests(concurrency, 100 + concurrency, 8), concurrency)
+                    if level["errors"]:
+                        raise RuntimeError(f"warm-up at concurrency {concurrency}: {level['errors']} of "
+                                           f"{concurrency} requests failed: {level['error_messages']}")
                 result["warmup_s"] = time.perf_counter() - warm
                 for concurrency, count in ((1, 4), (16, 48), (64, 192)):
                     result[f"c{concurrency}"] = await _level(client, requests(count, concurrency), concurrency)
                     print(f"c={concurrency}: {json.dumps(result[f'c{concurrency}'])[:600]}", flush=True)
 
-        asyncio.run(drive())
+        try:
+            asyncio.run(drive())
+        except BaseException:
+            dump_native_stacks(handle, out_dir / f"pyspy-{response_thread}.txt")
+            raise
     finally:
         tritonserver.stop(handle)
     log = log_path.read_text(errors="replace").splitlines()
@@ -300,6 +315,30 @@ def served(args, out_dir: Path, response_thread: str = "auto") -> dict:
                                          if "tensorrt_llm (torch)" in line or "loading " in line
                                          or "varlen attention" in line][-8:]
     return result
+
+
+def dump_native_stacks(handle, path: Path) -> None:
+    """py-spy's Python + native stacks of every python-backend stub, when py-spy is installed."""
+    import os
+    import subprocess
+
+    spy = shutil.which("py-spy") or next((str(Path(p) / "bin" / "py-spy") for p in sys.path
+                                          if (Path(p) / "bin" / "py-spy").is_file()), None)
+    if spy is None:
+        return
+    with path.open("w") as out:
+        for pid in tritonserver_group(handle):
+            out.write(f"=== pid {pid}: {os.readlink(f'/proc/{pid}/exe')}\n")
+            out.flush()
+            subprocess.run([spy, "dump", "--native", "--pid", str(pid)], stdout=out, stderr=subprocess.STDOUT,
+                           timeout=60, check=False)
+
+
+def tritonserver_group(handle) -> list[int]:
+    from llm_deploy.server import tritonserver
+
+    return sorted(pid for pid in tritonserver._group_members(handle.pgid)
+                  if tritonserver.program_name(pid).startswith("triton_python"))
 
 
 def main() -> None:
@@ -312,6 +351,8 @@ def main() -> None:
     parser.add_argument("--response-thread", default="auto",
                         help="comma-separated llm_deploy_response_thread values to serve with, in turn (auto, on, off)")
     parser.add_argument("--budget-s", type=float, default=480, help="skip further served variants after this")
+    parser.add_argument("--request-timeout-s", type=float, default=120,
+                        help="a served request that takes longer fails (and a failed warm-up ends that variant)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
