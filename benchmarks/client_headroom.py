@@ -64,13 +64,12 @@ def trivial_request(index: int):
 
 
 async def drive(grpc_url: str, concurrency: int, duration_s: float) -> dict:
-    import grpc
     from tritonclient.grpc import service_pb2_grpc
 
     from llm_deploy.bench.metrics import summarize
-    from llm_deploy.bench.stream_client import run_level, stream_one
+    from llm_deploy.bench.stream_client import direct_channel, run_level, stream_one
 
-    async with grpc.aio.insecure_channel(grpc_url) as channel:
+    async with direct_channel(grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         await run_level(lambda i: stream_one(stub, trivial_request(i)), requests=200, concurrency=concurrency)
         cpu_started = time.process_time()

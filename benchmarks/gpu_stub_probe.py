@@ -159,11 +159,10 @@ def stream_grpc(grpc_url: str, model: str, n: int, timeout_s: float) -> dict:
     """As ``stream``, over gRPC asking for output I only (HTTP /generate_stream returns them all)."""
     import asyncio
 
-    import grpc
     import numpy as np
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-    from llm_deploy.bench.stream_client import stream_one
+    from llm_deploy.bench.stream_client import direct_channel, stream_one
 
     request = service_pb2.ModelInferRequest(model_name=model, id="probe")
     request.inputs.add(name="N", datatype="INT32", shape=[1])
@@ -171,7 +170,7 @@ def stream_grpc(grpc_url: str, model: str, n: int, timeout_s: float) -> dict:
     request.outputs.add(name="I")
 
     async def send():
-        async with grpc.aio.insecure_channel(grpc_url) as channel:
+        async with direct_channel(grpc_url) as channel:
             return await stream_one(service_pb2_grpc.GRPCInferenceServiceStub(channel), request, timeout_s=timeout_s)
 
     started = time.perf_counter()

@@ -106,13 +106,12 @@ async def one_request(stub, request, counts: Counts, timeout_s: float) -> None:
 
 async def drive(grpc_url: str, *, clients: int, duration_s: float, max_tokens: int, timeout_s: float,
                 pgid: int, counts: Counts, rss_samples: list[dict]) -> float:
-    import grpc
     from tritonclient.grpc import service_pb2_grpc
 
-    from llm_deploy.bench.stream_client import ensemble_request
+    from llm_deploy.bench.stream_client import direct_channel, ensemble_request
 
     started = time.monotonic()
-    async with grpc.aio.insecure_channel(grpc_url) as channel:
+    async with direct_channel(grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
         async def client(index: int) -> None:
@@ -137,12 +136,11 @@ async def drive(grpc_url: str, *, clients: int, duration_s: float, max_tokens: i
 
 async def warm_up(grpc_url: str, requests: int, max_tokens: int, counts: Counts, timeout_s: float) -> None:
     """First requests allocate what the server keeps (KV slots, tokenizer caches): not growth."""
-    import grpc
     from tritonclient.grpc import service_pb2_grpc
 
-    from llm_deploy.bench.stream_client import ensemble_request
+    from llm_deploy.bench.stream_client import direct_channel, ensemble_request
 
-    async with grpc.aio.insecure_channel(grpc_url) as channel:
+    async with direct_channel(grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         await asyncio.gather(*(one_request(stub, ensemble_request(PROMPTS[i % len(PROMPTS)], max_tokens),
                                            counts, timeout_s) for i in range(requests)))

@@ -20,6 +20,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -150,6 +151,14 @@ async def run_level(send: Callable[[int], Awaitable[RequestTiming]], *, requests
 REQUEST_TIMEOUT_S = 600.0
 
 
+def direct_channel(grpc_url: str) -> Any:
+    """An asyncio gRPC channel to our own server, never through a proxy from the environment:
+    gRPC, like urllib, honours grpc_proxy/https_proxy/http_proxy (see server/direct_http.py)."""
+    import grpc
+
+    return grpc.aio.insecure_channel(grpc_url, options=[("grpc.enable_http_proxy", 0)])
+
+
 class LoadClient:
     """One target on one server; ``send(request, index)`` measures one request.
 
@@ -166,10 +175,9 @@ class LoadClient:
 
     async def __aenter__(self) -> LoadClient:
         if self.target.startswith("grpc_"):
-            import grpc
             from tritonclient.grpc import service_pb2_grpc
 
-            self._channel = grpc.aio.insecure_channel(self.grpc_url)
+            self._channel = direct_channel(self.grpc_url)
             self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         else:
             import aiohttp
