@@ -135,8 +135,13 @@ def parse_request(request: Any, limits: EngineLimits, default_end_id: int | None
         streaming=_scalar(request, "streaming", bool, False),
         stop=False,
         ignored=tuple(name for name in _SAMPLING_INPUTS if _input(request, name) is not None),
-        outputs=tuple(name for name in OUTPUTS if name in set(request.requested_output_names())),
+        outputs=_requested(request),
     )
+
+
+def _requested(request: Any) -> tuple[str, ...]:
+    asked = set(request.requested_output_names())
+    return tuple(name for name in OUTPUTS if name in asked)
 
 
 def _input(request: Any, name: str) -> np.ndarray | None:
@@ -228,10 +233,9 @@ def token_response(tokens: list[int], outputs: tuple[str, ...] = OUTPUTS) -> Any
     allocator happens to survive it). A client asking for output_ids alone, as upstream's
     benchmark_core_model.py does, killed the model on its first token.
     """
-    arrays = {"output_ids": lambda: np.array([[tokens]], dtype=np.int32),
-              "sequence_length": lambda: np.array([[len(tokens)]], dtype=np.int32)}
+    values = {"output_ids": [[tokens]], "sequence_length": [[len(tokens)]]}
     return pb_utils.InferenceResponse(
-        output_tensors=[pb_utils.Tensor(name, arrays[name]()) for name in outputs]
+        output_tensors=[pb_utils.Tensor(name, np.array(values[name], dtype=np.int32)) for name in outputs]
     )
 
 
