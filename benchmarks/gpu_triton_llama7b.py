@@ -27,7 +27,9 @@ with numpy<2 (benchmarks/results/gpu_stub_probe_h200.json); torch comes from the
     LLM_DEPLOY_STUB_PYTHON=/tmp/stubenv/bin/python3 PYTHONPATH=$SITE \
         python3 benchmarks/gpu_triton_llama7b.py --out $OUT/gpu_triton_llama7b.json --response-thread auto,off
 
-Results: benchmarks/results/gpu_triton_llama7b_h200.json (and _repeat.json, a second run).
+Results: benchmarks/results/gpu_triton_llama7b_h200.json; _repeat.json and _head.json are two more
+runs (the second on the final code, on another H200 machine whose slower host made HF eager 1.5x
+slower while the served figures moved by 3%: read the HF ratio with its host in mind).
 """
 
 from __future__ import annotations
