@@ -180,7 +180,7 @@ def stream_grpc(grpc_url: str, model: str, n: int, timeout_s: float) -> dict:
 
 
 def stubs_alive(pgid: int) -> int:
-    return sum(1 for pid in tritonserver._group_members(pgid) if tritonserver.program_name(pid).startswith("triton_python"))
+    return len(tritonserver.stub_pids(pgid))
 
 
 def main() -> int:

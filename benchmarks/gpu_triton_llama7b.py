@@ -324,23 +324,18 @@ def dump_native_stacks(handle, path: Path) -> None:
     import os
     import subprocess
 
+    from llm_deploy.server import tritonserver
+
     spy = shutil.which("py-spy") or next((str(Path(p) / "bin" / "py-spy") for p in sys.path
                                           if (Path(p) / "bin" / "py-spy").is_file()), None)
     if spy is None:
         return
     with path.open("w") as out:
-        for pid in tritonserver_group(handle):
+        for pid in tritonserver.stub_pids(handle.pgid):
             out.write(f"=== pid {pid}: {os.readlink(f'/proc/{pid}/exe')}\n")
             out.flush()
             subprocess.run([spy, "dump", "--native", "--pid", str(pid)], stdout=out, stderr=subprocess.STDOUT,
                            timeout=60, check=False)
-
-
-def tritonserver_group(handle) -> list[int]:
-    from llm_deploy.server import tritonserver
-
-    return sorted(pid for pid in tritonserver._group_members(handle.pgid)
-                  if tritonserver.program_name(pid).startswith("triton_python"))
 
 
 def main() -> None:

@@ -209,6 +209,7 @@ def test_start_waits_for_every_model_and_stop_ends_the_group(tmp_path, free_port
     assert "Started HTTPService" in log_path.read_text()
     members = _group_alive(handle.pgid)
     assert len(members) >= 3  # the server and one python stub per model
+    assert len(tritonserver.stub_pids(handle.pgid)) == 2
 
     stop_started = time.monotonic()
     assert tritonserver.stop(handle, timeout=20) is True

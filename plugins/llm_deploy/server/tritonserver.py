@@ -469,6 +469,11 @@ def _kill_stragglers(pgid: int, timeout: float = 10, only: frozenset[str] | None
         time.sleep(0.1)
 
 
+def stub_pids(pgid: int) -> list[int]:
+    """The python-backend stubs alive in a server's process group (one per model instance)."""
+    return sorted(pid for pid in _group_members(pgid) if program_name(pid) == STUB)
+
+
 def program_name(pid: int) -> str:
     """The basename of argv[0] ('' when the process is gone)."""
     argv = _cmdline(pid)
