@@ -226,6 +226,22 @@ class DeploySpec(BaseModel):
     )
 
     # --- field checks -------------------------------------------------------------------------
+    @classmethod
+    def optional_fields(cls) -> frozenset[str]:
+        """Fields whose empty default means "chosen at run time" (an image, a repo dir, GPU ids).
+
+        The trigger form shows them as optional and sends null for them when left empty.
+        """
+        return frozenset(name for name, field in cls.model_fields.items() if field.default == "")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_unset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        optional = cls.optional_fields()
+        return {key: ("" if value is None and key in optional else value) for key, value in data.items()}
+
     @field_validator("model_id", "model_revision")
     @classmethod
     def _hub_names(cls, value: str) -> str:

@@ -4,6 +4,11 @@ Each field becomes a Param with its default, description and JSON-schema bounds 
 maximum, pattern), which Airflow validates when a run is triggered and renders as a form,
 grouped into sections. Cross-field rules (ports distinct, paths inside the volume) are checked
 by DeploySpec itself at the start of every task.
+
+The form marks a param required unless its JSON-schema type admits null, and a required field
+that is empty blocks the Trigger button. So a field whose empty value means "chosen at run
+time" (DeploySpec.optional_fields) becomes ``type: [<type>, "null"]`` with a null default: the
+form shows it as optional, sends null when it is left empty, and DeploySpec reads null as unset.
 """
 
 from __future__ import annotations
@@ -37,17 +42,38 @@ def param_schemas() -> dict[str, dict[str, Any]]:
     missing = set(properties) - set(section_of)
     if missing:
         raise RuntimeError(f"DeploySpec fields without a form section: {sorted(missing)}")
+    optional = DeploySpec.optional_fields()
     schemas = {}
     for name, prop in properties.items():
+        field = DeploySpec.model_fields[name]
         schema = {key: prop[key] for key in _SCHEMA_KEYS if key in prop}
         if name == "trtllm_release":
             schema["enum"] = list(SUPPORTED_TRTLLM_RELEASES)
-        schema["default"] = DeploySpec.model_fields[name].get_default(call_default_factory=True)
-        schema["title"] = prop.get("title", name)
+        if schema.get("type") == "array" and "enum" in schema.get("items", {}):
+            # The form renders an array with top-level examples as a multi-select of them.
+            schema["examples"] = list(schema["items"]["enum"])
+        if name in optional:
+            schema["type"] = [schema["type"], "null"]
+            schema["default"] = None
+        else:
+            schema["default"] = field.get_default(call_default_factory=True)
+        # Labelled with the param's own name, the one --conf, the REST API and the docs use,
+        # unless the field sets a title of its own.
+        if field.title:
+            schema["title"] = field.title
         schema["description"] = prop["description"]
         schema["section"] = section_of[name]
         schemas[name] = schema
     return schemas
+
+
+def required_in_form(schema: dict[str, Any]) -> bool:
+    """The Airflow UI's rule: a typed param is required unless its type admits null.
+
+    A required field whose value is empty is flagged in the form and keeps Trigger disabled.
+    """
+    kind = schema.get("type")
+    return bool(kind) and not (isinstance(kind, list) and "null" in kind)
 
 
 def deploy_params() -> dict[str, Any]:
