@@ -18,8 +18,10 @@ airflow pools set gpu 1 "GPU workers: one slot per GPU set" >/dev/null
 conf=${1:-'{"benchmark_concurrency_levels": [1, 4, 16], "benchmark_duration_s": 20}'}
 echo "quickstart: running DAG deploy_llm with params $conf (logs: $AIRFLOW_HOME/dags-test.log)"
 set +e
+# The full log goes to the file; the screen gets each task's start and end, our steps' progress,
+# a failed try's error and when Airflow retries it (llm_deploy.dags_test_console).
 airflow dags test deploy_llm --conf "$conf" 2>&1 | tee "$AIRFLOW_HOME/dags-test.log" \
-  | grep --line-buffered -E "llm_deploy|Marking task|\[error|Error:"
+  | python -m llm_deploy.dags_test_console
 set -e
 
 python - "$AIRFLOW_HOME/dags-test.log" "$LLM_DEPLOY_ENGINES_ROOT" "$started" <<'PY'

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llm_deploy.dags_test_console import failures, hint_for
+
 DAG_ID = "deploy_llm"
 
 
@@ -30,10 +32,16 @@ def latest_run_summary(log_path: Path, engines_root: Path, wall_s: float) -> int
     print(f"\nrun {run_id}: {state} in {wall_s:.0f}s wall time")
     for task_id, task_state, seconds in tasks:
         shown = f"{seconds:7.1f}s" if seconds is not None else "      -"
-        print(f"  {task_id:<18} {task_state:<10} {shown}")
+        print(f"  {task_id:<18} {task_state:<15} {shown}")
     reports = sorted(engines_root.glob("runs/*/*/benchmark.json"), key=lambda p: p.stat().st_mtime)
     if state != "success":
-        print(f"\nthe run did not succeed; full log: {log_path}")
+        print()
+        for task in failures(log_path):
+            tries = f" after {task.try_number} tries" if task.try_number > 1 else ""
+            print(f"{task.task_id} failed{tries}: {task.error or 'no error message in the log'}")
+            if hint := hint_for(task.error):
+                print(f"  what to do: {hint}")
+        print(f"the run did not succeed; full log: {log_path}")
         return 1
     if not reports:
         print("\nthe run succeeded but wrote no benchmark report")
