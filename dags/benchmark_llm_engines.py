@@ -3,7 +3,8 @@
     engines_to_benchmark (from the triggering Asset events) → serve_and_benchmark × N, one at a
         time (render_model_repo, start_server, benchmark, stop_server) → compare_configs
 
-Scheduled on the engines Asset: a finished build run starts this DAG, no manual trigger. Each
+Scheduled on the engines Asset: a finished build run starts this DAG. Triggered by hand (the
+UI's Trigger button), it benchmarks again the engines of the newest event on that Asset. Each
 engine is served with its own params (from the event's extra), on the ports those params name;
 servers share those ports, so only one engine is served at a time and its server is always
 stopped, even when its benchmark fails. The comparison table and plot go to
@@ -23,23 +24,30 @@ ENGINES = Asset(name=ENGINES_ASSET_NAME, uri=ENGINES_ASSET_URI)
 @dag(
     dag_id="benchmark_llm_engines",
     schedule=[ENGINES],
+    # Active from the start: it only runs when build_llm_engines announces engines, and a paused
+    # consumer would quietly leave every announced matrix unbenchmarked.
+    is_paused_upon_creation=False,
     default_args=RETRIES,
     max_active_runs=1,  # servers bind the ports given in the engines' params
     tags=["llm", "tensorrt-llm", "triton", "matrix"],
     doc_md=__doc__,
 )
 def benchmark_llm_engines():
-    @task(retries=0)
-    def engines_to_benchmark(triggering_asset_events=None) -> list[dict]:
+    @task(retries=0, inlets=[ENGINES])
+    def engines_to_benchmark(triggering_asset_events=None, inlet_events=None) -> list[dict]:
         from airflow.sdk.exceptions import AirflowFailException
 
         from llm_deploy.matrix import engines_from_events
 
         events = list(triggering_asset_events.get(ENGINES, [])) if triggering_asset_events else []
+        if not events:  # triggered by hand: the engines build_llm_engines announced last
+            events = list(inlet_events[ENGINES].ascending(False).limit(1))
+            if events:
+                print(f"triggered by hand: benchmarking the engines of the event of {events[0].timestamp}")
         if not events:
             raise AirflowFailException(
-                "no engines Asset event triggered this run: it runs when build_llm_engines publishes "
-                "engines (trigger that DAG instead)")
+                "no engines to benchmark: build_llm_engines has not published any yet (trigger that "
+                "DAG; this one runs by itself when it finishes)")
         try:
             return engines_from_events([event.extra for event in events])
         except ValueError as exc:

@@ -30,6 +30,7 @@ def test_it_is_scheduled_on_the_asset_the_build_dag_updates(bag, dag):
     condition = dag.timetable.asset_condition  # schedule=[asset] is "all of" one asset
     assert list(condition.objects) == [produced[0]]
     assert isinstance(produced[0], Asset)
+    assert dag.is_paused_upon_creation is False  # announced engines are benchmarked on a fresh deployment
 
 
 def test_engines_are_served_one_at_a_time_then_compared(dag):
