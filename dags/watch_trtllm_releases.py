@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, task
 
-from llm_deploy.release_watch import GITHUB_LATEST, PYPI_JSON
+from llm_deploy.release_watch import DEFAULT_BACKEND_RELEASES, DEFAULT_PYPI_JSON
 from llm_deploy.spec import DEFAULT_ENGINES_ROOT
 
 
@@ -24,9 +24,12 @@ from llm_deploy.spec import DEFAULT_ENGINES_ROOT
     max_active_runs=1,
     default_args={"retries": 3, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": True},
     params={
-        "pypi_json_url": Param(PYPI_JSON, type="string", description="PyPI JSON API URL; {package} is replaced."),
-        "backend_releases_url": Param(GITHUB_LATEST, type="string",
-                                      description="Latest-release feed of tensorrtllm_backend (GitHub API shape)."),
+        "pypi_json_url": Param(DEFAULT_PYPI_JSON, type="string",
+                               description="PyPI JSON API URL; {package} is replaced (default: "
+                               "LLM_DEPLOY_PYPI_JSON_URL, else pypi.org)."),
+        "backend_releases_url": Param(DEFAULT_BACKEND_RELEASES, type="string",
+                                      description="Latest-release feed of tensorrtllm_backend, GitHub API "
+                                      "shape (default: LLM_DEPLOY_BACKEND_RELEASES_URL, else api.github.com)."),
         "engines_root": Param(DEFAULT_ENGINES_ROOT, type="string", description="Where the watch keeps its state."),
         "deploy_conf": Param({"backend": "trtllm"}, type="object",
                              description="Params for the triggered deploy_llm run (the release is added)."),

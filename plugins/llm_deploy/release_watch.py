@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 PYPI_JSON = "https://pypi.org/pypi/{package}/json"
 GITHUB_LATEST = "https://api.github.com/repos/triton-inference-server/tensorrtllm_backend/releases/latest"
+# The feeds the watch DAG reads by default: a site behind a mirror of PyPI or of GitHub's API
+# (or a test serving local feeds) sets these, as LLM_DEPLOY_ENGINES_ROOT sets the volume.
+DEFAULT_PYPI_JSON = os.environ.get("LLM_DEPLOY_PYPI_JSON_URL") or PYPI_JSON
+DEFAULT_BACKEND_RELEASES = os.environ.get("LLM_DEPLOY_BACKEND_RELEASES_URL") or GITHUB_LATEST
 STATE_FILE = "release_watch.json"
 _VERSION = re.compile(r"^v?(\d+(\.\d+){1,3}([a-z]+\d*)?)$")
 
