@@ -4,6 +4,7 @@
 is missing and we are root) and Airflow's api-server, scheduler (LocalExecutor), dag-processor
 and triggerer as real processes; see llm_deploy.testing.airflow_stack. It yields once deploy_llm
 is parsed. At the end it stops everything and fails if any process it started is still alive.
+A module that needs more environment for the components overrides it with ``running_stack``.
 Module scope, not session: while the stack lives, this pytest process is the subreaper of its
 processes, which must be over before other test modules start servers of their own.
 """
@@ -21,12 +22,13 @@ from llm_deploy.testing.postgres import PostgresUnavailable
 DAG_ID = "deploy_llm"
 
 
-@pytest.fixture(scope="module")
-def airflow_stack(tmp_path_factory) -> AirflowStack:
+def running_stack(tmp_path_factory, **extra_env: str):
+    """Start a deployment, yield it once deploy_llm is parsed, stop it and require no leftovers."""
     # The tests share the suite's engines volume (scripts/test.sh), so a checkpoint and engine
     # built by earlier tests are reused; the benchmark measures a cold run on a fresh volume.
     engines = Path(os.environ.get("LLM_DEPLOY_ENGINES_ROOT") or tmp_path_factory.mktemp("engines"))
-    stack = AirflowStack(root=tmp_path_factory.mktemp("airflow-stack"), engines_root=engines)
+    stack = AirflowStack(root=tmp_path_factory.mktemp("airflow-stack"), engines_root=engines,
+                         extra_env=extra_env)
     try:
         stack.start()
         stack.wait_for_dag(DAG_ID)
@@ -40,3 +42,8 @@ def airflow_stack(tmp_path_factory) -> AirflowStack:
     leftovers = stack.stop()
     assert not leftovers, "processes of the deployment outlived its teardown (killed now):\n" + \
         "\n".join(map(str, leftovers))
+
+
+@pytest.fixture(scope="module")
+def airflow_stack(tmp_path_factory) -> AirflowStack:
+    yield from running_stack(tmp_path_factory)

@@ -108,12 +108,14 @@ class AirflowStack:
 
     ``root``: a fresh directory for AIRFLOW_HOME, logs and the passwords file.
     ``engines_root``: the engines volume that the DAG's tasks see (LLM_DEPLOY_ENGINES_ROOT).
+    ``extra_env``: more environment for every component, e.g. feeds that stand in for outside ones.
     """
 
     root: Path
     engines_root: Path
     dags_folder: Path = REPO_ROOT / "dags"
     plugins_folder: Path = REPO_ROOT / "plugins"
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. local stand-ins for outside feeds
     task_heartbeat_timeout_s: int = 12
     start_timeout_s: float = 240
     api_port: int = field(default_factory=free_port)
@@ -138,6 +140,11 @@ class AirflowStack:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def admin_password(self) -> str:
+        """The password of the UI's admin user (SimpleAuthManager's passwords file)."""
+        return self._password
 
     @property
     def api_url(self) -> str:
@@ -306,6 +313,7 @@ class AirflowStack:
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "HF_HUB_OFFLINE": "1",
             **latency_config(self.task_heartbeat_timeout_s),
+            **self.extra_env,
         })
         return env
 

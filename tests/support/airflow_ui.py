@@ -1,0 +1,151 @@
+"""The Airflow UI in a real browser, as a person uses it: Debian's Chromium driven by Playwright.
+
+``find_or_install_chromium`` uses /usr/bin/chromium, installing Debian's ``chromium`` package
+with apt-get when it is missing and we are root (Playwright's own browser download is never
+used: Playwright only drives the system browser). ``AirflowUI`` signs in through the login page
+and opens a DAG's trigger form; ``TriggerForm`` reads and fills that form the way its React
+components render it (Airflow 3.3's FlexibleForm): one accordion section per param section,
+one field per param named ``element_<param>``, the description as the field's helper text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+APT_PACKAGES = ("chromium",)
+
+
+class BrowserUnavailable(RuntimeError):
+    """Chromium is not installed and this process cannot install it."""
+
+
+def find_or_install_chromium() -> str:
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise BrowserUnavailable(f"{CHROMIUM} is missing; installing Debian's chromium needs root and apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"],
+                 ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *APT_PACKAGES]):
+        result = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return CHROMIUM
+
+
+@dataclass
+class AirflowUI:
+    page: object  # playwright.sync_api.Page
+    url: str
+    shots: Path
+
+    def sign_in(self, username: str, password: str) -> None:
+        self.page.goto(self.url + "/")
+        self.page.get_by_label("Username").fill(username)
+        self.page.get_by_label("Password").fill(password)
+        self.page.get_by_role("button", name="Sign in").click()
+        self.page.wait_for_url(re.compile(r".*/(\?.*)?$"))
+
+    def trigger_form(self, dag_id: str) -> TriggerForm:
+        self.page.goto(f"{self.url}/dags/{dag_id}")
+        self.page.get_by_role("button", name="Trigger").first.click()
+        dialog = self.page.get_by_role("dialog")
+        dialog.locator("[data-part='item-trigger']").first.wait_for()
+        return TriggerForm(self, dag_id, dialog)
+
+    def run_page(self, dag_id: str, run_id: str):
+        """The run's page: the grid of its tasks on the left, its state badge in the header."""
+        self.page.goto(f"{self.url}/dags/{dag_id}/runs/{run_id}")
+        badge = self.page.locator("[data-testid='state-badge']").first
+        badge.wait_for()
+        return badge
+
+    def screenshot(self, name: str) -> Path:
+        self.shots.mkdir(parents=True, exist_ok=True)
+        path = self.shots / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        print(f"screenshot: {path}")
+        return path
+
+
+@dataclass
+class TriggerForm:
+    ui: AirflowUI
+    dag_id: str
+    dialog: object  # playwright.sync_api.Locator
+
+    @property
+    def trigger_button(self):
+        return self.dialog.get_by_role("button", name="Trigger", exact=True)
+
+    def section_names(self) -> list[str]:
+        return [name.strip() for name in self.dialog.locator("[data-part='item-trigger']").all_inner_texts()]
+
+    def sections_in_error(self) -> list[str]:
+        """Sections drawn with the error icon beside their name (a field inside is invalid)."""
+        triggers = self.dialog.locator("[data-part='item-trigger']")
+        return [t.inner_text().strip() for t in triggers.all() if t.locator(".chakra-stack svg").count()]
+
+    def fields_in_error(self) -> dict[str, str]:
+        """Param label -> the error text the form shows under it."""
+        errors = {}
+        for root in self.dialog.locator("[data-part='root'][data-invalid]").all():
+            label = root.locator("label").first.inner_text().replace("*", "").strip()
+            errors[label] = " ".join(root.locator("[data-part='error-text']").all_inner_texts())
+        return errors
+
+    def open_section(self, name: str) -> None:
+        """Open one section; the form keeps one open at a time, so the one open before closes."""
+        trigger = self.dialog.locator("[data-part='item-trigger']", has_text=re.compile(rf"^{re.escape(name)}$"))
+        if trigger.get_attribute("aria-expanded") == "true":
+            return
+        was_open = [t.get_attribute("aria-controls") for t in
+                    self.dialog.locator("[data-part='item-trigger'][aria-expanded='true']").all()]
+        trigger.click()
+        self.dialog.locator(f"[id='{trigger.get_attribute('aria-controls')}']").wait_for(state="visible")
+        for content in was_open:  # let the closing animation end before anything is read or shot
+            self.dialog.locator(f"[id='{content}']").wait_for(state="hidden")
+
+    def shown_descriptions(self) -> dict[str, str]:
+        """Param label -> helper text, for the fields of the sections open now."""
+        shown = {}
+        for root in self.dialog.locator("[data-part='root'][role='group']").all():
+            if not root.is_visible():
+                continue
+            label = root.locator("label").first.inner_text().replace("*", "").strip()
+            helper = root.locator("[data-part='helper-text']")
+            shown[label] = helper.first.inner_text().strip() if helper.count() else ""
+        return shown
+
+    def field(self, param: str):
+        return self.dialog.locator(f"[name='element_{param}']")
+
+    def type_into(self, param: str, value: str) -> str:
+        """Type into a text or number field and leave it; returns the value the field then holds."""
+        field = self.field(param)
+        field.fill(value)
+        field.press("Tab")
+        return field.input_value()
+
+    def set_checkbox(self, param: str, checked: bool) -> None:
+        box = self.field(param)
+        if box.is_checked() != checked:
+            # Chakra hides the native input under its styled control: click the control.
+            box.locator("xpath=..").click()
+        assert box.is_checked() == checked
+
+    def submit(self) -> None:
+        self.trigger_button.click()
+
+    def alert_text(self) -> str:
+        """The error the form shows at its top after a refused trigger (the API's 400 answer)."""
+        alert = self.dialog.locator(".chakra-alert__root").first
+        alert.wait_for()
+        alert.scroll_into_view_if_needed()
+        return alert.inner_text()
