@@ -1,7 +1,7 @@
 """Airflow's own cost in a deploy_llm run on a real deployment, and the cached rerun vs the cold run.
 
 Starts the deployment of tests/deployment (PostgreSQL, api-server, scheduler with LocalExecutor,
-dag-processor, triggerer: llm_deploy.testing.airflow_stack) on a fresh engines volume, triggers
+dag-processor, triggerer: tests.support.airflow_stack) on a fresh engines volume, triggers
 deploy_llm through the REST API twice with the same params (cold: converts, builds, verifies;
 then cached: the volume already holds checkpoint and engine) and reads the run back through the
 API and the task logs:
@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "plugins"))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]  # tests.support and llm_deploy
 
-from llm_deploy.testing.airflow_stack import AirflowStack, parse_time  # noqa: E402
+from tests.support.airflow_stack import AirflowStack, parse_time  # noqa: E402
 
 DAG_ID = "deploy_llm"
 RESULT = REPO_ROOT / "benchmarks" / "results" / "pipeline_overhead.json"

@@ -2,7 +2,7 @@
 
 ``airflow_stack`` (module scope): PostgreSQL from the Debian package (apt-get installs it when it
 is missing and we are root) and Airflow's api-server, scheduler (LocalExecutor), dag-processor
-and triggerer as real processes; see llm_deploy.testing.airflow_stack. It yields once deploy_llm
+and triggerer as real processes; see tests.support.airflow_stack. It yields once deploy_llm
 is parsed. At the end it stops everything and fails if any process it started is still alive.
 A module that needs more environment for the components overrides it with ``running_stack``.
 Module scope, not session: while the stack lives, this pytest process is the subreaper of its
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_deploy.testing.airflow_stack import AirflowStack, StackError
-from llm_deploy.testing.postgres import PostgresUnavailable
+from tests.support.airflow_stack import AirflowStack, StackError
+from tests.support.postgres import PostgresUnavailable
 
 DAG_ID = "deploy_llm"
 

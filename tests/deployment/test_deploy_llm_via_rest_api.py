@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_deploy.testing.airflow_stack import StackError
-from llm_deploy.testing.process_tree import read_proc
+from tests.support.airflow_stack import StackError
+from tests.support.process_tree import read_proc
 
 # slow: the runs load the real SmolLM2 model (verify_engine, the server).
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]

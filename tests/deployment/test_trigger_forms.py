@@ -21,7 +21,7 @@ import pytest
 
 from llm_deploy import release_watch as rw
 from llm_deploy.airflow.params import param_schemas
-from llm_deploy.testing.airflow_stack import ADMIN
+from tests.support.airflow_stack import ADMIN
 from tests.deployment.conftest import running_stack
 from tests.support.airflow_ui import AirflowUI, BrowserUnavailable, find_or_install_chromium
 from tests.test_release_watch import Feeds

@@ -6,9 +6,9 @@ its own session with its log under the stack's directory; the REST API is reache
 the SimpleAuthManager's admin user. ``stop()`` stops everything and returns whatever was still
 running afterwards (found by process tree, see ``process_tree``), so a test can require nothing.
 
-Used by tests/deployment (pytest fixture) and benchmarks/pipeline_overhead.py; it lives in the
-package because both import it (tests have ``plugins`` on sys.path, benchmark scripts put it
-there), and plugins/.airflowignore keeps Airflow's plugin manager from importing it.
+Used by tests/deployment (pytest fixture) and benchmarks/pipeline_overhead.py (which puts the
+checkout on sys.path); test infrastructure, so it lives under tests/, not in the package that
+workers and images install.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from llm_deploy.testing.postgres import ThrowawayPostgres, find_or_install_bindir
-from llm_deploy.testing.process_tree import ProcessTree, ProcInfo
+from tests.support.postgres import ThrowawayPostgres, find_or_install_bindir
+from tests.support.process_tree import ProcessTree, ProcInfo
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 ADMIN = "admin"
 TERMINAL_RUN_STATES = {"success", "failed"}
