@@ -25,7 +25,7 @@ airflow dags test deploy_llm --conf "$conf" 2>&1 | tee "$AIRFLOW_HOME/dags-test.
 set -e
 
 python - "$AIRFLOW_HOME/dags-test.log" "$LLM_DEPLOY_ENGINES_ROOT" "$started" <<'PY'
-import json, pathlib, sys, time
+import pathlib, sys
 from llm_deploy.reporting import latest_run_summary
-sys.exit(latest_run_summary(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), time.time() - float(sys.argv[3])))
+sys.exit(latest_run_summary(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), float(sys.argv[3])))
 PY

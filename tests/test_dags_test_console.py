@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from io import StringIO
 from pathlib import Path
 
-from llm_deploy.dags_test_console import DagTestLog, failures, follow, hint_for
+from llm_deploy.dags_test_console import DagTestLog, failures, follow, hint_for, read_log
 
 RETRIED = Path(__file__).parent / "data" / "dags_test" / "download_retried.log"
 NO_HUB = "could not download meta-llama/Llama-2-7b-hf (revision 'main'): ConnectError: [Errno -2] Name or service not known"
@@ -70,3 +70,34 @@ def test_only_errors_with_a_known_remedy_get_a_hint():
     assert hint_for("StepError: could not download org/m: LocalEntryNotFoundError: offline mode is enabled")
     assert not hint_for("NonRetryableError: org/m is gated: add a token to the Airflow connection huggingface_default")
     assert not hint_for("BackendNotAvailable: build_wheel: use runner='docker'")
+
+
+def test_a_multi_line_message_is_kept_whole():
+    reader = DagTestLog()
+    for line in ["2026-12-02T05:48:16.555068Z [info     ] [DAG TEST] starting task_id=find_cached_engine map_index=-1 [x]",
+                 "2026-12-02T05:48:21.811032Z [error    ] Task failed with exception     [task]",
+                 "Traceback (most recent call last):",
+                 '  File "tasks.py", line 30, in current_spec',
+                 "airflow.sdk.exceptions.AirflowFailException: invalid deployment params:",
+                 "  - params: http_port, grpc_port and metrics_port must be three different ports",
+                 "2026-12-02T05:48:21.837444Z [info     ] Task instance state updated [x] new_state=failed rows_affected=1"]:
+        reader.feed(line)
+    assert reader.tries[0].error == ("invalid deployment params:\n"
+                                     "  - params: http_port, grpc_port and metrics_port must be three different ports")
+
+
+def test_params_refused_before_any_run_are_read_as_the_refusal(tmp_path):
+    log = tmp_path / "dags-test.log"
+    log.write_text("\n".join([
+        "2026-12-02T05:47:01.100000Z [info     ] Filling up the DagBag from /work/main/dags [airflow.models.dagbag.DagBag]",
+        "Traceback (most recent call last):",
+        '  File "/venv/lib/python3.11/site-packages/airflow/serialization/definitions/param.py", line 151, in _validate_one',
+        '    raise ParamValidationError(f"Invalid input for param {k}: {e}") from None',
+        "airflow.sdk.exceptions.ParamValidationError: Invalid input for param world_size: 0 is less than the minimum of 1",
+        "",
+        "Failed validating 'minimum' in schema:",
+        "    {'type': 'integer', 'minimum': 1, 'maximum': 64, 'section': 'Engine'}",
+    ]) + "\n")
+    reader = read_log(log)
+    assert reader.tries == []
+    assert reader.refusal.error == "ParamValidationError: Invalid input for param world_size: 0 is less than the minimum of 1"

@@ -31,8 +31,10 @@ _STATE = re.compile(r"Task instance state updated .*new_state=(?P<state>\w+)")
 # Every log record starts with its UTC timestamp, e.g. 2026-12-02T04:30:20.811032Z.
 _LOG_LINE = re.compile(r"^(?P<at>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)")
 _SKIPPED = re.compile(r"\[info\s*\] skipped: (?P<why>.*?)\s+\[llm_deploy")
-# The last line of a traceback: "pkg.module.SomeError: message" (or a bare exception name).
-_EXCEPTION = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|NotAvailable))(?::\s?(?P<msg>.*))?$")
+# The exception a traceback ends with, at the start of a line: "pkg.module.SomeError: message"
+# or a bare name. Traceback's own headers ("Traceback (most recent call last):", "The above
+# exception was ...:") have spaces before their colon, and its frames are indented.
+_EXCEPTION = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<msg>.*))?$")
 # Our own steps' log lines (logger names under llm_deploy), shown as they come.
 _OURS = re.compile(r"\[(?:info|warning|error)\s*\] (?P<text>.*?)\s+\[llm_deploy[\w.]*\]")
 _AIRFLOW_WRAPPERS = ("airflow.sdk.exceptions.AirflowFailException", "AirflowFailException",
@@ -61,7 +63,12 @@ class DagTestLog:
     tries: list[TaskTry] = field(default_factory=list)
     _current: TaskTry | None = None
     _in_traceback: bool = False
+    _in_message: bool = False  # the exception's message goes on over indented lines
     _at: datetime | None = None
+
+    # A traceback outside any task: `airflow dags test` itself gave up, e.g. on params the DAG
+    # refuses (ParamValidationError), before it created a run.
+    refusal: TaskTry | None = None
 
     def feed(self, line: str) -> list[str]:
         line = line.rstrip("\n")
@@ -74,18 +81,27 @@ class DagTestLog:
             again = f" (try {self._current.try_number})" if self._current.try_number > 1 else ""
             return [f"[{self._clock()}] {task}: started{again}"]
         current = self._current
-        if current is None:
+        if current is None and line.startswith("Traceback (most recent call last):"):
+            self.refusal = TaskTry("airflow dags test", 0, state="refused")
+            self._in_traceback = True
             return []
         if _FAILED.search(line):
             self._in_traceback = True
             return []
-        if self._in_traceback:
+        target = current or self.refusal
+        if self._in_traceback and target and not _LOG_LINE.match(line):
             # A chained traceback shows the cause first: the last exception line is the one raised.
             if match := _EXCEPTION.match(line):
-                current.error = _message(match["type"], match["msg"] or "")
-            if not _LOG_LINE.match(line):
-                return []
-            self._in_traceback = False
+                target.error = _message(match["type"], match["msg"] or "")
+                self._in_message = True
+            elif self._in_message and line.startswith(" "):
+                target.error += "\n" + line  # e.g. a SpecError's one line per bad param
+            else:
+                self._in_message = False
+            return []
+        self._in_traceback = self._in_message = False
+        if current is None:
+            return []
         if match := _SKIPPED.search(line):
             current.error = match["why"]
             return []
@@ -139,13 +155,18 @@ def hint_for(error: str) -> str:
     return ""
 
 
-def failures(log_path: Path) -> list[TaskTry]:
-    """The failed tasks of the run a saved ``airflow dags test`` log shows."""
+def read_log(log_path: Path) -> DagTestLog:
+    """A saved ``airflow dags test`` log, read back: ``failed()`` and ``refusal`` for a summary."""
     reader = DagTestLog()
     with open(log_path, errors="replace") as log:
         for line in log:
             reader.feed(line)
-    return reader.failed()
+    return reader
+
+
+def failures(log_path: Path) -> list[TaskTry]:
+    """The failed tasks of the run a saved ``airflow dags test`` log shows."""
+    return read_log(log_path).failed()
 
 
 def follow(lines: Iterable[str], out: TextIO, *, reader: DagTestLog | None = None) -> DagTestLog:

@@ -5,21 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llm_deploy.dags_test_console import failures, hint_for
+from llm_deploy.dags_test_console import failures, hint_for, read_log
 
 DAG_ID = "deploy_llm"
 
 
-def last_run_tasks(dag_id: str = DAG_ID) -> tuple[str, str, list[tuple[str, str, float | None]]]:
-    """(run_id, state, [(task_id, state, seconds)]) of the newest run, read from Airflow's DB."""
+def last_run_tasks(since_unix: float, dag_id: str = DAG_ID) -> tuple[str, str, list[tuple[str, str, float | None]]] | None:
+    """(run_id, state, [(task_id, state, seconds)]) of the newest run started since ``since_unix``,
+    read from Airflow's DB; None when there is none (the UI's runs share this DB)."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        runs = session.query(DagRun).filter(DagRun.dag_id == dag_id).all()
+        runs = [r for r in session.query(DagRun).filter(DagRun.dag_id == dag_id).all()
+                if r.start_date and r.start_date.timestamp() >= since_unix]
         if not runs:
-            raise SystemExit(f"no run of {dag_id} found in the Airflow database")
-        run = max(runs, key=lambda r: r.start_date or r.logical_date or r.run_after)
+            return None
+        run = max(runs, key=lambda r: r.start_date)
         tasks = sorted(
             ((ti.task_id, str(ti.state), ti.duration, ti.start_date) for ti in run.get_task_instances(session=session)),
             key=lambda row: (row[3] is None, row[3]),
@@ -27,8 +29,18 @@ def last_run_tasks(dag_id: str = DAG_ID) -> tuple[str, str, list[tuple[str, str,
         return run.run_id, str(run.state), [(t, s, d) for t, s, d, _ in tasks]
 
 
-def latest_run_summary(log_path: Path, engines_root: Path, wall_s: float) -> int:
-    run_id, state, tasks = last_run_tasks()
+def latest_run_summary(log_path: Path, engines_root: Path, started_unix: float) -> int:
+    """The closing summary of the quick start that began at ``started_unix``; its exit code."""
+    import time
+
+    wall_s = time.time() - started_unix
+    found = last_run_tasks(started_unix)
+    if found is None:
+        refusal = read_log(log_path).refusal
+        print(f"\nno run of {DAG_ID} started: {refusal.error if refusal and refusal.error else 'see the log'}")
+        print(f"full log: {log_path}")
+        return 1
+    run_id, state, tasks = found
     print(f"\nrun {run_id}: {state} in {wall_s:.0f}s wall time")
     for task_id, task_state, seconds in tasks:
         shown = f"{seconds:7.1f}s" if seconds is not None else "      -"

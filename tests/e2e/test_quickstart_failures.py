@@ -31,8 +31,14 @@ def closed_port() -> int:
         return probe.getsockname()[1]  # nothing listens once it is closed
 
 
-def test_a_backend_this_worker_cannot_run_is_named_with_what_to_do(tmp_path):
-    done = quickstart('{"backend": "trtllm"}', tmp_path / "airflow")
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory) -> Path:
+    """One Airflow home for the module, as a user's checkout keeps one: earlier runs stay in it."""
+    return tmp_path_factory.mktemp("airflow")
+
+
+def test_a_backend_this_worker_cannot_run_is_named_with_what_to_do(airflow_home):
+    done = quickstart('{"backend": "trtllm"}', airflow_home)
 
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     shown = done.stdout.splitlines()
@@ -43,6 +49,16 @@ def test_a_backend_this_worker_cannot_run_is_named_with_what_to_do(tmp_path):
                              "worker built from that image, or choose backend='torch'") for line in shown), shown
     assert "build_wheel failed: BackendNotAvailable: build_wheel: backend 'trtllm'" in done.stdout
     assert "the run did not succeed; full log:" in done.stdout
+
+
+def test_params_the_dag_refuses_start_no_run_and_the_summary_says_why(airflow_home):
+    # The same Airflow home holds the failed run of the test above: it must not be reported.
+    done = quickstart('{"world_size": 0}', airflow_home)
+
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert ("no run of deploy_llm started: ParamValidationError: Invalid input for param world_size: "
+            "0 is less than the minimum of 1") in done.stdout
+    assert "build_wheel" not in done.stdout
 
 
 def test_an_unreachable_hub_shows_each_retry_and_the_remedy(tmp_path):
