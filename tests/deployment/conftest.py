@@ -22,11 +22,15 @@ from tests.support.postgres import PostgresUnavailable
 DAG_ID = "deploy_llm"
 
 
-def running_stack(tmp_path_factory, **extra_env: str):
-    """Start a deployment, yield it once deploy_llm is parsed, stop it and require no leftovers."""
+def engines_volume(tmp_path_factory) -> Path:
     # The tests share the suite's engines volume (scripts/test.sh), so a checkpoint and engine
     # built by earlier tests are reused; the benchmark measures a cold run on a fresh volume.
-    engines = Path(os.environ.get("LLM_DEPLOY_ENGINES_ROOT") or tmp_path_factory.mktemp("engines"))
+    return Path(os.environ.get("LLM_DEPLOY_ENGINES_ROOT") or tmp_path_factory.mktemp("engines"))
+
+
+def running_stack(tmp_path_factory, engines: Path | None = None, **extra_env: str):
+    """Start a deployment, yield it once deploy_llm is parsed, stop it and require no leftovers."""
+    engines = engines or engines_volume(tmp_path_factory)
     stack = AirflowStack(root=tmp_path_factory.mktemp("airflow-stack"), engines_root=engines,
                          extra_env=extra_env)
     try:

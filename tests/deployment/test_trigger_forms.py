@@ -13,7 +13,6 @@ field is left, and checks a pattern when Trigger is pressed, refusing the run wi
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 from llm_deploy import release_watch as rw
 from llm_deploy.airflow.params import param_schemas
 from tests.support.airflow_stack import ADMIN
-from tests.deployment.conftest import running_stack
+from tests.deployment.conftest import engines_volume, running_stack
 from tests.support.airflow_ui import AirflowUI, BrowserUnavailable, find_or_install_chromium
 from tests.test_release_watch import Feeds
 
@@ -49,8 +48,9 @@ def feeds():
 
 @pytest.fixture(scope="module")
 def airflow_stack(tmp_path_factory, feeds):
-    rw.record_deployed(Path(os.environ["LLM_DEPLOY_ENGINES_ROOT"]), feeds.backend.lstrip("v"))
-    yield from running_stack(tmp_path_factory, LLM_DEPLOY_PYPI_JSON_URL=feeds.pypi,
+    engines = engines_volume(tmp_path_factory)
+    rw.record_deployed(engines, feeds.backend.lstrip("v"))
+    yield from running_stack(tmp_path_factory, engines, LLM_DEPLOY_PYPI_JSON_URL=feeds.pypi,
                              LLM_DEPLOY_BACKEND_RELEASES_URL=feeds.releases)
 
 
