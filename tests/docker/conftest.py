@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.apt import apt_install
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 DOCKERD_LOG = REPO / ".cache" / "dockerd.log"
@@ -43,13 +45,11 @@ def install_docker() -> None:
         return
     if os.geteuid() != 0:
         pytest.skip("dockerd cannot start: docker.io is not installed and installing it needs root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *APT_PACKAGES]):
-        result = subprocess.run(argv, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            # Root on a Debian machine with the archive reachable: a failure here is a real problem.
-            pytest.fail(f"{' '.join(argv)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    try:
+        apt_install(*APT_PACKAGES)
+    except RuntimeError as exc:
+        # Root on a Debian machine with the archive reachable: a failure here is a real problem.
+        pytest.fail(str(exc))
 
 
 def log_tail(lines: int = 15) -> str:

@@ -10,12 +10,11 @@ one field per param named ``element_<param>``, the description as the field's he
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.apt import apt_install, can_install
 
 CHROMIUM = "/usr/bin/chromium"
 APT_PACKAGES = ("chromium",)
@@ -28,14 +27,9 @@ class BrowserUnavailable(RuntimeError):
 def find_or_install_chromium() -> str:
     if Path(CHROMIUM).exists():
         return CHROMIUM
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
+    if not can_install():
         raise BrowserUnavailable(f"{CHROMIUM} is missing; installing Debian's chromium needs root and apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *APT_PACKAGES]):
-        result = subprocess.run(argv, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    apt_install(*APT_PACKAGES)
     return CHROMIUM
 
 

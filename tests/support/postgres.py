@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.apt import apt_install, can_install
+
 DEBIAN_BINDIRS = Path("/usr/lib/postgresql")
 APT_PACKAGE = "postgresql"
 # Debian's package creates and starts a "main" cluster on port 5432 on install; a test machine
@@ -50,20 +52,14 @@ def find_or_install_bindir() -> Path:
     bindir = find_bindir()
     if bindir:
         return bindir
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
+    if not can_install():
         raise PostgresUnavailable(
             f"PostgreSQL is not installed ({DEBIAN_BINDIRS}/*/bin/initdb missing) and installing "
             "the Debian package needs root and apt-get")
     if not CREATECLUSTER_CONF.exists():
         CREATECLUSTER_CONF.parent.mkdir(parents=True, exist_ok=True)
         CREATECLUSTER_CONF.write_text("create_main_cluster = false\n")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "--no-install-recommends", APT_PACKAGE]):
-        result = subprocess.run(argv, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            # Root on a Debian machine with the archive reachable: a failure here is a real problem.
-            raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    apt_install(APT_PACKAGE)
     bindir = find_bindir()
     if not bindir:
         raise RuntimeError(f"apt-get installed {APT_PACKAGE} but no {DEBIAN_BINDIRS}/*/bin/initdb appeared")
