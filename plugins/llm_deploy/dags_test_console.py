@@ -212,8 +212,6 @@ def _message(exc_type: str, msg: str) -> str:
     return f"{exc_type.rsplit('.', 1)[-1]}: {msg}" if msg else exc_type
 
 
-
-
 def _lines(stream: TextIO) -> Iterator[str]:
     yield from iter(stream.readline, "")
 

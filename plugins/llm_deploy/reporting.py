@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from llm_deploy.dags_test_console import failures, hint_for, read_log
@@ -31,8 +32,6 @@ def last_run_tasks(since_unix: float, dag_id: str = DAG_ID) -> tuple[str, str, l
 
 def latest_run_summary(log_path: Path, engines_root: Path, started_unix: float) -> int:
     """The closing summary of the quick start that began at ``started_unix``; its exit code."""
-    import time
-
     wall_s = time.time() - started_unix
     found = last_run_tasks(started_unix)
     if found is None:

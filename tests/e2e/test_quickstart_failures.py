@@ -7,11 +7,12 @@ Each test runs scripts/quickstart.sh with its own Airflow home and the suite's e
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.support.airflow_stack import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -23,12 +24,6 @@ def quickstart(conf: str, airflow_home: Path, **env: str) -> subprocess.Complete
     environ.update(AIRFLOW_HOME=str(airflow_home), **env)
     return subprocess.run(["bash", str(QUICKSTART), conf], env=environ, capture_output=True, text=True,
                           timeout=540, stdin=subprocess.DEVNULL)
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]  # nothing listens once it is closed
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +57,7 @@ def test_params_the_dag_refuses_start_no_run_and_the_summary_says_why(airflow_ho
 
 
 def test_an_unreachable_hub_shows_each_retry_and_the_remedy(tmp_path):
-    hub = f"http://127.0.0.1:{closed_port()}"
+    hub = f"http://127.0.0.1:{free_port()}"  # nothing listens there: every connection is refused
     done = quickstart('{"model_source": "huggingface", "model_id": "meta-llama/Llama-2-7b-hf"}',
                       tmp_path / "airflow", HF_ENDPOINT=hub)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,15 +14,11 @@ import httpx
 import psutil
 import pytest
 
+from tests.support.airflow_stack import free_port
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 UI = Path(__file__).resolve().parents[2] / "scripts" / "ui.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def processes_of(airflow_home: Path) -> list[psutil.Process]:
