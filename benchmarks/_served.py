@@ -52,7 +52,7 @@ def deployed(spec: DeploySpec, run_id: str) -> Iterator[dict]:
     try:
         yield server
     finally:
-        stop_server(server)
+        stop_server(spec, server)
 
 
 def write_result(name: str, figures: dict) -> Path:

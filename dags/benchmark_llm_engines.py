@@ -14,7 +14,6 @@ runs/matrix-<run id>/ on the engines volume.
 from __future__ import annotations
 
 from airflow.sdk import Asset, dag, task
-
 from llm_deploy.airflow.task_policy import RETRIES
 from llm_deploy.matrix import ENGINES_ASSET_NAME, ENGINES_ASSET_URI
 
@@ -36,7 +35,6 @@ def benchmark_llm_engines():
     @task(retries=0, inlets=[ENGINES])
     def engines_to_benchmark(triggering_asset_events=None, inlet_events=None) -> list[dict]:
         from airflow.sdk.exceptions import AirflowFailException
-
         from llm_deploy.matrix import engines_from_events
 
         events = list(triggering_asset_events.get(ENGINES, [])) if triggering_asset_events else []
@@ -58,13 +56,14 @@ def benchmark_llm_engines():
     @task(pool="gpu", queue="gpu", max_active_tis_per_dagrun=1, map_index_template="{{ config_label }}")
     def serve_and_benchmark(built: dict) -> dict:
         from airflow.sdk import get_current_context
-
-        from llm_deploy.airflow.tasks import run_step
+        from llm_deploy.airflow.tasks import task_outcome
         from llm_deploy.matrix import serve_and_benchmark as step
         from llm_deploy.spec import DeploySpec
 
-        get_current_context()["config_label"] = f"{built['index']}: {built['overrides']}"
-        return run_step(step, built, pass_run_id=True, spec=DeploySpec.from_params(built["params"]))
+        context = get_current_context()
+        context["config_label"] = f"{built['index']}: {built['overrides']}"
+        spec = DeploySpec.from_params(built["params"])
+        return task_outcome(lambda: step(spec, built, context["run_id"]))
 
     @task
     def compare_configs(results: list[dict], engines: list[dict], run_id: str | None = None) -> dict:

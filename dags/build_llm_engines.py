@@ -12,7 +12,6 @@ scheduled on the Asset: it serves and benchmarks each engine and writes one comp
 from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
-
 from llm_deploy.airflow.params import deploy_params
 from llm_deploy.airflow.task_policy import GPU, RETRIES
 from llm_deploy.matrix import DEFAULT_MATRIX, ENGINES_ASSET_NAME, ENGINES_ASSET_URI, MAX_ENTRIES
@@ -46,7 +45,6 @@ def build_llm_engines():
     @task(retries=0)  # bad input: a retry cannot fix it
     def plan(params: dict | None = None) -> list[dict]:
         from airflow.sdk.exceptions import AirflowFailException
-
         from llm_deploy.matrix import MatrixError
         from llm_deploy.matrix import plan as plan_matrix
 
@@ -61,24 +59,13 @@ def build_llm_engines():
     @task(map_index_template="{{ config_label }}", **GPU)
     def build_engine_for_config(config: dict) -> dict:
         from airflow.sdk import get_current_context
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from llm_deploy.airflow.tasks import run_pipeline_step
+        from llm_deploy.airflow.tasks import hf_token, task_outcome
+        from llm_deploy.matrix import build_config
         from llm_deploy.spec import DeploySpec
 
         get_current_context()["config_label"] = f"{config['index']}: {config['overrides']}"
         spec = DeploySpec.from_params(config["params"])
-        weights = run_pipeline_step("download_weights", spec=spec)
-        try:
-            run_pipeline_step("build_wheel", spec=spec)
-        except AirflowSkipException:  # torch backend: nothing to build, the engine still is
-            pass
-        engine = run_pipeline_step("build_engine", weights, spec=spec)
-        try:
-            verified = run_pipeline_step("verify_engine", engine, weights, spec=spec)
-        except AirflowSkipException:  # verified before; its manifest says so
-            verified = None
-        return {**config, "weights": weights, "engine": engine, "verify": verified}
+        return {**config, **task_outcome(lambda: build_config(spec, hf_token(spec)))}
 
     @task(outlets=[ENGINES])
     def publish_engines(built: list[dict], run_id: str | None = None, outlet_events=None) -> dict:

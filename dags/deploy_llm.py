@@ -12,11 +12,9 @@ This module only declares the DAG: all work, and every heavy import, happens ins
 from __future__ import annotations
 
 from airflow.sdk import dag, setup, task, teardown
-
 from llm_deploy.airflow.params import deploy_params
-from llm_deploy.airflow.task_policy import GPU, NEXT_TO_SERVER, RETRIES
-from llm_deploy.airflow.tasks import run_pipeline_step, run_step, skip_if_cached
-
+from llm_deploy.airflow.task_policy import RETRIES, placement
+from llm_deploy.airflow.tasks import run_step, skip_if_cached
 
 
 @dag(
@@ -39,54 +37,48 @@ def deploy_llm():
 
     # Steps that build things run where the "runner" param says: on the worker (local) or in a
     # container of the release's image (docker).
-    @task
+    @task(**placement("download_weights"))
     def download_weights(cached: dict | None) -> dict:
         skip_if_cached(cached, "download_weights")
-        return run_pipeline_step("download_weights")
+        return run_step("download_weights")
 
-    @task(**GPU)
+    @task(**placement("build_wheel"))
     def build_wheel() -> dict:
-        return run_pipeline_step("build_wheel")
+        return run_step("build_wheel")
 
     # none_failed: build_wheel is skipped on the torch backend, which must not skip the build.
-    @task(trigger_rule="none_failed", **GPU)
+    @task(trigger_rule="none_failed", **placement("build_engine"))
     def build_engine(weights: dict, cached: dict | None) -> dict:
         skip_if_cached(cached, "build_engine")
-        return run_pipeline_step("build_engine", weights)
+        return run_step("build_engine", weights)
 
-    @task(trigger_rule="none_failed", **GPU)
+    @task(trigger_rule="none_failed", **placement("verify_engine"))
     def verify_engine(engine: dict, weights: dict, cached: dict | None) -> dict:
         skip_if_cached(cached, "verify_engine")
-        run_pipeline_step("verify_engine", engine, weights)
+        run_step("verify_engine", engine, weights)
         return engine
 
     # none_failed: after a cache hit its upstream build steps are skipped and it renders the
     # cached engine's repository.
-    @task(trigger_rule="none_failed")
+    @task(trigger_rule="none_failed", **placement("render_model_repo"))
     def render_model_repo(engine: dict | None, weights: dict | None, cached: dict | None) -> dict:
         if cached:
             engine, weights = cached["engine"], cached["weights"]
-        return run_pipeline_step("render_model_repo", engine, weights)
+        return run_step("render_model_repo", engine, weights)
 
     @setup
-    @task(**GPU)
+    @task(**placement("start_server"))
     def start_server(repo: dict) -> dict:
-        from llm_deploy.steps.serve import start_server as step
+        return run_step("start_server", repo)
 
-        return run_step(step, repo, pass_run_id=True)
-
-    @task(**NEXT_TO_SERVER)
+    @task(**placement("benchmark"))
     def benchmark(server: dict) -> dict:
-        from llm_deploy.steps.benchmark import benchmark as step
-
-        return run_step(step, server, pass_run_id=True)
+        return run_step("benchmark", server)
 
     @teardown
-    @task(**NEXT_TO_SERVER)
+    @task(**placement("stop_server"))
     def stop_server(server: dict) -> bool:
-        from llm_deploy.steps.serve import stop_server as step
-
-        return step(server)
+        return run_step("stop_server", server)
 
     cached = find_cached_engine()
     weights = download_weights(cached)

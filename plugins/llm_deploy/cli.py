@@ -11,44 +11,26 @@ The step's logging goes to stderr. The very last line on stdout is the outcome, 
 after ``OUTCOME_MARKER``: ``{"status": "ok", "result": {...}}`` or ``{"status": "skip" |
 "non_retryable" | "failed", "error": "..."}``, so the caller maps it back onto the same
 exceptions the step would have raised in-process. The exit code says the same for tools that
-only see codes (0 ok, 3 non-retryable, 4 skip, 1 any other failure).
+only see codes (``llm_deploy.errors.EXIT_CODES``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+from llm_deploy.errors import EXIT_CODES, Outcome, outcome_of
+from llm_deploy.steps.registry import STEPS
 
 OUTCOME_MARKER = "::llm-deploy-outcome::"
 HF_TOKEN_ENV = "HF_TOKEN"
-EXIT_CODES = {"ok": 0, "failed": 1, "non_retryable": 3, "skip": 4}
 
 
-@dataclass(frozen=True)
-class CliStep:
-    target: str  # "module:function" of the step
-    takes_token: bool = False  # download_weights: the token is its second argument
-    takes_run_id: bool = False  # the run id is its last argument
-
-
-STEPS: dict[str, CliStep] = {
-    "download_weights": CliStep("llm_deploy.steps.download_weights:download_weights", takes_token=True),
-    "build_wheel": CliStep("llm_deploy.steps.build_wheel:build_wheel"),
-    "build_engine": CliStep("llm_deploy.steps.build_engine:build_engine"),
-    "verify_engine": CliStep("llm_deploy.steps.verify_engine:verify_engine"),
-    "render_model_repo": CliStep("llm_deploy.steps.render_model_repo:render_model_repo"),
-    "benchmark": CliStep("llm_deploy.steps.benchmark:benchmark", takes_run_id=True),
-}
-
-
-def outcome_line(status: str, *, result: Any = None, error: str | None = None) -> str:
+def outcome_line(status: Outcome, *, result: Any = None, error: str | None = None) -> str:
     body: dict[str, Any] = {"status": status}
     if status == "ok":
         body["result"] = result
@@ -66,32 +48,21 @@ def parse_outcome(lines: list[str]) -> dict[str, Any] | None:
     return None
 
 
-def run(step_name: str, spec_json: str, inputs: list[Any], run_id: str | None) -> tuple[str, Any]:
+def run(step_name: str, spec_json: str, inputs: list[Any], run_id: str | None) -> tuple[Outcome, Any]:
     """Call the step; return (status, result or error message)."""
-    from llm_deploy.errors import NonRetryableError, SkipStep
-    from llm_deploy.spec import DeploySpec, SpecError
+    from llm_deploy.records import to_xcom
+    from llm_deploy.spec import DeploySpec
 
-    step = STEPS[step_name]
     try:
         spec = DeploySpec.from_params(json.loads(spec_json))
-        function = _load(step.target)
-        args: list[Any] = [spec]
-        if step.takes_token:
-            args.append(os.environ.get(HF_TOKEN_ENV) or None)
-        args.extend(inputs)
-        if step.takes_run_id:
-            if not run_id:
-                raise NonRetryableError(f"{step_name} needs --run-id")
-            args.append(run_id)
-        result = function(*args)
-    except SkipStep as exc:
-        return "skip", str(exc)
-    except (NonRetryableError, SpecError) as exc:
-        return "non_retryable", str(exc)
-    except Exception as exc:  # noqa: BLE001 - every other failure is reported, and may be retried
-        logging.getLogger(__name__).exception("%s failed", step_name)
-        return "failed", f"{type(exc).__name__}: {exc}"
-    return "ok", result.to_xcom() if hasattr(result, "to_xcom") else result
+        result = STEPS[step_name].call(spec, inputs, token=os.environ.get(HF_TOKEN_ENV) or None, run_id=run_id)
+    except Exception as exc:  # noqa: BLE001 - every failure is reported; the outcome says whether to retry
+        status = outcome_of(exc)
+        if status == "failed":
+            logging.getLogger(__name__).exception("%s failed", step_name)
+            return status, f"{type(exc).__name__}: {exc}"
+        return status, str(exc)
+    return "ok", to_xcom(result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,16 +82,6 @@ def main(argv: list[str] | None = None) -> int:
                                   error=None if status == "ok" else value) + "\n")
     sys.stdout.flush()
     return EXIT_CODES[status]
-
-
-def load_step(name: str) -> Callable[..., Any]:
-    """The step function behind a CLI step name (the same one the worker calls in-process)."""
-    return _load(STEPS[name].target)
-
-
-def _load(target: str) -> Callable[..., Any]:
-    module, _, function = target.partition(":")
-    return getattr(importlib.import_module(module), function)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 from llm_deploy import volume
+from llm_deploy.records import engine_record
 from llm_deploy.runners.local_runner import start_ticks as _start_ticks
 from llm_deploy.spec import DeploySpec
 
@@ -80,14 +81,13 @@ def verified_marker(engine_dir: str | Path, *, deep: bool = True) -> dict | None
 
 def find_cached(spec: DeploySpec, token: str | None, *, endpoint: str | None = None) -> dict | None:
     """{"weights", "engine", "verified"} records of a verified engine for ``spec``, or None."""
-    from llm_deploy.steps.build_engine import record_for, weights_digest
     from llm_deploy.steps.download_weights import published_weights
 
     weights = published_weights(spec, token, endpoint=endpoint)
     if weights is None:
         log.info("no checkpoint for %s on the volume yet: nothing cached", spec.model_id)
         return None
-    engine_dir = volume.engine_dir(spec, weights_digest(weights.to_xcom()))
+    engine_dir = volume.engine_dir(spec, volume.weights_digest(weights.to_xcom()))
     if not engine_dir.is_dir():
         log.info("no engine %s built yet", engine_dir.name)
         return None
@@ -95,7 +95,7 @@ def find_cached(spec: DeploySpec, token: str | None, *, endpoint: str | None = N
     if marker is None:
         log.info("engine %s exists but is not verified and intact: it will be (re)built and verified", engine_dir.name)
         return None
-    return {"weights": weights.to_xcom(), "engine": record_for(spec, engine_dir, reused=True).to_xcom(),
+    return {"weights": weights.to_xcom(), "engine": engine_record(spec, engine_dir, reused=True).to_xcom(),
             "verified": marker}
 
 

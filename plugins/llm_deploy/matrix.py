@@ -13,6 +13,7 @@ the second would only benchmark the first's engine again under another label.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_deploy.bench import report as reporting
+from llm_deploy.errors import SkipStep
 from llm_deploy.spec import DeploySpec, SpecError
 
 log = logging.getLogger(__name__)
@@ -136,27 +138,39 @@ def engines_from_events(extras: Sequence[Mapping[str, Any]]) -> list[dict[str, A
 
 
 
+def build_config(spec: DeploySpec, token: str | None) -> dict[str, Any]:
+    """download → wheel → engine → verify for one config, each step reusing its published output.
+
+    A backend with no wheel to build, and an engine verified before, skip those steps.
+    """
+    from llm_deploy.steps.execute import execute
+
+    weights = execute("download_weights", spec, token=token)
+    with contextlib.suppress(SkipStep):
+        execute("build_wheel", spec)
+    engine = execute("build_engine", spec, weights)
+    try:
+        verified = execute("verify_engine", spec, engine, weights)
+    except SkipStep:
+        verified = None
+    return {"weights": weights, "engine": engine, "verify": verified}
+
+
 def serve_and_benchmark(spec: DeploySpec, built: Mapping[str, Any], run_id: str) -> dict[str, Any]:
     """Render the engine's model repository, serve it, benchmark it, and always stop the server.
 
     ``built`` is one entry of the build DAG's asset event: its ``weights`` and ``engine`` records.
     """
-    from llm_deploy.steps.benchmark import benchmark
-    from llm_deploy.steps.render_model_repo import render_model_repo
-    from llm_deploy.steps.serve import start_server, stop_server
+    from llm_deploy.steps.execute import execute
 
-    repo = _record(render_model_repo(spec, built["engine"], built["weights"]))
-    server = _record(start_server(spec, repo, run_id))
+    repo = execute("render_model_repo", spec, built["engine"], built["weights"])
+    server = execute("start_server", spec, repo, run_id=run_id)
     try:
-        summary = _record(benchmark(spec, server, run_id))
+        summary = execute("benchmark", spec, server, run_id=run_id)
     finally:
-        stop_server(server)
+        execute("stop_server", spec, server)
     return {"index": built["index"], "overrides": built["overrides"], "engine_id": built["engine"]["engine_id"],
             **summary}
-
-
-def _record(value: Any) -> Any:
-    return value.to_xcom() if hasattr(value, "to_xcom") else value
 
 
 def comparison_report(results: Sequence[Mapping[str, Any]], engines_root: str | Path, run_id: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llm_deploy.backends.trtllm import releases as _trtllm_releases
+from llm_deploy.errors import NonRetryableError
 
 TUTORIAL_PROMPT = "How do I count to ten in French?"
 BUILTIN_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -44,7 +45,7 @@ SchedulerPolicy = Literal["max_utilization", "guaranteed_no_evict"]
 BenchmarkTarget = Literal["grpc_ensemble", "grpc_tensorrt_llm", "http_generate_stream", "http_generate"]
 
 
-class SpecError(ValueError):
+class SpecError(NonRetryableError, ValueError):
     """Params that cannot describe a deployment. Retrying cannot fix it, so tasks fail at once."""
 
 

@@ -57,6 +57,14 @@ def engine_id(spec: DeploySpec, weights_digest: str | None) -> str:
     return digest.hexdigest()[:16]
 
 
+def weights_digest(checkpoint: dict) -> str | None:
+    """Identity of the weights an engine is built from: their manifest's hash, or for a user's
+    unmanaged local dir (no intact manifest of ours) its path and files' fingerprint."""
+    if checkpoint.get("manifest_sha256"):
+        return checkpoint["manifest_sha256"]
+    return f"{checkpoint['checkpoint_dir']}:{checkpoint.get('files_fingerprint') or ''}"
+
+
 def engine_dir(spec: DeploySpec, weights_digest: str | None) -> Path:
     return spec.root / "engines" / spec.backend / spec.model_slug / engine_id(spec, weights_digest)
 

@@ -1,12 +1,11 @@
-"""run_step turns step outcomes into Airflow's: fail without retry, skip with a reason, XCom dicts."""
-
-from dataclasses import dataclass
+"""run_step and task_outcome turn step outcomes into Airflow's: fail without retry, skip with a
+reason, XCom dicts; run_step runs a registered step where the backend and runner say."""
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
 from llm_deploy.airflow import tasks
 from llm_deploy.errors import NonRetryableError, SkipStep, StepError
+from llm_deploy.records import ModelRepoRecord
 
 
 @pytest.fixture
@@ -16,52 +15,58 @@ def context(monkeypatch, tmp_path):
     return ctx
 
 
-@dataclass
-class Record:
-    path: str
-
-    def to_xcom(self):
-        return {"path": self.path}
-
-
 def test_records_become_small_dicts(context):
-    assert tasks.run_step(lambda spec: Record(spec.engines_root)) == {"path": context["params"]["engines_root"]}
+    record = ModelRepoRecord(model_repo=context["params"]["engines_root"], models=["ensemble"], decoupled=True,
+                             reused=False)
+    assert tasks.task_outcome(lambda: record) == {"model_repo": context["params"]["engines_root"],
+                                                  "models": ["ensemble"], "decoupled": True, "reused": False}
 
 
-def test_the_run_id_is_passed_when_asked(context):
-    assert tasks.run_step(lambda spec, run_id: run_id, pass_run_id=True) == context["run_id"]
+def test_the_run_id_goes_to_the_steps_that_write_run_reports(context, monkeypatch):
+    calls = []
+    monkeypatch.setattr("llm_deploy.steps.serve.start_server",
+                        lambda spec, repo, run_id: calls.append((repo, run_id)) or {"pid": 1})
+    assert tasks.run_step("start_server", {"model_repo": "/r"}) == {"pid": 1}
+    assert calls == [({"model_repo": "/r"}, context["run_id"])]
 
 
 def test_bad_params_fail_the_task_without_retry(context):
     context["params"]["dtype"] = "fp4"
-    ran = []
     with pytest.raises(AirflowFailException, match="dtype"):
-        tasks.run_step(lambda spec: ran.append(spec))
+        tasks.current_spec()
+
+
+def test_bad_params_fail_a_step_before_any_work(context, monkeypatch):
+    context["params"]["dtype"] = "fp4"
+    ran = []
+    monkeypatch.setattr("llm_deploy.steps.build_wheel.build_wheel", lambda spec: ran.append(spec))
+    with pytest.raises(AirflowFailException, match="dtype"):
+        tasks.run_step("build_wheel")
     assert ran == [], "no work before the params are valid"
 
 
 def test_non_retryable_errors_fail_at_once(context):
-    def step(spec):
+    def step():
         raise NonRetryableError("port 8000 is in use")
 
     with pytest.raises(AirflowFailException, match="port 8000 is in use"):
-        tasks.run_step(step)
+        tasks.task_outcome(step)
 
 
 def test_skips_carry_their_reason(context):
-    def step(spec):
+    def step():
         raise SkipStep("nothing to build")
 
     with pytest.raises(AirflowSkipException, match="nothing to build"):
-        tasks.run_step(step)
+        tasks.task_outcome(step)
 
 
 def test_other_errors_propagate_for_a_retry(context):
-    def step(spec):
+    def step():
         raise StepError("flaky network")
 
     with pytest.raises(StepError):
-        tasks.run_step(step)
+        tasks.task_outcome(step)
 
 
 def test_the_hub_token_is_only_read_for_hub_sources(context, monkeypatch):
@@ -74,7 +79,7 @@ def test_the_hub_token_is_only_read_for_hub_sources(context, monkeypatch):
 
 
 def test_pipeline_steps_run_in_this_process_on_the_local_runner(context, tmp_path, tiny_llama_checkpoint):
-    record = tasks.run_pipeline_step("build_engine", {"checkpoint_dir": str(tiny_llama_checkpoint), "manifest_sha256": "t"})
+    record = tasks.run_step("build_engine", {"checkpoint_dir": str(tiny_llama_checkpoint), "manifest_sha256": "t"})
     assert record["engine_dir"].startswith(str(tmp_path)) and not record["reused"]
 
 
@@ -86,14 +91,19 @@ def test_pipeline_steps_go_to_the_docker_runner_when_the_param_says_so(context, 
         calls.append((runner.image, name, inputs, options))
         return {"built": True}
 
-    monkeypatch.setattr("llm_deploy.runners.run_python_step", run_python_step)
-    assert tasks.run_pipeline_step("build_engine", {"checkpoint_dir": "/x"}) == {"built": True}
+    monkeypatch.setattr("llm_deploy.steps.execute.run_python_step", run_python_step)
+    assert tasks.run_step("build_engine", {"checkpoint_dir": "/x"}) == {"built": True}
     assert calls == [("registry.local/llm:1", "build_engine", ({"checkpoint_dir": "/x"},),
                       {"run_id": None, "secret_env": {}})]
 
 
-def test_a_skipped_pipeline_step_keeps_its_reason(context):
-    from airflow.sdk.exceptions import AirflowSkipException
+def test_the_server_steps_stay_on_the_worker_with_the_docker_runner(context, monkeypatch):
+    context["params"].update(runner="docker", docker_image="registry.local/llm:1")
+    monkeypatch.setattr("llm_deploy.steps.execute.run_python_step", lambda *a, **k: pytest.fail("sent to docker"))
+    monkeypatch.setattr("llm_deploy.steps.serve.stop_server", lambda spec, server: server is None)
+    assert tasks.run_step("stop_server", None) is True
 
+
+def test_a_skipped_pipeline_step_keeps_its_reason(context):
     with pytest.raises(AirflowSkipException, match="no TensorRT-LLM wheel"):
-        tasks.run_pipeline_step("build_wheel")
+        tasks.run_step("build_wheel")

@@ -14,12 +14,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from llm_deploy import volume
+from llm_deploy.backends.torch.build_engine import ENGINE_CONFIG
 from llm_deploy.errors import NonRetryableError
-from llm_deploy.runners import DockerRunner, run_python_step, runner_for
+from llm_deploy.runners import DockerRunner, runner_for
 from llm_deploy.spec import DeploySpec
-from llm_deploy.steps.build_engine import ENGINE_CONFIG, weights_digest
+from llm_deploy.steps.through_runner import run_python_step
+from llm_deploy.volume import weights_digest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 import pytest
-
 from llm_deploy import volume
 from llm_deploy.runners.docker_runner import DockerRunner
-from llm_deploy.runners.python_steps import python_step_command
 from llm_deploy.spec import DeploySpec
+from llm_deploy.steps.through_runner import python_step_command
 
 
 @pytest.fixture

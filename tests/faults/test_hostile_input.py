@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from llm_deploy.errors import NonRetryableError
-from llm_deploy.runners.python_steps import python_step_command
 from llm_deploy.spec import DeploySpec, SpecError
 from llm_deploy.steps.download_weights import download_weights
+from llm_deploy.steps.through_runner import python_step_command
+
 from tests.faults.conftest import deploy
 from tests.fixtures.hf_hub import FakeHub, tiny_model_files
 
@@ -168,7 +168,7 @@ def server(tiny_llama_checkpoint, tmp_path_factory, free_ports_factory):
     try:
         yield record
     finally:
-        stop_server(record)
+        stop_server(deployment.spec, record)
         from tests.faults.processes import assert_no_server_processes
 
         assert_no_server_processes([root], [record["pgid"]])
@@ -220,9 +220,8 @@ def test_bad_http_requests_get_their_own_error_and_the_server_keeps_serving(serv
 
 async def _grpc(server: dict, requests: list) -> list:
     import grpc
-    from tritonclient.grpc import service_pb2_grpc
-
     from llm_deploy.bench.stream_client import stream_one
+    from tritonclient.grpc import service_pb2_grpc
 
     async with grpc.aio.insecure_channel(server["grpc_url"]) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)

@@ -16,10 +16,10 @@ import time
 import urllib.request
 
 import pytest
-
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.steps.benchmark import benchmark
 from llm_deploy.steps.serve import start_server, stop_server
+
 from tests.faults.processes import assert_no_server_processes, server_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -73,5 +73,5 @@ def test_the_benchmark_reports_a_killed_server_and_the_teardown_leaves_nothing(m
     assert level["completed"] >= served_before_kill - 2
     assert report["generate"]["error"] and f"{level['errors'] + 1} of {level['requests'] + 1}" in message
 
-    assert stop_server(server) is False  # teardown: no error, the server was already gone
+    assert stop_server(deployment.spec, server) is False  # teardown: no error, the server was already gone
     assert_no_server_processes([tmp_path], [server["pgid"]])

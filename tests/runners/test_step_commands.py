@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
+from llm_deploy.backends.torch.backend import TORCH_IMAGE_ENV
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.runners import (
     DockerRunner,
@@ -16,13 +16,13 @@ from llm_deploy.runners import (
     LocalRunner,
     StepCommand,
     VolumePath,
-    python_step_command,
     runner_for,
     service_runner,
 )
 from llm_deploy.runners.command import WORKER_GPU_IDS_ENV, ServiceRecord
-from llm_deploy.runners.docker_runner import TORCH_IMAGE_ENV, ULIMITS_ENV, parse_ulimits, resolve_image
+from llm_deploy.runners.docker_runner import ULIMITS_ENV, parse_ulimits, resolve_image
 from llm_deploy.spec import DeploySpec
+from llm_deploy.steps.through_runner import python_step_command
 
 CHECKPOINT = {"checkpoint_dir": "/vol/models/m/builtin", "manifest_sha256": "abc"}
 
@@ -180,12 +180,17 @@ def test_the_runner_param_picks_the_runner(monkeypatch):
 
 
 def test_images_come_from_the_param_the_release_table_or_the_workers_setting(monkeypatch):
+    from llm_deploy.backends.registry import backend_for
     from llm_deploy.backends.trtllm.releases import RELEASES
 
     trtllm = spec(backend="trtllm", runner="docker", dtype="float16")
-    assert resolve_image(trtllm) == RELEASES[trtllm.trtllm_release].container_image
+    assert backend_for(trtllm).default_image(trtllm) == RELEASES[trtllm.trtllm_release].container_image
+    assert resolve_image(spec(runner="docker", docker_image="registry.local/llm:1"), "ignored") == "registry.local/llm:1"
+    torch = spec(runner="docker")
     monkeypatch.delenv(TORCH_IMAGE_ENV, raising=False)
     with pytest.raises(NonRetryableError, match=TORCH_IMAGE_ENV):
-        resolve_image(spec(runner="docker"))
+        backend_for(torch).default_image(torch)
+    with pytest.raises(NonRetryableError, match="docker_image is empty"):
+        resolve_image(torch, "")
     monkeypatch.setenv(TORCH_IMAGE_ENV, "llm-deploy-torch:abc")
-    assert resolve_image(spec(runner="docker")) == "llm-deploy-torch:abc"
+    assert backend_for(torch).default_image(torch) == "llm-deploy-torch:abc"

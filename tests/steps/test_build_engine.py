@@ -3,11 +3,11 @@
 import json
 
 import pytest
-
 from llm_deploy import volume
+from llm_deploy.backends.torch.build_engine import ENGINE_CONFIG
 from llm_deploy.errors import BackendNotAvailable, NonRetryableError
 from llm_deploy.spec import DeploySpec
-from llm_deploy.steps.build_engine import ENGINE_CONFIG, build_engine
+from llm_deploy.steps.build_engine import build_engine
 
 
 def make_spec(root, **params) -> DeploySpec:

@@ -9,11 +9,11 @@ import traceback
 from pathlib import Path
 
 import pytest
-
 from llm_deploy import volume
 from llm_deploy.errors import NonRetryableError, StepError
 from llm_deploy.spec import BUILTIN_MODEL_ID, DeploySpec
 from llm_deploy.steps.download_weights import WeightsRecord, download_weights
+
 from tests.fixtures.hf_hub import (
     FIXTURE_TOKEN,
     FakeHub,
@@ -358,7 +358,7 @@ def test_local_checkpoint_is_recorded_not_copied(tmp_path: Path) -> None:
 
 def test_an_edited_local_checkpoint_gets_another_identity(tmp_path: Path) -> None:
     # Its identity names the engine: the same identity after an edit would serve a stale engine.
-    from llm_deploy.steps.build_engine import weights_digest
+    from llm_deploy.volume import weights_digest
 
     model = tmp_path / "mine" / "llama"
     tiny_checkpoint(model)
@@ -372,7 +372,7 @@ def test_an_edited_local_checkpoint_gets_another_identity(tmp_path: Path) -> Non
 
 
 def test_a_local_checkpoint_with_our_manifest_is_named_by_it_until_its_files_change(tmp_path: Path) -> None:
-    from llm_deploy.steps.build_engine import weights_digest
+    from llm_deploy.volume import weights_digest
 
     model = tmp_path / "mine" / "llama"
     with volume.publish_dir(model) as scratch:

@@ -16,3 +16,13 @@ GPU = {"pool": "gpu", "queue": "gpu", **RETRIES}
 # The benchmark and stop_server must run where start_server started the server (its loopback,
 # its process group): the same queue.
 NEXT_TO_SERVER = {"queue": "gpu"}
+
+
+def placement(step: str) -> dict:
+    """Where a registered step's task runs, from what the step registry declares about it."""
+    from llm_deploy.steps.registry import STEPS
+
+    declared = STEPS[step]
+    if declared.gpu:
+        return GPU
+    return NEXT_TO_SERVER if declared.network_host else {}

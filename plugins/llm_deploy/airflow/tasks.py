@@ -1,10 +1,12 @@
 """The thin layer between Airflow tasks and plain-Python steps.
 
 ``run_step`` builds the DeploySpec from the run's params (so bad input fails the first task that
-sees it, before any work, and never retries), calls the step, and turns the step's record into a
-small JSON-able XCom value. Step exceptions map onto Airflow's: NonRetryableError and SpecError
-fail the task without retries; SkipStep skips it with the reason in the log; anything else is
-retried with exponential backoff by the task's retry policy.
+sees it, before any work, and never retries), runs the registered step where the backend and
+runner say (``llm_deploy.steps.execute``), and returns the step's record as a small JSON-able
+XCom value. ``task_outcome`` maps a step's exceptions onto Airflow's, through the one outcome
+table in ``llm_deploy.errors``: non-retryable errors (bad params included) fail the task without
+retries; SkipStep skips it with the reason in the log; anything else is retried with exponential
+backoff by the task's retry policy. Airflow's exceptions appear nowhere but under ``airflow/``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from llm_deploy.errors import NonRetryableError, SkipStep
+from llm_deploy.errors import outcome_of
 from llm_deploy.spec import DeploySpec, SpecError
 
 log = logging.getLogger(__name__)
@@ -30,45 +32,41 @@ def current_spec(context: dict[str, Any] | None = None) -> DeploySpec:
         raise AirflowFailException(str(exc)) from None
 
 
-def run_step(step: Callable[..., Any], *args: Any, pass_run_id: bool = False,
-             spec: DeploySpec | None = None) -> Any:
-    """``spec``: a config matrix entry's spec instead of the run's params."""
-    from airflow.sdk import get_current_context
+def run_step(name: str, *inputs: Any, spec: DeploySpec | None = None) -> Any:
+    """Run tutorial step ``name`` for this run; return its XCom record.
 
-    context = get_current_context()
-    spec = spec or current_spec(context)
-    if pass_run_id:
-        args = (*args, context["run_id"])
-    return _task_outcome(lambda: step(spec, *args))
-
-
-def run_pipeline_step(name: str, *inputs: Any, spec: DeploySpec | None = None) -> Any:
-    """Run tutorial step ``name`` where the run's ``runner`` param says; return its XCom record.
-
-    ``local``: the step function in this worker process. ``docker``: for the torch backend the
-    same step as ``python -m llm_deploy.cli <name>`` in a container of the run's image
-    (DockerOperator), with the engines volume mounted and the Hugging Face token passed as an
-    environment variable; for trtllm the step runs here and sends only upstream's commands into
-    containers of the release's NGC image, which carries nothing of ours. Either way the step's
-    exceptions become the same Airflow outcomes.
+    ``spec``: a config matrix entry's spec instead of the run's params. The Hub token is read from
+    the spec's connection only for a step that downloads; the run id goes to steps that write
+    run reports.
     """
     from airflow.sdk import get_current_context
 
-    from llm_deploy.cli import STEPS, load_step
+    from llm_deploy.steps.execute import execute
+    from llm_deploy.steps.registry import STEPS
 
     context = get_current_context()
-    spec = spec or current_spec(context)  # a config matrix entry passes its own
-    about = STEPS[name]
-    run_id = context["run_id"] if about.takes_run_id else None
-    token = hf_token(spec) if about.takes_token else None
-    if spec.runner == "docker" and spec.backend == "torch":
-        from llm_deploy.runners import run_python_step, runner_for
+    spec = spec or current_spec(context)
+    step = STEPS[name]
+    token = hf_token(spec) if step.needs_token else None
+    return task_outcome(lambda: execute(name, spec, *inputs, token=token, run_id=context["run_id"]))
 
-        secrets = {"HF_TOKEN": token} if token else {}
-        return _task_outcome(lambda: run_python_step(runner_for(spec), name, spec, *inputs,
-                                                     run_id=run_id, secret_env=secrets))
-    args = [spec, *([token] if about.takes_token else []), *inputs, *([run_id] if about.takes_run_id else [])]
-    return _task_outcome(lambda: load_step(name)(*args))
+
+def task_outcome(call: Callable[[], Any]) -> Any:
+    """Call plain-Python step logic; its result as XCom, its exceptions as Airflow's outcomes."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from llm_deploy.records import to_xcom
+
+    try:
+        return to_xcom(call())
+    except Exception as exc:
+        outcome = outcome_of(exc)
+        if outcome == "skip":
+            log.info("skipped: %s", exc)
+            raise AirflowSkipException(str(exc)) from None
+        if outcome == "non_retryable":
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+        raise
 
 
 def find_cached_engine() -> dict | None:
@@ -101,20 +99,6 @@ def _when(unix: float) -> str:
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(unix, tz=timezone.utc).isoformat(timespec="seconds")
-
-
-def _task_outcome(call: Callable[[], Any]) -> Any:
-    """Call a step; its record as a small dict, its errors as Airflow's skip / fail-without-retry."""
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-    try:
-        result = call()
-    except SkipStep as exc:
-        log.info("skipped: %s", exc)
-        raise AirflowSkipException(str(exc)) from None
-    except NonRetryableError as exc:
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
-    return result.to_xcom() if hasattr(result, "to_xcom") else result
 
 
 def hf_token(spec: DeploySpec) -> str | None:

@@ -3,8 +3,8 @@
 One interface, two runners. A step describes its command as data (``StepCommand``: argv, env,
 secrets, volume paths, GPUs, limits); ``runner_for(spec)`` picks the runner the run's ``runner``
 param names; ``runner.run(command)`` runs it to completion and ``runner.start``/``stop`` manage a
-long-running one (the server). Python steps of the torch backend run on either through
-``run_python_step`` (``python -m llm_deploy.cli <step>`` in the container or subprocess).
+long-running one (the server). Whole Python steps run on either as ``python -m llm_deploy.cli
+<step>`` (``llm_deploy.steps.through_runner``).
 
 Importing this package is cheap: the docker SDK and the Airflow provider load only when used.
 """
@@ -17,6 +17,7 @@ from llm_deploy.runners.command import (
     CommandTimedOut,
     GpuRequest,
     Mount,
+    Runner,
     ServiceRecord,
     StepCommand,
     VolumePath,
@@ -24,7 +25,6 @@ from llm_deploy.runners.command import (
 )
 from llm_deploy.runners.docker_runner import DockerRunner
 from llm_deploy.runners.local_runner import LocalRunner
-from llm_deploy.runners.python_steps import python_step_command, run_python_step
 from llm_deploy.spec import DeploySpec
 
 __all__ = [
@@ -35,21 +35,21 @@ __all__ = [
     "GpuRequest",
     "LocalRunner",
     "Mount",
+    "Runner",
     "ServiceRecord",
     "StepCommand",
     "VolumePath",
-    "python_step_command",
-    "run_python_step",
     "runner_for",
     "sequence_argv",
     "service_runner",
 ]
 
 
-def runner_for(spec: DeploySpec) -> LocalRunner | DockerRunner:
-    """The runner the spec's ``runner`` param names, set up for its image and volume."""
+def runner_for(spec: DeploySpec, *, default_image: str = "") -> LocalRunner | DockerRunner:
+    """The runner the spec's ``runner`` param names, set up for its image (the ``docker_image``
+    param, else the backend's ``default_image``) and volume."""
     if spec.runner == "docker":
-        return DockerRunner.for_spec(spec)
+        return DockerRunner.for_spec(spec, default_image)
     return LocalRunner()
 
 

@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from llm_deploy.errors import StepError
 
@@ -188,3 +188,18 @@ class CommandTimedOut(CommandFailed):
 
 
 TAIL_LINES = 30
+
+
+class Runner(Protocol):
+    """What the local and docker runners both offer (``llm_deploy.runners.runner_for``)."""
+
+    name: str
+    python: str  # the interpreter that runs llm_deploy.cli where the runner runs commands
+
+    def run(self, command: StepCommand) -> CommandResult: ...
+
+    def start(self, command: StepCommand, log_path: str) -> ServiceRecord: ...
+
+    def alive(self, record: ServiceRecord) -> bool: ...
+
+    def stop(self, record: ServiceRecord | Mapping[str, Any]) -> bool: ...

@@ -57,8 +57,6 @@ log = logging.getLogger(__name__)
 # Name of the docker volume that holds engines_root (docker-compose: the stack's "engines" volume).
 # Unset: engines_root is a host directory and is bind-mounted path for path.
 ENGINES_VOLUME_ENV = "LLM_DEPLOY_ENGINES_VOLUME"
-# Image for the torch backend when the spec names none (it must carry torch and llm_deploy).
-TORCH_IMAGE_ENV = "LLM_DEPLOY_TORCH_IMAGE"
 # "uid:gid" the containers run as; unset = the worker's own, so files on the shared volume stay
 # the worker's; empty = the image's default user.
 USER_ENV = "LLM_DEPLOY_DOCKER_USER"
@@ -76,20 +74,12 @@ TIMEOUT_GRACE_S = 5
 BASE_ENV = {"HOME": "/tmp"}
 
 
-def resolve_image(spec: DeploySpec) -> str:
-    """The image a spec's steps run in: the param, else the release's NGC image, else the worker's."""
-    if spec.docker_image:
-        return spec.docker_image
-    if spec.backend == "trtllm":
-        from llm_deploy.backends.trtllm.releases import RELEASES
-
-        return RELEASES[spec.trtllm_release].container_image
-    image = os.environ.get(TORCH_IMAGE_ENV, "")
+def resolve_image(spec: DeploySpec, default_image: str) -> str:
+    """The image a spec's steps run in: the ``docker_image`` param, else the backend's default."""
+    image = spec.docker_image or default_image
     if not image:
-        raise NonRetryableError(
-            f"docker_image is empty and this worker sets no {TORCH_IMAGE_ENV}: name an image that "
-            "carries torch and llm_deploy (python docker/build_torch_image.py builds one from Debian and PyPI)"
-        )
+        raise NonRetryableError(f"docker_image is empty and backend {spec.backend!r} has no default image here: "
+                                "name the image to run the steps in")
     return image
 
 
@@ -116,8 +106,8 @@ class DockerRunner:
         self.ulimit_overrides = parse_ulimits(os.environ.get(ULIMITS_ENV, ""))
 
     @classmethod
-    def for_spec(cls, spec: DeploySpec) -> DockerRunner:
-        return cls(resolve_image(spec), engines_root=spec.engines_root,
+    def for_spec(cls, spec: DeploySpec, default_image: str = "") -> DockerRunner:
+        return cls(resolve_image(spec, default_image), engines_root=spec.engines_root,
                    engines_volume=os.environ.get(ENGINES_VOLUME_ENV) or None)
 
     # --- what every container gets ---------------------------------------------------------------

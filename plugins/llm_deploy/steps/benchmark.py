@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llm_deploy import volume
+from llm_deploy.backends.registry import backend_for
 from llm_deploy.bench import report as reporting
 from llm_deploy.bench import stream_client, workload
 from llm_deploy.bench.metrics import RequestTiming, count_output_tokens, summarize
@@ -130,7 +131,7 @@ def benchmark(spec: DeploySpec, server: dict, run_id: str) -> BenchmarkSummary:
     generate_s = time.perf_counter() - started
 
     baseline = None
-    if spec.backend == "torch" and spec.benchmark_hf_baseline:
+    if backend_for(spec).compares_with_hf_generate and spec.benchmark_hf_baseline:
         from llm_deploy.bench.hf_baseline import baseline as hf_baseline
 
         log.info("HF transformers generate() baseline on %s", tokenizer_dir)

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from llm_deploy import volume
-from llm_deploy.backends.trtllm import commands, pipeline
+from llm_deploy.backends.trtllm import commands, execution, serve
 from llm_deploy.backends.trtllm.validation import DEFAULT_PORTS
 from llm_deploy.errors import BackendNotAvailable, NonRetryableError
 from llm_deploy.model_repo import parse_model_config
@@ -29,6 +28,7 @@ from llm_deploy.steps.download_weights import download_weights
 from llm_deploy.steps.render_model_repo import render_model_repo
 from llm_deploy.steps.serve import start_server, stop_server
 from llm_deploy.steps.verify_engine import verify_engine
+
 from tests.backends.trtllm.standins import make_backend_clone, make_toolbox
 
 CLONE = "src/my-tensorrtllm_backend"
@@ -80,9 +80,9 @@ def test_the_tutorial_release_builds_its_wheel_then_an_engine_from_it(spec_for, 
     weights = download_weights(spec, None).to_xcom()
 
     backend = build_wheel(spec)
-    assert backend.wheel_dir == str(pipeline.wheel_dir(spec))
-    assert volume.is_published(pipeline.wheel_dir(spec))
-    assert [w.name for w in pipeline.wheel_dir(spec).glob("*.whl")] == ["tensorrt_llm-0.5.0-py3-none-any.whl"]
+    assert backend.wheel_dir == str(execution.wheel_dir(spec))
+    assert volume.is_published(execution.wheel_dir(spec))
+    assert [w.name for w in execution.wheel_dir(spec).glob("*.whl")] == ["tensorrt_llm-0.5.0-py3-none-any.whl"]
 
     engine = build_engine(spec, weights)
     engine_dir = engine.engine_dir
@@ -133,10 +133,10 @@ def test_the_current_release_converts_and_builds_for_two_ranks_and_serves(spec_f
         assert server["http_url"].endswith(f":{spec.http_port}")
         assert server["service"]["runner"] == "local"
     finally:
-        assert stop_server(server) is True
+        assert stop_server(spec, server) is True
     # The launcher's whole group, the server it left running included, is gone.
     assert not LocalRunner().alive(server["service"])
-    assert not pipeline._ready(server["http_url"])
+    assert not serve._ready(server["http_url"])
 
 
 def test_a_world_size_the_engine_was_not_built_for_is_refused_before_the_server_starts(spec_for, free_ports):
@@ -176,15 +176,13 @@ def test_the_server_supervisor_ends_the_whole_group_on_sigterm(spec_for, worker,
     while LocalRunner().alive(server["service"]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not LocalRunner().alive(server["service"])
-    assert stop_server(server) is False
+    assert stop_server(spec, server) is False
 
 
 def test_on_the_docker_runner_each_command_runs_in_the_release_image_with_the_tutorials_settings(tmp_path):
-    from llm_deploy.runners import DockerRunner
-
     spec = DeploySpec(engines_root=str(tmp_path), backend="trtllm", trtllm_release="0.19.0", world_size=2,
                       runner="docker")
-    settings = DockerRunner.for_spec(spec).settings(pipeline.launch_command(spec, str(tmp_path / "model_repos/r")))
+    settings = execution.runner(spec).settings(serve.launch_command(spec, str(tmp_path / "model_repos/r")))
     assert settings["image"] == "nvcr.io/nvidia/tritonserver:25.05-trtllm-python-py3"
     assert settings["device_requests"] == [{"Driver": "", "Count": 2, "DeviceIDs": [], "Capabilities": [["gpu"]],
                                             "Options": {}}]
@@ -193,4 +191,4 @@ def test_on_the_docker_runner_each_command_runs_in_the_release_image_with_the_tu
     assert settings["mounts"] == [{"Target": str(tmp_path), "Source": str(tmp_path), "Type": "bind", "ReadOnly": True}]
     # The supervisor keeps the container up after launch_triton_server.py returns.
     launched = json.loads(settings["command"][-1])
-    assert launched[-1][:2] == ["python3", f"{pipeline.backend_dir(spec)}/scripts/launch_triton_server.py"]
+    assert launched[-1][:2] == ["python3", f"{execution.backend_dir(spec)}/scripts/launch_triton_server.py"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from llm_deploy import volume
 from llm_deploy.cli import OUTCOME_MARKER, main, parse_outcome
 from llm_deploy.errors import NonRetryableError, SkipStep
-from llm_deploy.runners import LocalRunner, run_python_step
+from llm_deploy.runners import LocalRunner
 from llm_deploy.spec import DeploySpec
+from llm_deploy.steps.through_runner import run_python_step
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,0 +1,81 @@
+"""The operations a backend provides for the tutorial's steps, chosen once from the spec.
+
+A step in ``llm_deploy.steps`` does what every backend shares (cache lookup, atomic publish on
+the engines volume, records, logging) and asks the spec's backend for the work itself. A backend
+is a package under ``llm_deploy.backends`` with one module per operation, side by side with the
+other backends' (``build_engine.py``, ``verify_engine.py``, ``model_repo.py``, ``serve.py`` ...),
+and one ``backend.py`` that binds them to this interface. Adding a backend or a flow is a new
+package and one line in ``backends/registry.py``; no step changes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from llm_deploy.runners.command import GpuRequest
+from llm_deploy.spec import DeploySpec
+
+if TYPE_CHECKING:  # records import volume and spec only; this keeps the interface import-light
+    from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    # The HF transformers generate() baseline in the benchmark is a like-for-like peer: the same
+    # checkpoint, dtype and machine as the served model.
+    compares_with_hf_generate: ClassVar[bool] = False
+
+    # --- where its steps run ----------------------------------------------------------------
+
+    def runs_python_steps_in_runner(self, spec: DeploySpec) -> bool:
+        """Whether the Python steps themselves run through the spec's runner (``python -m
+        llm_deploy.cli`` in a container of the run's image), rather than in the worker, which
+        then sends only the backend's own commands to the runner."""
+        return False
+
+    def gpus(self, spec: DeploySpec) -> GpuRequest:
+        """The GPUs a GPU step of this spec holds."""
+        return GpuRequest.for_world_size(spec.world_size, spec.gpu_device_ids)
+
+    @abstractmethod
+    def default_image(self, spec: DeploySpec) -> str:
+        """The docker runner's image when the spec names none; NonRetryableError saying what to
+        set when there is none."""
+
+    # --- the tutorial's operations ---------------------------------------------------------------
+
+    @abstractmethod
+    def build_wheel(self, spec: DeploySpec) -> WheelRecord:
+        """Make the runtime installable; raise SkipStep when the backend needs no build."""
+
+    @abstractmethod
+    def parallelism(self, spec: DeploySpec) -> tuple[int, int]:
+        """(tensor parallel, pipeline parallel) of the spec's engine; refuse what cannot be built."""
+
+    @abstractmethod
+    def build_engine(self, spec: DeploySpec, checkpoint: dict, out_dir: Path, config: dict) -> None:
+        """Build the engine from the checkpoint record into ``out_dir`` (a scratch directory that
+        the step publishes atomically); ``config`` is the engine's description, to keep in it."""
+
+    @abstractmethod
+    def verify_engine(self, spec: DeploySpec, engine: dict, checkpoint: dict) -> VerifyRecord:
+        """The tutorial's run.py check: generate for its prompt, and fail if the output is wrong."""
+
+    @abstractmethod
+    def model_repo_source(self, spec: DeploySpec) -> str:
+        """What the model repository is rendered from (part of its cache key)."""
+
+    @abstractmethod
+    def render_model_repo(self, spec: DeploySpec, engine: dict, checkpoint: dict, out_dir: Path) -> None:
+        """Write the inflight_batcher_llm repository for the engine into ``out_dir`` (scratch)."""
+
+    @abstractmethod
+    def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRecord:
+        """Start Triton on the repository; return once it and every model are ready, having
+        stopped whatever it started if they are not."""
+
+    @abstractmethod
+    def stop_server(self, server: dict) -> bool:
+        """Stop the server a start_server record describes; True if it was still running."""

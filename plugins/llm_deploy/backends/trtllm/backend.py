@@ -1,0 +1,52 @@
+"""The trtllm backend bound to the Backend interface: upstream's TensorRT-LLM and tensorrtllm_backend.
+
+Every operation runs upstream's own scripts for the spec's release (``commands``) through the
+spec's runner (``execution``); the model repository is upstream's inflight_batcher_llm from the
+backend clone, every placeholder filled (``upstream_repo``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llm_deploy.backends.base import Backend
+from llm_deploy.backends.trtllm import build_engine, build_wheel, serve, validation, verify_engine
+from llm_deploy.backends.trtllm.execution import backend_dir
+from llm_deploy.backends.trtllm.upstream_repo import render_upstream_repository, template_dir
+from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
+from llm_deploy.spec import DeploySpec
+
+
+class TrtllmBackend(Backend):
+    name = "trtllm"
+
+    def default_image(self, spec: DeploySpec) -> str:
+        return validation.release_row(spec.trtllm_release).container_image
+
+    def build_wheel(self, spec: DeploySpec) -> WheelRecord:
+        return build_wheel.build_wheel(spec)
+
+    def parallelism(self, spec: DeploySpec) -> tuple[int, int]:
+        return validation.parallelism(spec)
+
+    def build_engine(self, spec: DeploySpec, checkpoint: dict, out_dir: Path, config: dict) -> None:
+        build_engine.build_engine(spec, checkpoint, out_dir)
+
+    def verify_engine(self, spec: DeploySpec, engine: dict, checkpoint: dict) -> VerifyRecord:
+        return verify_engine.verify_engine(spec, engine, checkpoint)
+
+    def model_repo_source(self, spec: DeploySpec) -> str:
+        return f"tensorrtllm_backend@{validation.release_row(spec.trtllm_release).backend_commit}"
+
+    def render_model_repo(self, spec: DeploySpec, engine: dict, checkpoint: dict, out_dir: Path) -> None:
+        release = validation.validate_spec(spec)
+        clone = backend_dir(spec)
+        validation.require_backend_clone(clone, release, need_trtllm=False)
+        render_upstream_repository(spec, source=template_dir(clone), out_dir=out_dir,
+                                   engine_dir=engine["engine_dir"], tokenizer_dir=checkpoint["checkpoint_dir"])
+
+    def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRecord:
+        return serve.start_server(spec, model_repo, log_path)
+
+    def stop_server(self, server: dict) -> bool:
+        return serve.stop_server(server)

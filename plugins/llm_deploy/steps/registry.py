@@ -1,0 +1,95 @@
+"""The tutorial's steps, each declared once: its function, what it writes on the engines volume,
+whether it holds a GPU, and what it needs from the run besides its spec and upstream records.
+
+The DAGs (through ``llm_deploy.airflow.tasks``), ``python -m llm_deploy.cli`` and the runners
+all read this table. Every step is called the same way, ``call(spec, inputs, ...)``: the spec,
+the Hugging Face token if the step downloads, the upstream records in order, the run id if the
+step writes run reports. Functions are named as "module:function" and imported only when a step
+runs, so reading the table (the DAG parse does) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_deploy import volume
+from llm_deploy.errors import NonRetryableError
+from llm_deploy.spec import DeploySpec
+
+Writes = Callable[[DeploySpec, Sequence[dict]], list[Path]]
+
+
+def _nothing(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:
+    return []
+
+
+def _checkpoints(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:
+    if spec.model_source == "local":
+        return []  # a user's local checkpoint is only ever read
+    return [volume.checkpoint_dir(spec).parent]
+
+
+def _engines(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:
+    return [volume.engine_dir(spec, volume.weights_digest(inputs[0])).parent]
+
+
+def _verified_engines(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:
+    # verify_engine marks the engine verified (a file in its dir) and retention removes older
+    # engines of the model beside it: the model's engines dir, nothing else.
+    return [Path(inputs[0]["engine_dir"]).parent]
+
+
+def _model_repos(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:
+    return [volume.model_repo_dir(spec).parent]
+
+
+def _runs(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:
+    return [spec.root / "runs" / spec.engine_hash]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    target: str  # "module:function"
+    writes: Writes = field(default=_nothing)  # the volume dirs it publishes into
+    gpu: bool = False  # holds a GPU in production (the DAG's "gpu" pool tasks)
+    network_host: bool = False  # talks to the server on the worker's loopback
+    needs_token: bool = False  # the Hub token, second argument (download_weights)
+    needs_run_id: bool = False  # the run id, last argument (steps that write run reports)
+    # Whether it may run as a process elsewhere (``python -m llm_deploy.cli`` in a container):
+    # the server's start and stop hold the worker's process group and loopback, so they may not.
+    portable: bool = True
+
+    @property
+    def function(self) -> Callable[..., Any]:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def call(self, spec: DeploySpec, inputs: Sequence[Any] = (), *, token: str | None = None,
+             run_id: str | None = None) -> Any:
+        args: list[Any] = [spec]
+        if self.needs_token:
+            args.append(token)
+        args.extend(inputs)
+        if self.needs_run_id:
+            if not run_id:
+                raise NonRetryableError(f"{self.name} needs the run id")
+            args.append(run_id)
+        return self.function(*args)
+
+
+STEPS: dict[str, Step] = {step.name: step for step in (
+    Step("download_weights", "llm_deploy.steps.download_weights:download_weights", _checkpoints, needs_token=True),
+    Step("build_wheel", "llm_deploy.steps.build_wheel:build_wheel", gpu=True),
+    Step("build_engine", "llm_deploy.steps.build_engine:build_engine", _engines, gpu=True),
+    Step("verify_engine", "llm_deploy.steps.verify_engine:verify_engine", _verified_engines, gpu=True),
+    Step("render_model_repo", "llm_deploy.steps.render_model_repo:render_model_repo", _model_repos),
+    Step("start_server", "llm_deploy.steps.serve:start_server", _runs, gpu=True, network_host=True,
+         needs_run_id=True, portable=False),
+    Step("benchmark", "llm_deploy.steps.benchmark:benchmark", _runs, network_host=True, needs_run_id=True),
+    Step("stop_server", "llm_deploy.steps.serve:stop_server", network_host=True, portable=False),
+)}
