@@ -67,9 +67,9 @@ def _spec(tmp_path: Path, **overrides) -> DeploySpec:
     return DeploySpec(**{**values, **overrides})
 
 
-def _render(tmp_path: Path, backend: str = "torch", **kwargs) -> Path:
-    out = tmp_path / f"repo-{backend}"
-    render_repository(_spec(tmp_path, backend=backend), engine_dir=Path("/engines/e1"),
+def _render(tmp_path: Path, triton_backend: str = "python", **kwargs) -> Path:
+    out = tmp_path / f"repo-{triton_backend}"
+    render_repository(_spec(tmp_path), triton_backend=triton_backend, engine_dir=Path("/engines/e1"),
                       tokenizer_dir=Path("/models/m1"), out_dir=out, **kwargs)
     return out
 
@@ -126,7 +126,7 @@ def test_torch_backend_tensorrt_llm_config(tmp_path):
 
 
 def test_trtllm_backend_keeps_upstream_0_5_0_interface(tmp_path):
-    out = _render(tmp_path, backend="trtllm", decoupled=False)
+    out = _render(tmp_path, triton_backend="tensorrtllm", decoupled=False)
     config = parse_model_config(out / "tensorrt_llm" / "config.pbtxt")
 
     assert config.backend == "tensorrtllm"

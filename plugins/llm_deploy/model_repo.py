@@ -45,7 +45,8 @@ _MODEL_HELPERS = {
     "preprocessing": ("tokenizer_loading.py",),
     "postprocessing": ("tokenizer_loading.py",),
 }
-_TRITON_BACKEND = {"torch": "python", "trtllm": "tensorrtllm"}
+# Triton backends our templates render for: the twin's python model, or TensorRT-LLM's own.
+TRITON_BACKENDS = ("python", "tensorrtllm")
 
 
 class ModelRepoError(ValueError):
@@ -75,6 +76,7 @@ def templates_fingerprint() -> str:
 def template_context(
     spec: DeploySpec,
     *,
+    triton_backend: str = "python",
     engine_dir: Path,
     tokenizer_dir: Path,
     decoupled: bool = True,
@@ -82,9 +84,8 @@ def template_context(
     exclude_input_in_output: bool = False,
 ) -> dict[str, Any]:
     """Every value the four templates use; the keys are upstream's fill_template.py variable names."""
-    backend = _TRITON_BACKEND[spec.backend]
     return {
-        "backend": backend,
+        "backend": triton_backend,
         "triton_max_batch_size": spec.max_batch_size,
         "decoupled_mode": decoupled,
         "max_queue_delay_microseconds": spec.max_queue_delay_microseconds,
@@ -109,6 +110,7 @@ def template_context(
 def render_repository(
     spec: DeploySpec,
     *,
+    triton_backend: str = "python",
     engine_dir: Path,
     tokenizer_dir: Path,
     out_dir: Path,
@@ -121,20 +123,21 @@ def render_repository(
     Every rendered config is parsed as Triton's ModelConfig, so a bad file fails here, not in the
     server's log.
     """
-    if spec.backend not in _TRITON_BACKEND:
-        raise ModelRepoError(f"backend {spec.backend!r} has no Triton model repository")
+    if triton_backend not in TRITON_BACKENDS:
+        raise ModelRepoError(f"Triton backend {triton_backend!r}: the templates render for {', '.join(TRITON_BACKENDS)}")
     context = template_context(
         spec,
+        triton_backend=triton_backend,
         engine_dir=engine_dir,
         tokenizer_dir=tokenizer_dir,
         decoupled=decoupled,
         tokenizer_type=tokenizer_type,
         exclude_input_in_output=exclude_input_in_output,
     )
-    configs = [_write_model(model, context, Path(out_dir), spec.backend) for model in MODELS]
+    configs = [_write_model(model, context, Path(out_dir), triton_backend) for model in MODELS]
     for path in configs:
         parse_model_config(path)
-    log.info("rendered %s model repository (%s backend) in %s", TEMPLATE_SET, spec.backend, out_dir)
+    log.info("rendered %s model repository (Triton %s backend) in %s", TEMPLATE_SET, triton_backend, out_dir)
     return configs
 
 
@@ -184,8 +187,9 @@ def _write_model(model: str, context: Mapping[str, Any], out_dir: Path, backend:
     return config
 
 
-def _model_source(model: str, backend: str) -> Path | None:
-    if model == "ensemble" or (model == "tensorrt_llm" and backend != "torch"):
+def _model_source(model: str, triton_backend: str) -> Path | None:
+    # TensorRT-LLM's backend is a shared library: only the twin's tensorrt_llm has a model.py.
+    if model == "ensemble" or (model == "tensorrt_llm" and triton_backend != "python"):
         return None
     return _TRITON_MODELS / _MODEL_SOURCES[model]
 

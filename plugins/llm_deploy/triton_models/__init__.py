@@ -5,7 +5,7 @@
 - ``preprocessing.py``: text -> token ids (+ upstream's bad/stop words lists); both backends.
 - ``postprocessing.py``: token ids -> text; both backends.
 - ``tensorrt_llm_torch.py``: the PyTorch twin of the tensorrtllm backend (decoupled, in-flight
-  batched), used when ``DeploySpec.backend == "torch"``.
+  batched), the torch backend's engine (``backends/torch``).
 
 They run inside Triton's python-backend stub, which imports ``triton_python_backend_utils``; they
 are never imported from here. pre/postprocessing stand alone (numpy + transformers only) so the
