@@ -5,6 +5,9 @@ Connection (type ``huggingface``): the token goes in the password field; an extr
 
     AIRFLOW_CONN_HUGGINGFACE_DEFAULT='{"conn_type": "huggingface", "password": "hf_..."}'
 
+The connection type and its form (the token field, the others hidden) are declared in
+llm_deploy/airflow/provider.py, which is where Airflow 3 looks for them.
+
 A missing connection is not an error: public models, the builtin model and local checkpoints
 need no token, so get_token() returns None and the download step says so if the Hub refuses.
 """
@@ -53,9 +56,3 @@ class HuggingFaceTokenHook(BaseHook):
         mask_secret(token)
         return token
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["host", "schema", "login", "port"],
-            "relabeling": {"password": "Hugging Face token (read access)"},
-        }

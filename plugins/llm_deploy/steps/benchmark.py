@@ -16,7 +16,7 @@ import logging
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from llm_deploy import volume
@@ -25,6 +25,7 @@ from llm_deploy.bench import report as reporting
 from llm_deploy.bench import stream_client, workload
 from llm_deploy.bench.metrics import RequestTiming, count_output_tokens, summarize
 from llm_deploy.errors import NonRetryableError, StepError
+from llm_deploy.records import Record
 from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ REPORT_SCHEMA_VERSION = reporting.REPORT_SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
-class BenchmarkSummary:
+class BenchmarkSummary(Record):
     report_path: str
     summary_path: str
     requests: int
@@ -45,8 +46,6 @@ class BenchmarkSummary:
     regressions: int
     generate_text: str
 
-    def to_xcom(self) -> dict:
-        return asdict(self)
 
 
 def sweep_target(target: str, server: dict, requests: list[workload.BenchRequest], spec: DeploySpec,
