@@ -1,11 +1,10 @@
 """Import cycles in plugins/llm_deploy, function-local imports included (they only hide a cycle
-from the interpreter). None may be added; the two listed are the redesign's to remove, and this
-list shrinks with them. Count them with: python -m tests.support.import_graph"""
+from the interpreter). None may be added; the one listed is the redesign's to remove, and this
+list shrinks with it. Count them with: python -m tests.support.import_graph"""
 
 from tests.support.import_graph import cycles, import_graph
 
 KNOWN = [
-    ["llm_deploy.backends.torch.cuda_graphs", "llm_deploy.backends.torch.llama"],
     ["llm_deploy.backends.trtllm.pipeline", "llm_deploy.engine_cache", "llm_deploy.runners",
      "llm_deploy.runners.python_steps", "llm_deploy.steps.build_engine"],
 ]
