@@ -110,11 +110,9 @@ def kernel_profile(engine: LlamaEngine, prompts: list[list[int]]) -> dict:
     """GPU time per kernel of one uncaptured fast decode step (the kernels a graph replays)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from llm_deploy.backends.torch.cuda_graphs import GraphedDecode
-
     graphed = engine._graphed
-    eager = GraphedDecode(engine, capture=False)
-    engine._graphed = eager
+    engine.enable_graphed_decode(capture=False)
+    eager = engine._graphed
     try:
         slots = list(range(len(prompts)))
         tokens = engine.prefill_many(slots, prompts).argmax(dim=-1).tolist()

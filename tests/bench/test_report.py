@@ -98,3 +98,40 @@ def test_plots_are_pngs(tmp_path):
     paths = reporting.plot(make_report([level(1, 100.0, 50.0), level(4, 300.0, 60.0)]), tmp_path)
     assert [p.name for p in paths] == ["benchmark_throughput.png", "benchmark_ttft.png", "benchmark_itl.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_a_new_report_leads_with_the_first_target_highest_level_and_is_written_beside_its_plots(tmp_path):
+    first, second = [level(1, 100.0, 50.0), level(4, 300.0, 60.0)], [level(4, 900.0, 10.0)]
+    first[-1]["sample_output"] = "hello"
+    load = make_report(first)["load"]
+    report = reporting.new_report(run_id="r1", spec={}, engine_hash="abc", load=load,
+                                  sweep={"grpc_ensemble": first, "http_generate": second},
+                                  generate={"text_output": "x", "error": None}, baseline=None)
+    assert report["streaming"] == first[-1] and report["sample_output"] == "hello"
+    reporting.add_artifacts(report, tmp_path)
+    assert reporting.schema_errors(report) == []
+    reporting.write_report(report, tmp_path)
+    assert json.loads((tmp_path / reporting.REPORT_NAME).read_text()) == report
+    assert report["artifacts"]["summary_md"] == str(tmp_path / reporting.SUMMARY_NAME)
+    assert len(report["artifacts"]["plots"]) == 3
+
+
+def test_failed_requests_count_the_sweep_and_the_generate_call():
+    failing = level(1, 1.0, 1.0)
+    failing.update(errors=2, requests=5, error_messages=["b: refused", "a: reset"])
+    report = make_report([failing, level(4, 1.0, 1.0)])
+    report["generate"] = {"error": "URLError: gone"}
+    sent = 5 + report["sweep"]["grpc_ensemble"][1]["requests"] + 1
+    assert reporting.failed_requests(report) == (3, sent, ["a: reset", "b: refused", "/generate: URLError: gone"])
+
+
+def test_a_run_without_an_earlier_one_of_its_load_has_no_regression_block(tmp_path):
+    current = make_report([level(1, 100.0, 50.0)])
+    assert reporting.against_previous_run(current, tmp_path, current=tmp_path / "now" / reporting.REPORT_NAME,
+                                          threshold_pct=10.0) is None
+    (tmp_path / "before").mkdir()
+    (tmp_path / "before" / reporting.REPORT_NAME).write_text(json.dumps(make_report([level(1, 200.0, 50.0)])))
+    block = reporting.against_previous_run(current, tmp_path, current=tmp_path / "now" / reporting.REPORT_NAME,
+                                           threshold_pct=10.0)
+    assert block["previous_report"] == str(tmp_path / "before" / reporting.REPORT_NAME)
+    assert [r["metric"] for r in block["regressions"]] == ["output_token_throughput_per_s"]

@@ -1,5 +1,7 @@
 """The benchmark report: versioned JSON, PNG plots, a Markdown summary, and the regression check.
 
+The benchmark step measures; this module turns the measurements into a report and writes it.
+
 Schema (REPORT_SCHEMA_VERSION 3), one JSON object:
   schema_version, run_id, created_unix, engine_hash, spec, host
   load:       prompt, max_tokens, input/output length mean and spread, seed, warmup_requests,
@@ -9,7 +11,7 @@ Schema (REPORT_SCHEMA_VERSION 3), one JSON object:
               inter_token_latency per request over re-tokenized output and added
               inter_chunk_latency, so version-2 figures are not compared with it)
   streaming:  the headline level (first target, highest concurrency), same block as a sweep entry
-  sample_output, generate: {endpoint, text_output, latency_s}
+  sample_output, generate: {endpoint, text_output, latency_s, error}
   baseline:   HF transformers generate figures (torch backend) or null
   regression: {previous_report, threshold_pct, regressions: [..], compared: N} or null
   artifacts:  {summary_md, plots: [...]}
@@ -19,10 +21,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import platform
+import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 REPORT_SCHEMA_VERSION = 3
 REPORT_NAME = "benchmark.json"
+SUMMARY_NAME = "benchmark.md"
 
 # Headline figures compared between runs, and which direction is better.
 COMPARED = (
@@ -78,6 +87,67 @@ def load_fingerprint(load: dict) -> str:
     """Hash of everything that shapes the offered load: only runs with equal fingerprints compare."""
     canonical = json.dumps({k: v for k, v in load.items() if k != "fingerprint"}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def new_report(*, run_id: str, spec: dict, engine_hash: str, load: dict, sweep: dict, generate: dict,
+               baseline: dict | None) -> dict:
+    """A report of this schema, led by ``headline(sweep)``; regression and artifacts come later."""
+    streaming = headline(sweep)
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "run_id": run_id,
+        "created_unix": round(time.time(), 3),
+        "spec": spec,
+        "engine_hash": engine_hash,
+        "host": {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "load": load,
+        "sweep": sweep,
+        "streaming": streaming,
+        "sample_output": streaming["sample_output"],
+        "generate": generate,
+        "baseline": baseline,
+        "regression": None,
+    }
+
+
+def headline(sweep: dict) -> dict:
+    """The level a report leads with: the first target's highest concurrency."""
+    return max(next(iter(sweep.values())), key=lambda e: e["concurrency"])
+
+
+def failed_requests(report: dict) -> tuple[int, int, list[str]]:
+    """(failed, sent, their distinct error messages) over the sweep and the one /generate call."""
+    levels = [entry for target_levels in report["sweep"].values() for entry in target_levels]
+    generate_error = report["generate"]["error"]
+    failed = sum(e["errors"] for e in levels) + (generate_error is not None)
+    messages = sorted({m for e in levels for m in e["error_messages"]})
+    messages += [f"/generate: {generate_error}"] if generate_error else []
+    sent = sum(e["requests"] for e in levels) + 1
+    return failed, sent, messages
+
+
+def against_previous_run(report: dict, runs_dir: Path, *, current: Path, threshold_pct: float) -> dict | None:
+    """The regression block: ``report`` compared with the newest other report of the same load, if any."""
+    previous = previous_report(runs_dir, current=current, fingerprint=report["load"]["fingerprint"])
+    if previous is None:
+        return None
+    return {"previous_report": str(previous), **compare(report, json.loads(previous.read_text()), threshold_pct)}
+
+
+def add_artifacts(report: dict, out_dir: Path) -> None:
+    """Plot ``report`` into ``out_dir`` and name the plots and the Markdown summary in it."""
+    try:
+        plots = plot(report, out_dir)
+    except ImportError:  # matplotlib missing on a slim worker: the JSON and Markdown still stand
+        log.warning("matplotlib is not installed; no plots")
+        plots = []
+    report["artifacts"] = {"summary_md": str(out_dir / SUMMARY_NAME), "plots": [str(p) for p in plots]}
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    """The Markdown summary, then the JSON report, into ``out_dir``."""
+    (out_dir / SUMMARY_NAME).write_text(markdown_summary(report))
+    (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
 
 
 def previous_report(runs_dir: Path, *, current: Path, fingerprint: str) -> Path | None:

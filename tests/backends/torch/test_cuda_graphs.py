@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm_deploy.backends.torch.cuda_graphs import GraphedDecode, varlen_attention_reference
+from llm_deploy.backends.torch.cuda_graphs import varlen_attention_reference
 from llm_deploy.backends.torch.inflight import InflightBatcher
 from llm_deploy.backends.torch.llama import LlamaEngine
 
@@ -97,7 +97,7 @@ def test_prefill_many_refuses_bad_input(tiny_checkpoint):
 def test_unknown_attention_is_refused(tiny_checkpoint):
     engine = LlamaEngine.load(tiny_checkpoint, torch.float32, max_batch_size=2, max_seq_len=16)
     with pytest.raises(ValueError, match="attention='paged' is not one of varlen, masked"):
-        GraphedDecode(engine, capture=False, attention="paged")
+        engine.enable_graphed_decode(capture=False, attention="paged")
 
 
 def test_batcher_admits_requests_together_and_matches_hf(tiny_checkpoint, tiny_hf_model, hf_greedy, collect):

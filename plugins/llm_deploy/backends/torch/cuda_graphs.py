@@ -36,18 +36,46 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from llm_deploy.backends.torch.llama import LlamaEngine
+from llm_deploy.backends.torch.layer_weights import LayerWeights
 
 logger = logging.getLogger(__name__)
 
 Attention = Literal["varlen", "masked"]
 ATTENTION_CHOICES = ("varlen", "masked")
+
+
+@dataclass(frozen=True)
+class DecoderState:
+    """What a graphed step reads from its engine: the weights, RoPE tables and slot KV cache.
+
+    The engine hands over its own tensors, not copies: the graphs write the K/V that its eager
+    path attends to next, and fusing the projections rewrites ``layers`` in place.
+    """
+
+    embed: torch.Tensor
+    layers: list[LayerWeights]
+    final_norm: torch.Tensor
+    lm_head: torch.Tensor
+    cos: torch.Tensor  # [max_seq_len, head_dim]
+    sin: torch.Tensor
+    k_cache: list[torch.Tensor]  # per layer [max_batch_size + 1, kv_heads, max_seq_len, head_dim]
+    v_cache: list[torch.Tensor]
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    scale: float  # of the attention scores
+    device: torch.device
+    max_batch_size: int
+    max_seq_len: int
+    # The engine's own masked forward over a bucket whose row i is slot i (attention="masked"):
+    # (ids, positions, *, kv_len, slot_index) -> fp32 last-token logits.
+    masked_forward: Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -66,10 +94,10 @@ class FusedLayer:
     gate_up: torch.Tensor  # [2 * intermediate, hidden]
 
 
-def fuse_projections(engine: LlamaEngine) -> list[FusedLayer]:
+def fuse_projections(layers: list[LayerWeights]) -> list[FusedLayer]:
     """Stack q/k/v and gate/up per layer; the layer's own weights become views into the stacks."""
     fused = []
-    for w in engine._layers:
+    for w in layers:
         qkv = torch.cat([w.q_proj, w.k_proj, w.v_proj])
         gate_up = torch.cat([w.gate_proj, w.up_proj])
         w.q_proj, w.k_proj, w.v_proj = qkv.split([w.q_proj.shape[0], w.k_proj.shape[0], w.v_proj.shape[0]])
@@ -125,24 +153,24 @@ _VARLEN_KERNELS: dict[str, Callable[..., torch.Tensor]] = {
 
 
 class GraphedDecode:
-    def __init__(self, engine: LlamaEngine, *, capture: bool, kv_step: int = 128,
+    def __init__(self, model: DecoderState, *, capture: bool, kv_step: int = 128,
                  attention: Attention = "varlen", prefill_step: int = 64) -> None:
         if attention not in ATTENTION_CHOICES:
             raise ValueError(f"attention={attention!r} is not one of {', '.join(ATTENTION_CHOICES)}")
         if kv_step < 1 or prefill_step < 1:
             raise ValueError(f"kv_step ({kv_step}) and prefill_step ({prefill_step}) must be >= 1")
-        self.engine = engine
+        self.model = model
         self.capture = capture
         self.kv_step = kv_step
         self.prefill_step = prefill_step
         self.attention = attention
-        self.scratch_slot = engine.max_batch_size  # the engine allocates one extra cache row for it
+        self.scratch_slot = model.max_batch_size  # the engine allocates one extra cache row for it
         self._entries: dict[tuple[int, int], _Entry] = {}
         self._prefills: dict[tuple[int, int], _Entry] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
-        self._fused = fuse_projections(engine) if attention == "varlen" else None
+        self._fused = fuse_projections(model.layers) if attention == "varlen" else None
         # CUDA tries FlashAttention-2's varlen kernel first; CPU has neither kernel.
-        self._kernels = ["flash", "efficient"] if engine.device.type == "cuda" else ["reference"]
+        self._kernels = ["flash", "efficient"] if model.device.type == "cuda" else ["reference"]
         self._folds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -152,10 +180,10 @@ class GraphedDecode:
     # --- decode ------------------------------------------------------------------------------
 
     def bucket(self, rows: int, kv_len: int) -> tuple[int, int]:
-        batch = _pow2_at_least(rows, self.engine.max_batch_size)
+        batch = _pow2_at_least(rows, self.model.max_batch_size)
         if self.attention == "varlen":  # the kernels stop at each row's length: no kv bucket
-            return batch, self.engine.max_seq_len
-        kv = min(-(-kv_len // self.kv_step) * self.kv_step, self.engine.max_seq_len)
+            return batch, self.model.max_seq_len
+        kv = min(-(-kv_len // self.kv_step) * self.kv_step, self.model.max_seq_len)
         return batch, kv
 
     def __call__(self, slots: list[int], tokens: list[int], lengths: list[int]) -> torch.Tensor:
@@ -172,49 +200,49 @@ class GraphedDecode:
 
     def _run(self, entry: _Entry, kv_len: int) -> torch.Tensor:
         if self.attention == "masked":
-            return self.engine._forward(entry.ids, entry.positions, None, kv_len, slot_index=entry.slot_index)
+            return self.model.masked_forward(entry.ids, entry.positions, kv_len=kv_len, slot_index=entry.slot_index)
         return self._decode_step(entry)
 
     def _decode_step(self, entry: _Entry) -> torch.Tensor:
-        engine, arch = self.engine, self.engine.arch
-        heads, kv_heads, dim = arch.num_heads, arch.num_kv_heads, arch.head_dim
+        model = self.model
+        heads, kv_heads, dim = model.num_heads, model.num_kv_heads, model.head_dim
         width = entry.ids.shape[0]
         positions = entry.positions[:, 0]
-        cos, sin = engine._cos[positions][:, None], engine._sin[positions][:, None]  # [B, 1, D]
+        cos, sin = model.cos[positions][:, None], model.sin[positions][:, None]  # [B, 1, D]
         cu_q, cu_k = self._fold(width)
         # Row r (slot r) holds positions+1 tokens once this step's K/V is written.
         used_k = (positions + 1).to(torch.int32).repeat_interleave(heads)
         qk_width = (heads + kv_heads) * dim
-        x = F.embedding(entry.ids[:, 0], engine._embed)  # [B, hidden]
-        for w, fused, k_cache, v_cache in zip(engine._layers, self._fused, engine._k_cache, engine._v_cache):
-            qkv = F.linear(rms_norm(x, w.input_norm, arch.rms_norm_eps), fused.qkv)
+        x = F.embedding(entry.ids[:, 0], model.embed)  # [B, hidden]
+        for w, fused, k_cache, v_cache in zip(model.layers, self._fused, model.k_cache, model.v_cache):
+            qkv = F.linear(rms_norm(x, w.input_norm, model.rms_norm_eps), fused.qkv)
             qk = rope(qkv[:, :qk_width].view(width, heads + kv_heads, dim), cos, sin)
             k_cache[entry.slot_index, :, positions] = qk[:, heads:]
             v_cache[entry.slot_index, :, positions] = qkv[:, qk_width:].view(width, kv_heads, dim)
             attn = self._varlen(qk[:, :heads].reshape(width * heads, 1, dim), k_cache.view(-1, 1, dim),
                                 v_cache.view(-1, 1, dim), cu_q, cu_k, used_k)
             x = x + F.linear(attn.view(width, heads * dim), w.o_proj)
-            gate, up = F.linear(rms_norm(x, w.post_attention_norm, arch.rms_norm_eps), fused.gate_up).chunk(2, -1)
+            gate, up = F.linear(rms_norm(x, w.post_attention_norm, model.rms_norm_eps), fused.gate_up).chunk(2, -1)
             x = x + F.linear(F.silu(gate) * up, w.down_proj)
-        return F.linear(rms_norm(x, engine._final_norm, arch.rms_norm_eps), engine._lm_head).float()
+        return F.linear(rms_norm(x, model.final_norm, model.rms_norm_eps), model.lm_head).float()
 
     def _fold(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Cumulative query and key starts of the (row, query head) sequences of a ``width`` bucket."""
         if width not in self._folds:
-            arch, device = self.engine.arch, self.engine.device
-            seq = self.engine.max_seq_len
-            group = arch.num_heads // arch.num_kv_heads
+            model = self.model
+            device, seq = model.device, model.max_seq_len
+            group = model.num_heads // model.num_kv_heads
             rows = torch.arange(width, device=device)[:, None]
-            kv_head = torch.arange(arch.num_heads, device=device)[None, :] // group
-            starts = ((rows * arch.num_kv_heads + kv_head) * seq).flatten()
+            kv_head = torch.arange(model.num_heads, device=device)[None, :] // group
+            starts = ((rows * model.num_kv_heads + kv_head) * seq).flatten()
             # The end entry only closes the array: with seqused_k the kernels never read it as a length.
             cu_k = torch.cat([starts, starts[-1:] + seq]).to(torch.int32)
-            cu_q = torch.arange(width * arch.num_heads + 1, device=device, dtype=torch.int32)
+            cu_q = torch.arange(width * model.num_heads + 1, device=device, dtype=torch.int32)
             self._folds[width] = (cu_q, cu_k)
         return self._folds[width]
 
     def _varlen(self, q, k, v, cu_q, cu_k, used_k) -> torch.Tensor:
-        max_k, scale = self.engine.max_seq_len, self.engine._scale
+        max_k, scale = self.model.max_seq_len, self.model.scale
         while True:
             try:
                 return _VARLEN_KERNELS[self._kernels[0]](q, k, v, cu_q, cu_k, used_k, max_k, scale)
@@ -233,10 +261,10 @@ class GraphedDecode:
         """Prefill ``slots[i]`` with ``prompts[i]`` in one batched step; fp32 last-token logits [n, vocab]."""
         if self._fused is None:
             raise RuntimeError("batched prefill needs attention='varlen' (it uses the fused weights)")
-        engine = self.engine
-        rows = _pow2_at_least(len(slots), engine.max_batch_size)
+        model = self.model
+        rows = _pow2_at_least(len(slots), model.max_batch_size)
         longest = max(len(p) for p in prompts)
-        tokens = min(-(-longest // self.prefill_step) * self.prefill_step, engine.max_seq_len)
+        tokens = min(-(-longest // self.prefill_step) * self.prefill_step, model.max_seq_len)
         key = (rows, tokens)
         entry = self._prefills.get(key) or self._build_prefill(*key)
         ids = [[0] * tokens for _ in range(rows)]
@@ -245,7 +273,7 @@ class GraphedDecode:
             ids[row][:len(prompt)] = prompt
             writes[row], last[row] = slot, len(prompt) - 1
         host = torch.tensor([value for row in ids for value in row] + writes + last, dtype=torch.long)
-        device_inputs = host.to(engine.device, non_blocking=True)
+        device_inputs = host.to(model.device, non_blocking=True)
         entry.ids.copy_(device_inputs[:rows * tokens].view(rows, tokens))
         entry.slot_index.copy_(device_inputs[rows * tokens:rows * tokens + rows])
         entry.last.copy_(device_inputs[rows * tokens + rows:])
@@ -253,16 +281,16 @@ class GraphedDecode:
         return logits[:len(slots)].clone()
 
     def _prefill_step(self, entry: _Entry) -> torch.Tensor:
-        engine, arch = self.engine, self.engine.arch
-        heads, kv_heads, dim = arch.num_heads, arch.num_kv_heads, arch.head_dim
+        model = self.model
+        heads, kv_heads, dim = model.num_heads, model.num_kv_heads, model.head_dim
         rows, tokens = entry.ids.shape
-        cos, sin = engine._cos[:tokens][None, :, None], engine._sin[:tokens][None, :, None]  # [1, T, 1, D]
+        cos, sin = model.cos[:tokens][None, :, None], model.sin[:tokens][None, :, None]  # [1, T, 1, D]
         positions = entry.positions
         qk_width = (heads + kv_heads) * dim
         grouped = heads != kv_heads
-        x = F.embedding(entry.ids, engine._embed)  # [R, T, hidden]
-        for w, fused, k_cache, v_cache in zip(engine._layers, self._fused, engine._k_cache, engine._v_cache):
-            qkv = F.linear(rms_norm(x, w.input_norm, arch.rms_norm_eps), fused.qkv)
+        x = F.embedding(entry.ids, model.embed)  # [R, T, hidden]
+        for w, fused, k_cache, v_cache in zip(model.layers, self._fused, model.k_cache, model.v_cache):
+            qkv = F.linear(rms_norm(x, w.input_norm, model.rms_norm_eps), fused.qkv)
             qk = rope(qkv[..., :qk_width].view(rows, tokens, heads + kv_heads, dim), cos, sin)
             k, v = qk[:, :, heads:], qkv[..., qk_width:].view(rows, tokens, kv_heads, dim)
             k_cache[entry.slot_index[:, None], :, positions] = k
@@ -270,18 +298,18 @@ class GraphedDecode:
             # A prefill starts its slot over: the prompt attends to itself only, never to the cache.
             attn = F.scaled_dot_product_attention(
                 qk[:, :, :heads].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                is_causal=True, scale=engine._scale, enable_gqa=grouped)
+                is_causal=True, scale=model.scale, enable_gqa=grouped)
             x = x + F.linear(attn.transpose(1, 2).reshape(rows, tokens, heads * dim), w.o_proj)
-            gate, up = F.linear(rms_norm(x, w.post_attention_norm, arch.rms_norm_eps), fused.gate_up).chunk(2, -1)
+            gate, up = F.linear(rms_norm(x, w.post_attention_norm, model.rms_norm_eps), fused.gate_up).chunk(2, -1)
             x = x + F.linear(F.silu(gate) * up, w.down_proj)
         last = x[torch.arange(rows, device=x.device), entry.last]
-        return F.linear(rms_norm(last, engine._final_norm, arch.rms_norm_eps), engine._lm_head).float()
+        return F.linear(rms_norm(last, model.final_norm, model.rms_norm_eps), model.lm_head).float()
 
     # --- building and replaying graphs ----------------------------------------------------------
 
     def _load(self, entry: _Entry, columns: list[list[int]]) -> None:
         # One host->device copy of all inputs: small copies each cost a launch too.
-        device_inputs = torch.tensor(columns, dtype=torch.long).to(self.engine.device, non_blocking=True)
+        device_inputs = torch.tensor(columns, dtype=torch.long).to(self.model.device, non_blocking=True)
         entry.ids[:, 0].copy_(device_inputs[0])
         entry.positions[:, 0].copy_(device_inputs[1])
         entry.slot_index.copy_(device_inputs[2])
@@ -293,7 +321,7 @@ class GraphedDecode:
         return run()
 
     def _build(self, batch: int, kv_len: int) -> _Entry:
-        device = self.engine.device
+        device = self.model.device
         entry = _Entry(
             ids=torch.zeros((batch, 1), dtype=torch.long, device=device),
             positions=torch.zeros((batch, 1), dtype=torch.long, device=device),
@@ -304,7 +332,7 @@ class GraphedDecode:
         return entry
 
     def _build_prefill(self, rows: int, tokens: int) -> _Entry:
-        device = self.engine.device
+        device = self.model.device
         entry = _Entry(
             ids=torch.zeros((rows, tokens), dtype=torch.long, device=device),
             positions=torch.arange(tokens, device=device)[None, :].expand(rows, tokens).contiguous(),

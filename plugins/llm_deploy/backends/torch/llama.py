@@ -13,13 +13,15 @@ import json
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from llm_deploy.backends.torch.cuda_graphs import GraphedDecode
+from llm_deploy.backends.torch.cuda_graphs import DecoderState, GraphedDecode
+from llm_deploy.backends.torch.layer_weights import LayerWeights
 
 logger = logging.getLogger(__name__)
 
@@ -108,19 +110,6 @@ def _rope_theta(config: dict) -> float:
     return float(parameters.get("rope_theta") or config.get("rope_theta") or 10000.0)
 
 
-@dataclass
-class LayerWeights:
-    input_norm: torch.Tensor
-    q_proj: torch.Tensor
-    k_proj: torch.Tensor
-    v_proj: torch.Tensor
-    o_proj: torch.Tensor
-    post_attention_norm: torch.Tensor
-    gate_proj: torch.Tensor
-    up_proj: torch.Tensor
-    down_proj: torch.Tensor
-
-
 # --- the building blocks, each written to round exactly like transformers' Llama ------------
 
 
@@ -199,7 +188,19 @@ class LlamaEngine:
 
     def enable_graphed_decode(self, *, capture: bool, kv_step: int = 128, attention: str = "varlen") -> None:
         """Run decode steps (and batched prefills) through static-shape buckets, see cuda_graphs.py."""
-        self._graphed = GraphedDecode(self, capture=capture, kv_step=kv_step, attention=attention)
+        arch = self.arch
+        # The graphed steps read and write these very tensors (no copies): fusing the projections
+        # turns the layers' weights into views, and K/V written by a graph is what the eager
+        # prefill and decode attend to next.
+        state = DecoderState(
+            embed=self._embed, layers=self._layers, final_norm=self._final_norm, lm_head=self._lm_head,
+            cos=self._cos, sin=self._sin, k_cache=self._k_cache, v_cache=self._v_cache,
+            num_heads=arch.num_heads, num_kv_heads=arch.num_kv_heads, head_dim=arch.head_dim,
+            rms_norm_eps=arch.rms_norm_eps, scale=self._scale, device=self.device,
+            max_batch_size=self.max_batch_size, max_seq_len=self.max_seq_len,
+            masked_forward=partial(self._forward, slots=None),
+        )
+        self._graphed = GraphedDecode(state, capture=capture, kv_step=kv_step, attention=attention)
 
     @property
     def batched_prefill(self) -> bool:
