@@ -1,11 +1,9 @@
 """Import cycles in plugins/llm_deploy, function-local and TYPE_CHECKING imports included (they
 only hide a cycle from the interpreter). There are none, and none may be added. Count them with:
 python -m tests.support.import_graph"""
-=======
-list shrinks with it. Count them with: python -m tests.support.import_graph"""
->>>>>>> torchcycle
 
 from tests.support.import_graph import cycles, import_graph
+
 
 def test_the_package_has_no_import_cycle():
     assert cycles(import_graph()) == []

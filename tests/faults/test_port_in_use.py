@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from llm_deploy.airflow.tasks import _task_outcome
+from llm_deploy.airflow.tasks import task_outcome
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.steps.serve import start_server
 from tests.faults.processes import assert_no_server_processes
@@ -28,7 +28,7 @@ def test_a_taken_port_fails_the_start_at_once_naming_the_port(make_deployment, t
         elapsed = time.monotonic() - started
         # Through the Airflow wrapper: fail without retry, so no retry storm against the port.
         with pytest.raises(AirflowFailException, match=f"port {port}"):
-            _task_outcome(lambda: start_server(deployment.spec, deployment.repo, "port-run"))
+            task_outcome(lambda: start_server(deployment.spec, deployment.repo, "port-run"))
 
     message = str(failure.value)
     assert f"{param.removesuffix('_port')} port {port} on 127.0.0.1 is already in use" in message
