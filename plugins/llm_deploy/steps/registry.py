@@ -60,8 +60,9 @@ class Step:
     network_host: bool = False  # talks to the server on the worker's loopback
     needs_token: bool = False  # the Hub token, second argument (download_weights)
     needs_run_id: bool = False  # the run id, last argument (steps that write run reports)
-    # Whether it may run as a process elsewhere (``python -m llm_deploy.cli`` in a container):
-    # the server's start and stop hold the worker's process group and loopback, so they may not.
+    # Whether the dispatcher may send it whole to the runner (``python -m llm_deploy.cli`` in a
+    # container): the server's start and stop hold the worker's process group, and the benchmark
+    # runs beside them, so those stay in the worker.
     portable: bool = True
 
     @property
@@ -90,6 +91,8 @@ STEPS: dict[str, Step] = {step.name: step for step in (
     Step("render_model_repo", "llm_deploy.steps.render_model_repo:render_model_repo", _model_repos),
     Step("start_server", "llm_deploy.steps.serve:start_server", _runs, gpu=True, network_host=True,
          needs_run_id=True, portable=False),
-    Step("benchmark", "llm_deploy.steps.benchmark:benchmark", _runs, network_host=True, needs_run_id=True),
+    # In the worker, next to the server it measures, whichever runner built the engine.
+    Step("benchmark", "llm_deploy.steps.benchmark:benchmark", _runs, network_host=True, needs_run_id=True,
+         portable=False),
     Step("stop_server", "llm_deploy.steps.serve:stop_server", network_host=True, portable=False),
 )}
