@@ -319,8 +319,9 @@ def served(args, out_dir: Path, response_thread: str = "auto") -> dict:
 
 def dump_native_stacks(handle, path: Path) -> None:
     """py-spy's Python + native stacks of every python-backend stub, when py-spy is installed."""
-    import os
     import subprocess
+
+    import psutil
 
     from llm_deploy.server import tritonserver
 
@@ -330,7 +331,7 @@ def dump_native_stacks(handle, path: Path) -> None:
         return
     with path.open("w") as out:
         for pid in tritonserver.stub_pids(handle.pgid):
-            out.write(f"=== pid {pid}: {os.readlink(f'/proc/{pid}/exe')}\n")
+            out.write(f"=== pid {pid}: {psutil.Process(pid).exe()}\n")
             out.flush()
             subprocess.run([spy, "dump", "--native", "--pid", str(pid)], stdout=out, stderr=subprocess.STDOUT,
                            timeout=60, check=False)

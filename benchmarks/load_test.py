@@ -57,21 +57,17 @@ class Counts:
 
 
 def group_rss_kib(pgid: int) -> dict[str, int]:
-    """VmRSS per live process of the server's group (tritonserver and its stubs), in KiB."""
+    """Resident memory per live process of the server's group (tritonserver and its stubs), in KiB."""
+    import psutil
+
+    from llm_deploy import processes
+
     rss = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in processes.group_members(pgid):
         try:
-            stat = (entry / "stat").read_text()
-            if int(stat[stat.rfind(")") + 2:].split()[2]) != pgid:
-                continue
-            status = (entry / "status").read_text()
-        except (OSError, IndexError, ValueError):
+            rss[f"{processes.program_name(pid)}[{pid}]"] = psutil.Process(pid).memory_info().rss // 1024
+        except psutil.NoSuchProcess:
             continue
-        name = next(line.split()[1] for line in status.splitlines() if line.startswith("Name:"))
-        kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-        rss[f"{name}[{entry.name}]"] = kib
     return rss
 
 

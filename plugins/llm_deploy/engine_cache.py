@@ -27,9 +27,9 @@ import time
 import uuid
 from pathlib import Path
 
-from llm_deploy import volume
+from llm_deploy import processes, volume
+from llm_deploy.processes import ProcessIdentity
 from llm_deploy.records import engine_record
-from llm_deploy.runners.local_runner import start_ticks as _start_ticks
 from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,8 @@ def take_lease(engine_dir: str | Path, *, run_id: str, pid: int = 0, container_i
     """Mark ``engine_dir`` as served by this run's server until ``release_lease``."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)[:100] or "run"
     path = Path(engine_dir) / f"lease-{name}.json"
-    lease = {"host": socket.gethostname(), "pid": pid, "start_ticks": _start_ticks(pid) if pid else None,
+    server = ProcessIdentity.of(pid) if pid else ProcessIdentity(0, None)
+    lease = {"host": socket.gethostname(), **server.to_dict(),
              "container_id": container_id, "run_id": run_id, "created_unix": time.time()}
     path.write_text(json.dumps(lease, indent=2))
     return path
@@ -137,8 +138,9 @@ def live_leases(engine_dir: str | Path) -> list[dict]:
 
 def _lease_alive(lease: dict) -> bool:
     if lease.get("host") == socket.gethostname() and lease.get("pid"):
-        ticks = _start_ticks(lease["pid"])
-        return ticks is not None and ticks == lease.get("start_ticks")  # same pid, same process
+        if "create_time" not in lease:  # written before leases named the process for good
+            return processes.is_alive(int(lease["pid"]))
+        return ProcessIdentity.from_dict(lease).alive()  # same pid, same process
     # Another host's process, or a container: not checkable from here.
     return time.time() - float(lease.get("created_unix", 0)) < FOREIGN_LEASE_TTL_S
 

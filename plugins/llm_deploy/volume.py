@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from llm_deploy import processes
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.spec import DeploySpec
 
@@ -220,18 +221,6 @@ def _is_abandoned(scratch: Path) -> bool:
     except (OSError, ValueError):
         host, pid = "", "0"
     if host == socket.gethostname():
-        return not _pid_alive(int(pid))
+        return not processes.is_alive(int(pid))
     # Another worker's scratch: only its age tells whether that worker died.
     return time.time() - scratch.stat().st_mtime > _STALE_TMP_S
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

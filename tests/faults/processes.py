@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from llm_deploy.server.tritonserver import SERVER_PROCESS_NAMES
 
 
@@ -28,20 +30,17 @@ class Proc:
 
 
 def all_processes() -> list[Proc]:
+    """Live processes with an argv (kernel threads and zombies run nothing)."""
     procs = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for process in psutil.process_iter(["cmdline", "ppid", "status"]):
+        argv = process.info["cmdline"]
+        if not argv or process.info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
             continue
         try:
-            raw = (entry / "cmdline").read_bytes()
-            stat = (entry / "stat").read_text()
-        except OSError:
+            pgid = os.getpgid(process.pid)
+        except ProcessLookupError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if not raw or fields[0] in ("Z", "X"):  # kernel threads, zombies: nothing runs there
-            continue
-        argv = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-        procs.append(Proc(int(entry.name), int(fields[1]), int(fields[2]), Path(argv[0]).name, " ".join(argv)))
+        procs.append(Proc(process.pid, process.info["ppid"], pgid, Path(argv[0]).name, " ".join(argv)))
     return procs
 
 

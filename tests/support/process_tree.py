@@ -21,9 +21,11 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+
+import psutil
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+_GONE = (psutil.NoSuchProcess, psutil.AccessDenied)
 
 
 @dataclass(frozen=True)
@@ -32,47 +34,48 @@ class ProcInfo:
     ppid: int
     pgid: int
     sid: int
-    state: str
-    name: str  # basename of argv[0], or the kernel's comm for a process without argv
+    status: str  # psutil's: "running", "sleeping", "zombie", ...
+    name: str  # basename of argv[0], or the kernel's name for a process without argv
     cmdline: str
 
     @property
     def zombie(self) -> bool:
-        return self.state in ("Z", "X")
+        return self.status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
     def __str__(self) -> str:
-        return f"pid {self.pid} (ppid {self.ppid}, pgid {self.pgid}, {self.state}) {self.cmdline[:200]}"
+        return f"pid {self.pid} (ppid {self.ppid}, pgid {self.pgid}, {self.status}) {self.cmdline[:200]}"
 
 
 def read_proc(pid: int) -> ProcInfo | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return _info(psutil.Process(pid))
+    except _GONE:
         return None
-    comm = stat[stat.find("(") + 1: stat.rfind(")")]
-    # Fields after the name: state ppid pgrp session ...; the name may hold spaces and ')'.
-    state, ppid, pgid, sid = stat[stat.rfind(")") + 2:].split()[:4]
-    argv = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-    name = Path(argv[0]).name if argv else comm
-    return ProcInfo(pid, int(ppid), int(pgid), int(sid), state, name, " ".join(argv) or f"[{comm}]")
 
 
-def all_processes() -> list[ProcInfo]:
-    infos = (read_proc(int(entry.name)) for entry in Path("/proc").iterdir() if entry.name.isdigit())
-    return [info for info in infos if info is not None]
+def _info(process: psutil.Process) -> ProcInfo:
+    with process.oneshot():
+        try:
+            argv = process.cmdline()
+        except psutil.ZombieProcess:
+            argv = []
+        name = os.path.basename(argv[0]) if argv else process.name()
+        return ProcInfo(process.pid, process.ppid(), os.getpgid(process.pid), os.getsid(process.pid),
+                        process.status(), name, " ".join(argv) or f"[{process.name()}]")
 
 
 def descendants(root: int) -> list[ProcInfo]:
-    """Every process below ``root`` (children, grandchildren, ...), from one /proc snapshot."""
-    children: dict[int, list[ProcInfo]] = {}
-    for info in all_processes():
-        children.setdefault(info.ppid, []).append(info)
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child.pid)
+    """Every process below ``root`` (children, grandchildren, ...)."""
+    found = []
+    try:
+        children = psutil.Process(root).children(recursive=True)
+    except _GONE:
+        return []
+    for child in children:
+        try:
+            found.append(_info(child))
+        except (*_GONE, ProcessLookupError):
+            continue
     return found
 
 
