@@ -88,8 +88,8 @@ class ServerRecord(Record):
     metrics_url: str
     log_path: str
     model_repo: str
-    # The runner's record of the launched process (process group or container), when a runner
-    # started it (trtllm's launch_triton_server.py).
-    service: dict | None = None
+    # The runner's record of the started server (``runners.Service``: its process group or its
+    # container), which is what stops it.
+    service: dict
     # The engine's lease file: retention leaves a served engine alone until stop_server.
     lease: str = ""

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llm_deploy import processes
 from llm_deploy.model_repo import render_repository
 from llm_deploy.server import tritonserver
 from llm_deploy.spec import DeploySpec
@@ -24,7 +25,7 @@ PROMPT = "How do I count to ten in French?"
 
 @dataclass(frozen=True)
 class Served:
-    handle: tritonserver.ServerHandle
+    handle: tritonserver.StartedServer
     repo: Path
 
 
@@ -40,7 +41,7 @@ def served(tiny_engine_dir, tiny_llama_checkpoint, tmp_path_factory, free_ports_
         yield Served(handle, repo)
     finally:
         tritonserver.stop(handle)
-        assert not tritonserver._group_members(handle.pgid), "a server process outlived stop()"
+        assert not processes.group_alive(handle.pgid), "a server process outlived stop()"
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +176,6 @@ def test_zz_stop_leaves_no_process(served):
 
     assert tritonserver.stop(handle) is True
 
-    assert not tritonserver.is_tritonserver(handle.pid)
-    assert not tritonserver._group_members(handle.pgid)
+    assert not processes.is_alive(handle.pid)
+    assert not processes.group_alive(handle.pgid)
     assert tritonserver.stop(handle) is False

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from llm_deploy import processes
 from llm_deploy.runners import CommandFailed, CommandTimedOut, GpuRequest, LocalRunner, StepCommand, VolumePath
 
 pytestmark = pytest.mark.timeout(120)
@@ -21,11 +22,8 @@ def python(name: str, code: str, *args: str, **settings) -> StepCommand:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    processes.reap(pid)  # a service of this test's runner is this process's child
+    return processes.is_alive(pid)
 
 
 def wait_gone(pid: int, timeout_s: float = 15) -> bool:
@@ -126,11 +124,23 @@ def test_stop_never_signals_a_process_that_reused_the_pid():
     runner = LocalRunner()
     record = runner.start(python("other", "import time; time.sleep(300)"), log_path=os.devnull)
     try:
-        stale = {**record.to_xcom(), "start_ticks": (record.start_ticks or 0) - 1}
+        stale = {**record.to_xcom(), "create_time": record.create_time - 1}
         assert runner.stop(stale) is False
         assert pid_alive(record.pid)
     finally:
         runner.stop(record)
+
+
+def test_logs_are_this_starts_output_only(tmp_path):
+    runner = LocalRunner()
+    log_path = tmp_path / "service.log"
+    log_path.write_text("an earlier run's line\n")
+    record = runner.start(python("service", "print('this run', flush=True)"), log_path=log_path)
+    deadline = time.monotonic() + 15
+    while not runner.logs(record) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    runner.stop(record)
+    assert runner.logs(record) == ["this run"]
 
 
 def test_a_launcher_that_exits_after_starting_the_server_still_counts_as_running(tmp_path):

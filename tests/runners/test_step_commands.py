@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from llm_deploy.backends.torch.backend import TORCH_IMAGE_ENV
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.runners import (
@@ -19,7 +20,7 @@ from llm_deploy.runners import (
     runner_for,
     service_runner,
 )
-from llm_deploy.runners.command import WORKER_GPU_IDS_ENV, ServiceRecord
+from llm_deploy.runners.command import WORKER_GPU_IDS_ENV, Service
 from llm_deploy.runners.docker_runner import ULIMITS_ENV, parse_ulimits, resolve_image
 from llm_deploy.spec import DeploySpec
 from llm_deploy.steps.through_runner import python_step_command
@@ -175,7 +176,7 @@ def test_the_runner_param_picks_the_runner(monkeypatch):
     assert isinstance(runner_for(spec()), LocalRunner)
     docker = runner_for(spec(runner="docker", docker_image="registry.local/llm:1"))
     assert isinstance(docker, DockerRunner) and docker.image == "registry.local/llm:1"
-    assert isinstance(service_runner(ServiceRecord(runner="docker", name="s", container_id="abc")), DockerRunner)
+    assert isinstance(service_runner(Service(runner="docker", name="s", container_id="abc")), DockerRunner)
     assert isinstance(service_runner({"runner": "local", "name": "s", "pid": 1}), LocalRunner)
 
 

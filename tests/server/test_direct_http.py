@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from llm_deploy.server import direct_http, tritonserver
+from llm_deploy.server import direct_http, readiness
 
 
 @pytest.fixture
@@ -41,9 +41,9 @@ def test_a_proxy_in_the_environment_is_not_used(health_server, monkeypatch):
         urllib.request.build_opener().open(f"{health_server}/v2/health/live", timeout=5)
 
     assert direct_http.answers_ok(f"{health_server}/v2/health/live", 5)
-    assert tritonserver.is_live(health_server)
-    assert tritonserver._not_ready(health_server, ["a", "b"]) == ["b"]
+    assert readiness.is_live(health_server)
+    assert readiness._not_ready(health_server, ["a", "b"]) == ["b"]
 
 
 def test_a_server_that_does_not_answer_is_reported_as_the_server(free_ports):
-    assert tritonserver._not_ready(f"http://127.0.0.1:{free_ports['http_port']}", ["a"]) == ["server"]
+    assert readiness._not_ready(f"http://127.0.0.1:{free_ports['http_port']}", ["a"]) == ["server"]

@@ -1,4 +1,4 @@
-"""The tritonserver launcher: environment, ports, readiness, failure reports and a safe stop."""
+"""The twin's tritonserver: started on a repository, ready when every model is, stopped as a group."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from llm_deploy import processes
+from llm_deploy.runners.command import Service
 from llm_deploy.server import tritonserver
-from llm_deploy.server.tritonserver import PortInUseError, ServerHandle, ServerStartError
+from llm_deploy.server.errors import PortInUseError, ServerStartError, StubEnvironmentError
+from llm_deploy.server.pytriton_install import STUB, STUB_PYTHON_ENV
+from llm_deploy.server.tritonserver import StartedServer
 
 IDENTITY_CONFIG = """
 name: "{name}"
@@ -48,100 +53,35 @@ def _identity_repo(root: Path, names: list[str], init: str = "self.python = sys.
     return root
 
 
-def _group_alive(pgid: int) -> list[int]:
-    return tritonserver._group_members(pgid)
-
-
 @pytest.fixture
 def started(tmp_path):
     """Servers a test starts; whatever the test does, none survives it."""
-    handles: list[ServerHandle] = []
-    yield handles
-    for handle in handles:
-        tritonserver.stop(handle, timeout=10)
-        assert not _group_alive(handle.pgid)
+    servers: list[StartedServer] = []
+    yield servers
+    for server in servers:
+        tritonserver.stop(server, grace_s=10)
+        assert not processes.group_alive(server.pgid)
 
 
-# --- no server needed ------------------------------------------------------------------------
+def _tritonservers(root: Path) -> list[int]:
+    """Live tritonservers serving a repository under ``root`` (other suites run their own)."""
+    return [p.pid for p in psutil.process_iter(["cmdline", "status"])
+            if p.info["cmdline"] and Path(p.info["cmdline"][0]).name == "tritonserver"
+            and p.info["status"] != psutil.STATUS_ZOMBIE and str(root) in " ".join(p.info["cmdline"])]
 
 
-def test_environment_puts_the_venv_first_and_finds_libpython():
-    paths = tritonserver.find_triton()
-    env = tritonserver.server_env(paths, tritonserver.stub_python(environ={}),
-                                  base={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/opt/x"})
-
-    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
-    libs = env["LD_LIBRARY_PATH"].split(os.pathsep)
-    import sysconfig
-
-    assert libs[0] == sysconfig.get_config_var("LIBDIR")
-    assert Path(libs[0], sysconfig.get_config_var("INSTSONAME")).exists()
-    assert libs[1].endswith("nvidia_pytriton.libs") and Path(libs[1]).is_dir()
-    assert libs[-1] == "/opt/x"
-
-
-def test_stub_for_this_python_is_installed_next_to_the_backend():
-    paths = tritonserver.find_triton()
-    stub = tritonserver.ensure_python_stub(paths)
-
-    assert stub == paths.python_backend / tritonserver.STUB
-    assert stub.read_bytes() == paths.stub_source().read_bytes()
-    assert os.access(stub, os.X_OK)
-
-
-def test_the_stub_python_is_this_interpreter_described_by_asking_it():
-    import numpy
-
-    stub = tritonserver.stub_python(environ={})
-
-    assert stub.executable == Path(sys.executable)
-    assert stub.version == sys.version_info[:2]
-    assert stub.numpy == numpy.__version__
-    tritonserver.check_stub_python(stub)  # the pinned numpy<2 passes
-
-
-@pytest.mark.parametrize(
-    ("numpy_version", "says"),
-    [("2.1.3", "numpy 2.1.3 in /opt/venv/bin/python3: the python-backend stubs"), (None, "numpy is not installed")],
-)
-def test_a_stub_python_that_would_corrupt_tensors_is_refused_with_what_to_do(numpy_version, says):
-    stub = tritonserver.StubPython(Path("/opt/venv/bin/python3"), (3, 12), "/usr/lib", "libpython3.12.so.1.0",
-                                   numpy_version)
-
-    with pytest.raises(tritonserver.StubEnvironmentError, match="numpy<2") as refused:
-        tritonserver.check_stub_python(stub)
-    assert says in str(refused.value)
+# --- refused before anything starts ----------------------------------------------------------
 
 
 def test_a_server_whose_stub_python_lacks_numpy_is_refused_before_it_starts(tmp_path, free_ports, monkeypatch):
     # A real interpreter with no packages at all, named the way a worker would name it.
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
-    monkeypatch.setenv(tritonserver.STUB_PYTHON_ENV, str(tmp_path / "bare" / "bin" / "python3"))
+    monkeypatch.setenv(STUB_PYTHON_ENV, str(tmp_path / "bare" / "bin" / "python3"))
     repo = _identity_repo(tmp_path / "repo", ["identity"])
 
-    with pytest.raises(tritonserver.StubEnvironmentError, match="numpy is not installed for .*bare"):
+    with pytest.raises(StubEnvironmentError, match="numpy is not installed for .*bare"):
         tritonserver.start(repo, **free_ports, log_path=tmp_path / "server.log", timeout_s=30)
     assert not (tmp_path / "server.log").exists()  # refused before anything was launched
-
-
-def test_the_stub_environment_follows_the_stub_python(tmp_path):
-    paths = tritonserver.find_triton()
-    stub = tritonserver.StubPython(tmp_path / "stubenv" / "bin" / "python3", (3, 11), "/opt/py/lib",
-                                   "libpython3.11.so.1.0", "1.26.4")
-
-    env = tritonserver.server_env(paths, stub, base={"PATH": "/usr/bin"})
-
-    assert env["PATH"].split(os.pathsep)[0] == str(tmp_path / "stubenv" / "bin")
-    assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == "/opt/py/lib"
-
-
-def test_port_in_use_is_named(free_ports):
-    port = free_ports["grpc_port"]
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", port))
-        listener.listen()
-        with pytest.raises(PortInUseError, match=f"grpc port {port} on 127.0.0.1 is already in use"):
-            tritonserver.check_ports_free("127.0.0.1", {"http": free_ports["http_port"], "grpc": port})
 
 
 def test_start_refuses_a_taken_port_before_launching(tmp_path, free_ports):
@@ -154,37 +94,40 @@ def test_start_refuses_a_taken_port_before_launching(tmp_path, free_ports):
     assert not (tmp_path / "server.log").exists()  # nothing was launched
 
 
+def test_empty_repository_is_refused(tmp_path, free_ports):
+    (tmp_path / "repo").mkdir()
+    with pytest.raises(ServerStartError, match="holds no model"):
+        tritonserver.start(tmp_path / "repo", log_path=tmp_path / "log", **free_ports)
+
+
+# --- stopping what a record names, and only that --------------------------------------------
+
+
+def _record_of(process: subprocess.Popen, tmp_path: Path, create_time: float | None = None) -> StartedServer:
+    identity = processes.ProcessIdentity.of(process.pid)
+    service = Service(runner="local", name="tritonserver", pid=process.pid, pgid=process.pid,
+                      create_time=identity.create_time if create_time is None else create_time,
+                      log_path=str(tmp_path / "log"))
+    return StartedServer(service, "http://127.0.0.1:1", "127.0.0.1:2", "http://127.0.0.1:3/metrics")
+
+
 def test_stop_leaves_a_reused_pid_alone(tmp_path):
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        handle = ServerHandle(pid=other.pid, pgid=other.pid, http_url="http://127.0.0.1:1",
-                              grpc_url="127.0.0.1:2", metrics_url="http://127.0.0.1:3/metrics",
-                              log_path=str(tmp_path / "log"))
-        assert tritonserver.stop(handle, timeout=1) is False
-        assert other.poll() is None  # still running: it is not a tritonserver
+        stale = _record_of(other, tmp_path, create_time=processes.ProcessIdentity.of(other.pid).create_time - 5)
+        assert tritonserver.stop(stale, grace_s=1) is False
+        assert other.poll() is None  # still running: the record named another process
     finally:
         other.kill()
         other.wait()
 
 
-def test_stop_of_a_gone_pid_is_a_no_op(tmp_path):
-    gone = subprocess.Popen(["true"])
+def test_stop_of_a_gone_server_is_a_no_op(tmp_path):
+    gone = subprocess.Popen(["true"], start_new_session=True)
+    record = _record_of(gone, tmp_path)
     gone.wait()
-    handle = ServerHandle(gone.pid, gone.pid, "http://x", "x", "http://x/metrics", str(tmp_path / "log"))
 
-    assert tritonserver.stop(handle) is False
-
-
-def test_handle_round_trips_through_a_record_with_extra_keys():
-    handle = ServerHandle(10, 10, "http://127.0.0.1:8000", "127.0.0.1:8001", "http://127.0.0.1:8002/metrics", "/l")
-
-    assert ServerHandle.from_record({**handle.to_record(), "model_repo": "/repo"}) == handle
-
-
-def test_empty_repository_is_refused(tmp_path, free_ports):
-    (tmp_path / "repo").mkdir()
-    with pytest.raises(ServerStartError, match="holds no model"):
-        tritonserver.start(tmp_path / "repo", log_path=tmp_path / "log", **free_ports)
+    assert tritonserver.stop(record) is False
 
 
 # --- a real tritonserver ----------------------------------------------------------------------
@@ -195,27 +138,26 @@ def test_start_waits_for_every_model_and_stop_ends_the_group(tmp_path, free_port
     repo = _identity_repo(tmp_path / "repo", ["alpha", "beta"])
     log_path = tmp_path / "logs" / "server.log"
 
-    handle = tritonserver.start(repo, log_path=log_path, timeout_s=120, **free_ports)
-    started.append(handle)
+    server = tritonserver.start(repo, log_path=log_path, timeout_s=120, **free_ports)
+    started.append(server)
 
     import tritonclient.http as httpclient
 
-    client = httpclient.InferenceServerClient(handle.http_url.removeprefix("http://"))
+    client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
     assert client.is_server_ready()
     assert all(client.is_model_ready(name) for name in ("alpha", "beta"))
     # Left open on purpose: a client's keep-alive connection must not hold the stop up for long.
-    assert tritonserver.is_tritonserver(handle.pid)
-    assert os.getpgid(handle.pid) == handle.pgid == handle.pid  # own session: outlives the task
+    assert processes.program_name(server.pid) == "tritonserver"
+    assert os.getpgid(server.pid) == server.pgid == server.pid  # own session: outlives the task
     assert "Started HTTPService" in log_path.read_text()
-    members = _group_alive(handle.pgid)
-    assert len(members) >= 3  # the server and one python stub per model
-    assert len(tritonserver.stub_pids(handle.pgid)) == 2
+    assert len(processes.group_members(server.pgid)) >= 3  # the server and one python stub per model
+    assert len(tritonserver.stub_pids(server.pgid)) == 2
 
     stop_started = time.monotonic()
-    assert tritonserver.stop(handle, timeout=20) is True
+    assert tritonserver.stop(server, grace_s=20) is True
     assert time.monotonic() - stop_started < tritonserver.EXIT_TIMEOUT_S + 5  # graceful, no SIGKILL
-    assert not _group_alive(handle.pgid)
-    assert tritonserver.stop(handle) is False  # idempotent
+    assert not processes.group_alive(server.pgid)
+    assert tritonserver.stop(server) is False  # idempotent
 
 
 @pytest.mark.e2e
@@ -237,7 +179,7 @@ def test_failing_model_reports_the_log_tail_and_leaves_nothing(tmp_path, free_po
         tritonserver.start(repo, log_path=tmp_path / "server.log", timeout_s=120, **free_ports)
 
     message = str(excinfo.value)
-    assert "exited with code" in message and "last " in message
+    assert "exited before it was ready" in message and "last " in message
     assert "weights are corrupt" in message
     assert _tritonservers(tmp_path) == []
 
@@ -254,54 +196,21 @@ def test_timeout_kills_the_server(tmp_path, free_ports):
     assert _tritonservers(tmp_path) == []
 
 
-def _tritonservers(root: Path) -> list[int]:
-    """Live tritonservers serving a repository under ``root`` (other suites run their own)."""
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-            and tritonserver.is_tritonserver(int(p.name)) and str(root) in " ".join(tritonserver._cmdline(int(p.name)))]
-
-
-def test_stop_sends_sigterm_to_the_server_before_any_sigkill(tmp_path, monkeypatch):
-    """Graceful first: SIGTERM to the server alone lets it unload its models (stubs' finalize())."""
-    sent: list[tuple[str, int, int]] = []
-    monkeypatch.setattr(tritonserver, "is_tritonserver", lambda pid: not sent)
-    monkeypatch.setattr(tritonserver, "_pgid", lambda pid: 4242)
-    monkeypatch.setattr(tritonserver, "_group_members", lambda pgid: [])
-    monkeypatch.setattr(tritonserver.os, "kill", lambda pid, sig: sent.append(("pid", pid, sig)))
-    monkeypatch.setattr(tritonserver.os, "killpg", lambda pgid, sig: sent.append(("group", pgid, sig)))
-    handle = ServerHandle(4242, 4242, "http://x", "x", "http://x/metrics", str(tmp_path / "log"))
-
-    assert tritonserver.stop(handle, timeout=1) is True
-    assert sent == [("pid", 4242, signal.SIGTERM)]
-
-
-def test_stop_kills_the_group_when_sigterm_is_ignored(tmp_path, monkeypatch):
-    sent: list[tuple[str, int, int]] = []
-    monkeypatch.setattr(tritonserver, "is_tritonserver", lambda pid: not any(kind == "group" for kind, *_ in sent))
-    monkeypatch.setattr(tritonserver, "_pgid", lambda pid: 4242)
-    monkeypatch.setattr(tritonserver, "_group_members", lambda pgid: [])
-    monkeypatch.setattr(tritonserver.os, "kill", lambda pid, sig: sent.append(("pid", pid, sig)))
-    monkeypatch.setattr(tritonserver.os, "killpg", lambda pgid, sig: sent.append(("group", pgid, sig)))
-    handle = ServerHandle(4242, 4242, "http://x", "x", "http://x/metrics", str(tmp_path / "log"))
-
-    assert tritonserver.stop(handle, timeout=0.5) is True
-    assert sent == [("pid", 4242, signal.SIGTERM), ("group", 4242, signal.SIGKILL)]
-
-
 @pytest.mark.e2e
 def test_stop_after_a_crash_ends_the_stubs_the_server_left(tmp_path, free_ports, started):
     repo = _identity_repo(tmp_path / "repo", ["alpha", "beta"])
-    handle = tritonserver.start(repo, log_path=tmp_path / "server.log", timeout_s=120, **free_ports)
-    started.append(handle)
-    stubs = [pid for pid in _group_alive(handle.pgid) if pid != handle.pid]
-    assert {tritonserver.program_name(pid) for pid in stubs} == {tritonserver.STUB}
+    server = tritonserver.start(repo, log_path=tmp_path / "server.log", timeout_s=120, **free_ports)
+    started.append(server)
+    stubs = [pid for pid in processes.group_members(server.pgid) if pid != server.pid]
+    assert {processes.program_name(pid) for pid in stubs} == {STUB}
 
     # A crash: no unload. (Tritonserver 2.51's stubs notice and exit within a second; stop() must
     # neither fail on the dead server nor leave anything behind either way.)
-    os.kill(handle.pid, signal.SIGKILL)
-    os.waitpid(handle.pid, 0)
+    os.kill(server.pid, signal.SIGKILL)
+    os.waitpid(server.pid, 0)
 
-    assert tritonserver.stop(handle) is False  # no server to stop...
-    assert _group_alive(handle.pgid) == []  # ...yet nothing of it is left
+    tritonserver.stop(server)  # True while a stub is still exiting, False once all are gone
+    assert processes.group_members(server.pgid) == []  # nothing of it is left
 
 
 @pytest.mark.e2e

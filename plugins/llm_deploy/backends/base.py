@@ -10,15 +10,20 @@ package and one line in ``backends/registry.py``; no step changes.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from llm_deploy.runners import service_runner
 from llm_deploy.runners.command import GpuRequest
 from llm_deploy.spec import DeploySpec
 
 if TYPE_CHECKING:  # records import volume and spec only; this keeps the interface import-light
     from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
+
+
+log = logging.getLogger(__name__)
 
 
 class Backend(ABC):
@@ -76,6 +81,10 @@ class Backend(ABC):
         """Start Triton on the repository; return once it and every model are ready, having
         stopped whatever it started if they are not."""
 
-    @abstractmethod
     def stop_server(self, server: dict) -> bool:
-        """Stop the server a start_server record describes; True if it was still running."""
+        """Stop the server a start_server record describes, through the runner that started it
+        (its process group or its container); True if it was still running."""
+        service = server["service"]
+        stopped = service_runner(service).stop(service)
+        log.info("tritonserver %s; its log: %s", "stopped" if stopped else "was not running", server["log_path"])
+        return stopped

@@ -18,7 +18,7 @@ from llm_deploy.runners.command import (
     GpuRequest,
     Mount,
     Runner,
-    ServiceRecord,
+    Service,
     StepCommand,
     VolumePath,
     sequence_argv,
@@ -36,7 +36,7 @@ __all__ = [
     "LocalRunner",
     "Mount",
     "Runner",
-    "ServiceRecord",
+    "Service",
     "StepCommand",
     "VolumePath",
     "runner_for",
@@ -53,9 +53,9 @@ def runner_for(spec: DeploySpec, *, default_image: str = "") -> LocalRunner | Do
     return LocalRunner()
 
 
-def service_runner(record: ServiceRecord | dict) -> LocalRunner | DockerRunner:
+def service_runner(record: Service | dict) -> LocalRunner | DockerRunner:
     """The runner that can stop a service started by ``runner.start`` (for stop_server)."""
-    runner = record.runner if isinstance(record, ServiceRecord) else record["runner"]
+    runner = record.runner if isinstance(record, Service) else record["runner"]
     if runner == "docker":
         # Stopping needs no image or volume, only the daemon.
         return DockerRunner("", engines_root="/")

@@ -122,23 +122,29 @@ class CommandResult:
 
 
 @dataclass(frozen=True)
-class ServiceRecord:
-    """A background command (the server) that outlives the task that started it; XCom-safe."""
+class Service:
+    """A runner's record of a background command (the server) that outlives the task that
+    started it: a process group (local) or a container (docker); XCom-safe."""
 
     runner: str  # "local" | "docker"
     name: str
-    pid: int = 0  # local
+    pid: int = 0  # local: the group's leader
     pgid: int = 0  # local
-    start_ticks: int | None = None  # local: with pid, identifies the process (pids get reused)
+    create_time: float | None = None  # local: with pid, names the leader for good (pids get reused)
     container_id: str = ""  # docker
     log_path: str = ""
+    log_offset: int = 0  # local: where this start's output begins in log_path (it is appended to)
 
     def to_xcom(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
-    def from_xcom(cls, record: Mapping[str, Any]) -> ServiceRecord:
+    def from_xcom(cls, record: Mapping[str, Any]) -> Service:
         return cls(**{key: record[key] for key in cls.__dataclass_fields__ if key in record})
+
+    @classmethod
+    def of(cls, record: Service | Mapping[str, Any]) -> Service:
+        return record if isinstance(record, Service) else cls.from_xcom(record)
 
 
 # Runs argv lists one after another in one process, stopping at the first failure: no shell, the
@@ -198,8 +204,10 @@ class Runner(Protocol):
 
     def run(self, command: StepCommand) -> CommandResult: ...
 
-    def start(self, command: StepCommand, log_path: str) -> ServiceRecord: ...
+    def start(self, command: StepCommand, log_path: str) -> Service: ...
 
-    def alive(self, record: ServiceRecord) -> bool: ...
+    def alive(self, record: Service | Mapping[str, Any]) -> bool: ...
 
-    def stop(self, record: ServiceRecord | Mapping[str, Any]) -> bool: ...
+    def logs(self, record: Service | Mapping[str, Any], tail: int = ...) -> list[str]: ...
+
+    def stop(self, record: Service | Mapping[str, Any], *, grace_s: float | None = None) -> bool: ...

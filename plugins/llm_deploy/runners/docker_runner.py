@@ -44,7 +44,7 @@ from llm_deploy.runners.command import (
     CommandFailed,
     CommandResult,
     CommandTimedOut,
-    ServiceRecord,
+    Service,
     StepCommand,
     VolumePath,
     parse_size,
@@ -235,7 +235,7 @@ class DockerRunner:
 
         return DockerHook(docker_conn_id=self.docker_conn_id, base_url=self.docker_url)
 
-    def start(self, command: StepCommand, log_path: str | Path) -> ServiceRecord:
+    def start(self, command: StepCommand, log_path: str | Path) -> Service:
         """Start a detached container; its output is copied to ``log_path`` when it is stopped."""
         prepare_volume_paths(command.volume_paths)
         client = self.hook().api_client
@@ -260,37 +260,38 @@ class DockerRunner:
         client.start(container["Id"])
         log.info("started container %s (%s) from %s: %s", settings["container_name"], container["Id"][:12],
                  settings["image"], command.describe())
-        return ServiceRecord(runner=self.name, name=command.name, container_id=container["Id"],
-                             log_path=str(log_path))
+        return Service(runner=self.name, name=command.name, container_id=container["Id"],
+                       log_path=str(log_path))
 
-    def alive(self, record: ServiceRecord | Mapping[str, Any]) -> bool:
+    def alive(self, record: Service | Mapping[str, Any]) -> bool:
         from docker.errors import NotFound
 
-        record = _as_record(record)
+        record = Service.of(record)
         try:
             return bool(self.hook().api_client.inspect_container(record.container_id)["State"]["Running"])
         except NotFound:
             return False
 
-    def logs(self, record: ServiceRecord | Mapping[str, Any], tail: int = SERVICE_LOG_TAIL) -> list[str]:
+    def logs(self, record: Service | Mapping[str, Any], tail: int = SERVICE_LOG_TAIL) -> list[str]:
         from docker.errors import NotFound
 
-        record = _as_record(record)
+        record = Service.of(record)
         try:
             raw = self.hook().api_client.logs(record.container_id, stdout=True, stderr=True, tail=tail)
         except NotFound:
             return []
         return _text(raw).splitlines()
 
-    def stop(self, record: ServiceRecord | Mapping[str, Any]) -> bool:
-        """Stop and remove the container, keeping its output in the record's log_path."""
+    def stop(self, record: Service | Mapping[str, Any], *, grace_s: float | None = None) -> bool:
+        """Stop and remove the container (SIGTERM, SIGKILL after ``grace_s``), keeping its output
+        in the record's log_path."""
         from docker.errors import NotFound
 
-        record = _as_record(record)
+        record = Service.of(record)
         client = self.hook().api_client
         was_running = self.alive(record)
         try:
-            client.stop(record.container_id, timeout=STOP_TIMEOUT_S)
+            client.stop(record.container_id, timeout=STOP_TIMEOUT_S if grace_s is None else int(grace_s))
         except NotFound:
             log.info("container %s is gone already", record.container_id[:12])
             return False
@@ -342,7 +343,3 @@ def _exit_code(message: str) -> int | None:
 
 def _text(value: str | bytes) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
-
-
-def _as_record(record: ServiceRecord | Mapping[str, Any]) -> ServiceRecord:
-    return record if isinstance(record, ServiceRecord) else ServiceRecord.from_xcom(record)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -26,12 +26,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llm_deploy import processes
 from llm_deploy.errors import StepError
+from llm_deploy.processes import ProcessIdentity
 from llm_deploy.runners.command import (
     CommandFailed,
     CommandResult,
     CommandTimedOut,
-    ServiceRecord,
+    Service,
     StepCommand,
     VolumePath,
 )
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 
 KEPT_LINES = 5000  # enough for any step's outcome line and an error's context, bounded for chatty builds
 KILL_GRACE_S = 10.0
+# A server unloading its models after SIGTERM (tritonserver waits --exit-timeout-secs for clients).
+STOP_GRACE_S = 30.0
+SERVICE_LOG_TAIL = 2000
 # After the command exits, how long to keep reading output that children still write to the pipe.
 DRAIN_AFTER_EXIT_S = 2.0
 
@@ -47,12 +52,12 @@ DRAIN_AFTER_EXIT_S = 2.0
 class LocalRunner:
     name = "local"
 
-    def __init__(self, *, python: str | None = None, kill_grace_s: float = KILL_GRACE_S) -> None:
-        import sys
-
+    def __init__(self, *, python: str | None = None, kill_grace_s: float = KILL_GRACE_S,
+                 stop_grace_s: float = STOP_GRACE_S) -> None:
         # The interpreter that runs Python steps (llm_deploy.cli): the worker's own.
         self.python = python or sys.executable
         self.kill_grace_s = kill_grace_s
+        self.stop_grace_s = stop_grace_s
 
     # --- one-shot commands ----------------------------------------------------------------------
 
@@ -93,7 +98,7 @@ class LocalRunner:
         seconds = time.monotonic() - started
         if exit_code != 0:
             raise CommandFailed(command, exit_code, list(lines))
-        if _group_alive(process.pid):
+        if processes.group_alive(process.pid):
             log.warning("%s exited but left processes running in its group; use start() for services",
                         command.name)
         log.info("%s finished in %.1fs", command.name, seconds)
@@ -106,18 +111,21 @@ class LocalRunner:
         return env
 
     def _kill_group(self, process: subprocess.Popen) -> None:
-        kill_process_group(process.pid, grace_s=self.kill_grace_s)
+        # One-shot commands (pip, trtllm-build, mpirun ...) get SIGTERM as a whole group.
+        processes.stop_group(process.pid, grace_s=self.kill_grace_s)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=self.kill_grace_s)
 
     # --- background services (the server) -------------------------------------------------------
 
-    def start(self, command: StepCommand, log_path: str | Path) -> ServiceRecord:
+    def start(self, command: StepCommand, log_path: str | Path) -> Service:
         """Start in the background, output to ``log_path``; it outlives this task until stop()."""
         prepare_volume_paths(command.volume_paths)
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log_path = Path(log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting %s; output: %s", command.describe(), log_path)
         with open(log_path, "ab") as out:
+            offset = out.tell()
             process = subprocess.Popen(
                 list(command.argv),
                 cwd=command.workdir,
@@ -125,31 +133,49 @@ class LocalRunner:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True,  # leads its own group; outlives this task
             )
-        return ServiceRecord(runner=self.name, name=command.name, pid=process.pid, pgid=process.pid,
-                             start_ticks=start_ticks(process.pid), log_path=str(log_path))
+        leader = ProcessIdentity.of(process.pid)
+        return Service(runner=self.name, name=command.name, pid=process.pid, pgid=process.pid,
+                       create_time=leader.create_time, log_path=str(log_path), log_offset=offset)
 
-    def alive(self, record: ServiceRecord | Mapping[str, Any]) -> bool:
-        """The service's process, or what it started in its group (a launcher such as
-        launch_triton_server.py exits once mpirun is up), is still running."""
-        record = _as_record(record)
-        ticks = start_ticks(record.pid)
-        if ticks is not None and ticks != record.start_ticks:
-            return False  # the pid was reused: ours, and so its whole group, is gone
-        return (ticks is not None and not _is_zombie(record.pid)) or _group_alive(record.pgid)
+    def alive(self, record: Service | Mapping[str, Any]) -> bool:
+        """The service's process, or what it started in its group (a launcher may exit once its
+        server is up), is still running."""
+        record = Service.of(record)
+        leader = ProcessIdentity(record.pid, record.create_time)
+        if leader.reused():
+            return False  # ours exited long ago, and a group does not outlive its pid's reuse
+        processes.reap(record.pid)
+        return leader.alive() or processes.group_alive(record.pgid)
 
-    def stop(self, record: ServiceRecord | Mapping[str, Any]) -> bool:
-        """End the service's whole process group; True if it was still running."""
-        record = _as_record(record)
-        was_running = self.alive(record)
-        if start_ticks(record.pid) not in (None, record.start_ticks):
-            # Our leader is gone and its pid was handed to another process, which means our whole
-            # group is gone too (a pid is not reused while its group lives): nothing of ours to stop.
+    def logs(self, record: Service | Mapping[str, Any], tail: int = SERVICE_LOG_TAIL) -> list[str]:
+        """The last ``tail`` lines this start of the service wrote to its log."""
+        record = Service.of(record)
+        try:
+            with open(record.log_path, "rb") as handle:
+                handle.seek(record.log_offset)
+                data = handle.read()
+        except (OSError, ValueError):
+            return []
+        return data.decode("utf-8", errors="replace").splitlines()[-tail:]
+
+    def stop(self, record: Service | Mapping[str, Any], *, grace_s: float | None = None) -> bool:
+        """End the service: SIGTERM to its leader, then to its group, SIGKILL after the grace
+        period (``stop_grace_s``). True if its leader (the process start() started) was still
+        running; what a crashed leader left in its group is ended either way."""
+        record = Service.of(record)
+        leader = ProcessIdentity(record.pid, record.create_time)
+        if leader.reused():
             log.warning("pid %d now belongs to another process; %s is long gone", record.pid, record.name)
             return False
-        kill_process_group(record.pgid, grace_s=self.kill_grace_s)
-        log.info("%s (pid %d) %s", record.name, record.pid, "stopped" if was_running else "was not running")
+        processes.reap(record.pid)
+        was_running = leader.alive()
+        left_behind = not was_running and processes.group_alive(record.pgid)
+        processes.stop_group(record.pgid, leader=leader,
+                             grace_s=self.stop_grace_s if grace_s is None else grace_s)
+        state = "stopped" if was_running else "had exited; ended what it left in its group" if left_behind else "was not running"
+        log.info("%s (pid %d) %s", record.name, record.pid, state)
         return was_running
 
 
@@ -163,69 +189,9 @@ def prepare_volume_paths(paths: tuple[VolumePath, ...]) -> None:
             raise StepError(f"{path} does not exist on the engines volume (an earlier step's output?)")
 
 
-def kill_process_group(pgid: int, *, grace_s: float = KILL_GRACE_S) -> None:
-    """SIGTERM the group, then SIGKILL whatever is left after ``grace_s``.
-
-    A process group id is not reused while any member is alive, so signalling the group of a
-    process we started can only reach our own processes.
-    """
-    if pgid <= 1:
-        return
-    if not _signal_group(pgid, signal.SIGTERM):
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not _group_alive(pgid):
-            return
-        time.sleep(0.1)
-    _signal_group(pgid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    """Any member of the group that is not a zombie (zombies still count for killpg(…, 0))."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields and int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
-
-
 def _pump(stream, lines: deque[str], name: str) -> None:
     """Copy the command's output into the task log, one line at a time, as it comes."""
     for raw in stream:
         line = raw.rstrip("\n")
         lines.append(line)
         log.info("[%s] %s", name, line)
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, ...]; None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2:].split()
-
-
-def start_ticks(pid: int) -> int | None:
-    """When the process started (clock ticks since boot): with the pid, names one process for good."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None
-
-
-def _is_zombie(pid: int) -> bool:
-    fields = _stat_fields(pid)
-    return fields is None or fields[0] == "Z"
-
-
-def _as_record(record: ServiceRecord | Mapping[str, Any]) -> ServiceRecord:
-    return record if isinstance(record, ServiceRecord) else ServiceRecord.from_xcom(record)

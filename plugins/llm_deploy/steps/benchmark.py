@@ -157,7 +157,7 @@ def _fail_on_failed_requests(report: dict, server: dict, path: Path) -> None:
         return
     # Say first whether the server is still there: a crash reads very differently from a few
     # refused requests, and its log is where the cause is.
-    from llm_deploy.server.tritonserver import is_live
+    from llm_deploy.server.readiness import is_live
 
     message = f"{errors} of {sent} benchmark requests failed ({'; '.join(messages[:5])}); report: {path}"
     if not is_live(server["http_url"]):

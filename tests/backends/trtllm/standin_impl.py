@@ -131,8 +131,12 @@ def main(args):
 
 
 class Health(http.server.BaseHTTPRequestHandler):
+    models: frozenset = frozenset()
+
     def do_GET(self):  # noqa: N802 - http.server's name
-        ok = self.path in ("/v2/health/live", "/v2/health/ready")
+        # As Triton answers them: the server's health, and each model of the repository's readiness.
+        ok = self.path in ("/v2/health/live", "/v2/health/ready") or self.path in {
+            f"/v2/models/{name}/ready" for name in self.models}
         self.send_response(200 if ok else 404)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -144,6 +148,7 @@ class Health(http.server.BaseHTTPRequestHandler):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
         print(f"stand-in tritonserver serving {sys.argv[3]} on {sys.argv[2]}", flush=True)
+        Health.models = frozenset(p.parent.name for p in Path(sys.argv[3]).glob("*/config.pbtxt"))
         http.server.HTTPServer(("127.0.0.1", int(sys.argv[2])), Health).serve_forever()
     else:
         parsed = build_parser(FLAGS).parse_args()  # noqa: F821

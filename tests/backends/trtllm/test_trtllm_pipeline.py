@@ -21,6 +21,7 @@ from llm_deploy.backends.trtllm.validation import DEFAULT_PORTS
 from llm_deploy.errors import BackendNotAvailable, NonRetryableError
 from llm_deploy.model_repo import parse_model_config
 from llm_deploy.runners import LocalRunner
+from llm_deploy.server import readiness
 from llm_deploy.spec import TUTORIAL_PROMPT, DeploySpec
 from llm_deploy.steps.build_engine import build_engine
 from llm_deploy.steps.build_wheel import build_wheel
@@ -136,7 +137,7 @@ def test_the_current_release_converts_and_builds_for_two_ranks_and_serves(spec_f
         assert stop_server(spec, server) is True
     # The launcher's whole group, the server it left running included, is gone.
     assert not LocalRunner().alive(server["service"])
-    assert not serve._ready(server["http_url"])
+    assert not readiness.is_live(server["http_url"])
 
 
 def test_a_world_size_the_engine_was_not_built_for_is_refused_before_the_server_starts(spec_for, free_ports):

@@ -75,6 +75,3 @@ class TorchBackend(Backend):
 
     def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRecord:
         return serve.start_server(spec, model_repo, log_path)
-
-    def stop_server(self, server: dict) -> bool:
-        return serve.stop_server(server)
