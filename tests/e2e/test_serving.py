@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm_deploy.model_repo import render_repository
+from llm_deploy.backends.torch.model_repo import render_repository
 from llm_deploy.server import tritonserver
 from llm_deploy.spec import DeploySpec
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from llm_deploy.backends.torch.model_repo import render_repository
 from llm_deploy.bench import report as reporting
 from llm_deploy.errors import StepError
-from llm_deploy.model_repo import render_repository
 from llm_deploy.server import tritonserver
 from llm_deploy.spec import DeploySpec
 from llm_deploy.steps.benchmark import benchmark

@@ -183,7 +183,7 @@ def model_args():
     """``model_args(config_pbtxt)``: initialize()'s args, with model_config as Triton serialises it (defaults included)."""
     from google.protobuf import json_format
 
-    from llm_deploy.model_repo import parse_model_config
+    from llm_deploy.model_config import parse_model_config
 
     def make(config_path: Path) -> dict[str, str]:
         config = parse_model_config(config_path)
@@ -205,7 +205,7 @@ def model_args():
 @pytest.fixture
 def rendered_repo(tmp_path, tiny_engine_dir, tiny_llama_checkpoint):
     """``rendered_repo(**spec_overrides)``: a torch-backend repo rendered for the tiny engine."""
-    from llm_deploy.model_repo import render_repository
+    from llm_deploy.backends.torch.model_repo import render_repository
     from llm_deploy.spec import DeploySpec
 
     def render(decoupled: bool = True, **overrides) -> Path:

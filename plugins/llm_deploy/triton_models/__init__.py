@@ -1,6 +1,6 @@
 """Triton python-backend models of the inflight_batcher_llm repository (our own code).
 
-``llm_deploy.model_repo`` copies each file to ``<repo>/<model>/1/model.py``:
+``llm_deploy.backends.torch.model_repo`` copies each file to ``<repo>/<model>/1/model.py``:
 
 - ``preprocessing.py``: text -> token ids (+ upstream's bad/stop words lists); both backends.
 - ``postprocessing.py``: token ids -> text; both backends.
