@@ -256,7 +256,7 @@ def render_core_model(engine_dir: Path, repo: Path, device: str, response_thread
                  f'    string_value: "{response_thread}"\n  }}\n}}\n')
     config.write_text(text)
     parse_model_config(config)
-    shutil.copyfile(model_repo._model_source("tensorrt_llm", "torch"), repo / "tensorrt_llm" / "1" / "model.py")
+    model_repo.copy_model_code("tensorrt_llm", repo / "tensorrt_llm" / "1")
     return repo
 
 

@@ -165,6 +165,9 @@ def load_model(pb_utils, monkeypatch):
 
     # Triton puts the version dir, which holds the copied helper modules, on sys.path.
     monkeypatch.syspath_prepend(str(MODELS_DIR))
+    # Each test imports the helpers afresh, against its own triton_python_backend_utils.
+    for helper in MODELS_DIR.glob("*.py"):
+        monkeypatch.delitem(sys.modules, helper.stem, raising=False)
 
     def load(name: str) -> types.ModuleType:
         module_name = f"model_under_test_{name}"

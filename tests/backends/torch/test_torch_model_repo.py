@@ -103,6 +103,10 @@ def test_renders_four_models_with_model_py_for_the_torch_backend(tmp_path):
     for model, source in [("preprocessing", "preprocessing.py"), ("postprocessing", "postprocessing.py"),
                           ("tensorrt_llm", "tensorrt_llm_torch.py")]:
         assert (out / model / "1" / "model.py").read_bytes() == (sources / source).read_bytes()
+    # The helper modules each model.py imports lie beside it.
+    for model, helper in [("preprocessing", "tokenizer_loading.py"), ("postprocessing", "tokenizer_loading.py"),
+                          ("tensorrt_llm", "tensorrt_llm_tensors.py")]:
+        assert (out / model / "1" / helper).read_bytes() == (sources / helper).read_bytes()
     assert (out / "ensemble" / "1").is_dir() and not any((out / "ensemble" / "1").iterdir())
 
 
@@ -135,8 +139,7 @@ def test_trtllm_backend_keeps_upstream_0_5_0_interface(tmp_path):
     assert config.model_transaction_policy.decoupled is False
     assert [o.name for o in config.output] == ["output_ids"]  # 0.5.0's C++ backend produces only this
     assert not any(k.startswith("llm_deploy") for k in _params(config))
-    assert not (out / "tensorrt_llm" / "1" / "model.py").exists()
-    assert (out / "tensorrt_llm" / "1").is_dir()
+    assert (out / "tensorrt_llm" / "1").is_dir() and not any((out / "tensorrt_llm" / "1").iterdir())
     # Our pre/postprocessing serve the TensorRT-LLM image too.
     assert (out / "preprocessing" / "1" / "model.py").is_file()
 

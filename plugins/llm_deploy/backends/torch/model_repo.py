@@ -44,10 +44,12 @@ _MODEL_SOURCES = {
     "postprocessing": "postprocessing.py",
     "tensorrt_llm": "tensorrt_llm_torch.py",
 }
-# Helper modules copied next to the model.py of the models that import them.
+# Helper modules copied next to the model.py of the models that import them (Triton's python
+# backend puts the model's version directory on sys.path).
 _MODEL_HELPERS = {
     "preprocessing": ("tokenizer_loading.py",),
     "postprocessing": ("tokenizer_loading.py",),
+    "tensorrt_llm": ("tensorrt_llm_tensors.py",),
 }
 # Triton backends our templates render for: the twin's python model, or TensorRT-LLM's own.
 TRITON_BACKENDS = ("python", "tensorrtllm")
@@ -161,13 +163,20 @@ def _write_model(model: str, context: Mapping[str, Any], out_dir: Path, backend:
     version_dir.mkdir(parents=True, exist_ok=True)
     config = model_dir / CONFIG
     config.write_text(render_template(model, context))
-    source = _model_source(model, backend)
-    if source is not None:
-        shutil.copyfile(source, version_dir / "model.py")
-        for helper in _MODEL_HELPERS.get(model, ()):
-            shutil.copyfile(_TRITON_MODELS / helper, version_dir / helper)
+    copy_model_code(model, version_dir, backend)
     log.debug("rendered %s", config)
     return config
+
+
+def copy_model_code(model: str, version_dir: Path, triton_backend: str = "python") -> None:
+    """Copy ``model``'s python-backend code into its version directory: model.py and the helper
+    modules it imports. Nothing for the ensemble, or for tensorrt_llm on TensorRT-LLM's own backend."""
+    source = _model_source(model, triton_backend)
+    if source is None:
+        return
+    shutil.copyfile(source, version_dir / "model.py")
+    for helper in _MODEL_HELPERS.get(model, ()):
+        shutil.copyfile(_TRITON_MODELS / helper, version_dir / helper)
 
 
 def _model_source(model: str, triton_backend: str) -> Path | None:
