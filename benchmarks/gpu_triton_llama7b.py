@@ -232,7 +232,8 @@ def render_core_model(engine_dir: Path, repo: Path, device: str, response_thread
     The random-weight model has no tokenizer, so the pre/postprocessing models and the ensemble
     are left out; the client sends token ids, as upstream's benchmark_core_model.py does.
     """
-    from llm_deploy import model_repo
+    from llm_deploy.backends.torch import model_repo
+    from llm_deploy.model_config import parse_model_config
     from llm_deploy.spec import DeploySpec
 
     spec = DeploySpec(backend="torch", dtype="bfloat16", max_batch_size=MAX_BATCH, engines_root=str(engine_dir.parent),
@@ -254,8 +255,8 @@ def render_core_model(engine_dir: Path, repo: Path, device: str, response_thread
         text += ('parameters: {\n  key: "llm_deploy_response_thread"\n  value: {\n'
                  f'    string_value: "{response_thread}"\n  }}\n}}\n')
     config.write_text(text)
-    model_repo.parse_model_config(config)
-    shutil.copyfile(model_repo._model_source("tensorrt_llm", "torch"), repo / "tensorrt_llm" / "1" / "model.py")
+    parse_model_config(config)
+    model_repo.copy_model_code("tensorrt_llm", repo / "tensorrt_llm" / "1")
     return repo
 
 

@@ -26,6 +26,6 @@ set -e
 
 python - "$AIRFLOW_HOME/dags-test.log" "$LLM_DEPLOY_ENGINES_ROOT" "$started" <<'PY'
 import pathlib, sys
-from llm_deploy.reporting import latest_run_summary
+from llm_deploy.quickstart_summary import latest_run_summary
 sys.exit(latest_run_summary(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), float(sys.argv[3])))
 PY

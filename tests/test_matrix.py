@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llm_deploy import matrix
-from llm_deploy.bench import report as reporting
+from llm_deploy.bench import report
 from llm_deploy.bench.metrics import RequestTiming, summarize
 from llm_deploy.spec import DeploySpec, SpecError
 
@@ -129,20 +129,20 @@ def synthetic_report(tok_s: float, ttft_ms: float, errors: int = 0) -> dict:
     entry["output_token_throughput_per_s"] = tok_s
     entry["errors"] = errors
     load = {"prompt": "p", "max_tokens": 5, "requests_per_level": 4, "concurrency_levels": [4]}
-    load["fingerprint"] = reporting.load_fingerprint(load)
-    report = {"schema_version": reporting.REPORT_SCHEMA_VERSION, "run_id": "r", "created_unix": 1.0,
-              "engine_hash": "h", "spec": {}, "host": {}, "load": load, "sweep": {"grpc_ensemble": [entry]},
-              "streaming": entry, "sample_output": "x", "generate": {}, "baseline": None, "regression": None,
-              "artifacts": {}}
-    assert reporting.schema_errors(report) == []
-    return report
+    load["fingerprint"] = report.load_fingerprint(load)
+    benchmark = {"schema_version": report.REPORT_SCHEMA_VERSION, "run_id": "r", "created_unix": 1.0,
+                 "engine_hash": "h", "spec": {}, "host": {}, "load": load, "sweep": {"grpc_ensemble": [entry]},
+                 "streaming": entry, "sample_output": "x", "generate": {}, "baseline": None, "regression": None,
+                 "artifacts": {}}
+    assert report.schema_errors(benchmark) == []
+    return benchmark
 
 
 def write_results(tmp_path, reports: list[dict]) -> list[dict]:
     results = []
-    for index, report in enumerate(reports):
+    for index, benchmark in enumerate(reports):
         path = tmp_path / f"bench{index}.json"
-        path.write_text(json.dumps(report))
+        path.write_text(json.dumps(benchmark))
         results.append({"index": index, "overrides": {"max_batch_size": 4 * (index + 1)},
                         "engine_id": f"engine{index}", "report_path": str(path)})
     return results

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llm_deploy.bench import report as reporting
+from llm_deploy.bench import report
 from llm_deploy.errors import SkipStep
 from llm_deploy.spec import DeploySpec, SpecError
 
@@ -183,21 +183,21 @@ def comparison_report(results: Sequence[Mapping[str, Any]], engines_root: str | 
         raise ValueError("comparison_report: no benchmark results to compare")
     rows = []
     for result in sorted(results, key=lambda r: r["index"]):
-        report = json.loads(Path(result["report_path"]).read_text())
-        problems = reporting.schema_errors(report)
+        benchmark = json.loads(Path(result["report_path"]).read_text())
+        problems = report.schema_errors(benchmark)
         if problems:
             raise ValueError(f"{result['report_path']} breaks benchmark report schema "
-                             f"{reporting.REPORT_SCHEMA_VERSION}: {'; '.join(problems[:5])}")
-        headline = report["streaming"]
+                             f"{report.REPORT_SCHEMA_VERSION}: {'; '.join(problems[:5])}")
+        headline = benchmark["streaming"]
         rows.append({
             "index": result["index"],
             "overrides": dict(result["overrides"]),
             "engine_id": result["engine_id"],
             "concurrency": headline["concurrency"],
             "throughput": headline["output_token_throughput_per_s"],
-            "ttft_p50_ms": reporting.figure(headline, "time_to_first_token_ms", "p50"),
-            "itl_p50_ms": reporting.figure(headline, "inter_token_latency_ms", "p50"),
-            "errors": sum(e["errors"] for levels in report["sweep"].values() for e in levels),
+            "ttft_p50_ms": report.figure(headline, "time_to_first_token_ms", "p50"),
+            "itl_p50_ms": report.figure(headline, "inter_token_latency_ms", "p50"),
+            "errors": sum(e["errors"] for levels in benchmark["sweep"].values() for e in levels),
             "report_path": str(result["report_path"]),
         })
 

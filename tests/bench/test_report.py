@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from llm_deploy.bench import report as reporting
+from llm_deploy.bench import report
 from llm_deploy.bench.metrics import RequestTiming, summarize
 
 
@@ -19,26 +19,26 @@ def level(concurrency: int, tok_s: float, ttft_ms: float) -> dict:
 
 def make_report(levels: list[dict], run_id: str = "r1", created: float = 1.0) -> dict:
     load = {"prompt": "p", "max_tokens": 5, "requests_per_level": 1, "concurrency_levels": [1, 4]}
-    load["fingerprint"] = reporting.load_fingerprint(load)
-    return {"schema_version": reporting.REPORT_SCHEMA_VERSION, "run_id": run_id, "created_unix": created,
+    load["fingerprint"] = report.load_fingerprint(load)
+    return {"schema_version": report.REPORT_SCHEMA_VERSION, "run_id": run_id, "created_unix": created,
             "engine_hash": "abc", "spec": {}, "host": {}, "load": load, "sweep": {"grpc_ensemble": levels},
             "streaming": levels[-1], "sample_output": "x", "generate": {}, "baseline": None,
             "regression": None, "artifacts": {}}
 
 
 def test_a_report_as_summarize_makes_it_follows_the_schema():
-    assert reporting.schema_errors(make_report([level(1, 100.0, 50.0), level(4, 300.0, 60.0)])) == []
+    assert report.schema_errors(make_report([level(1, 100.0, 50.0), level(4, 300.0, 60.0)])) == []
 
 
 def test_schema_names_what_is_missing_or_mistyped():
-    report = make_report([level(1, 100.0, 50.0)])
-    del report["load"]
-    report["schema_version"] = 2
-    entry = report["sweep"]["grpc_ensemble"][0]
+    benchmark = make_report([level(1, 100.0, 50.0)])
+    del benchmark["load"]
+    benchmark["schema_version"] = 2
+    entry = benchmark["sweep"]["grpc_ensemble"][0]
     entry["errors"] = "0"
     entry["time_to_first_token_ms"] = {"p50": 1.0}
     entry["inter_token_latency_ms"] = None  # allowed: nothing measurable, e.g. /generate
-    assert reporting.schema_errors(report) == [
+    assert report.schema_errors(benchmark) == [
         "load: missing", "schema_version: 2, expected 3",
         "sweep.grpc_ensemble[0].errors: missing or int expected",
         "sweep.grpc_ensemble[0].time_to_first_token_ms: expected null or {avg, min, max, p50, p90, p99}"]
@@ -47,7 +47,7 @@ def test_schema_names_what_is_missing_or_mistyped():
 def test_slower_throughput_and_later_first_token_are_regressions():
     before = make_report([level(1, 100.0, 50.0), level(4, 300.0, 60.0)])
     after = make_report([level(1, 95.0, 50.0), level(4, 240.0, 90.0)], run_id="r2")
-    result = reporting.compare(after, before, threshold_pct=10.0)
+    result = report.compare(after, before, threshold_pct=10.0)
     flagged = {(r["concurrency"], r["metric"]): r["worse_pct"] for r in result["regressions"]}
     # c=1 lost 5% (under the threshold); c=4 lost 20% tok/s and TTFT went 60 -> 90 ms (+50%)
     assert flagged == {(4, "output_token_throughput_per_s"): 20.0, (4, "time_to_first_token_ms.p50"): 50.0,
@@ -58,7 +58,7 @@ def test_slower_throughput_and_later_first_token_are_regressions():
 def test_improvements_are_not_regressions():
     before = make_report([level(1, 100.0, 50.0)])
     after = make_report([level(1, 200.0, 10.0)])
-    assert reporting.compare(after, before, threshold_pct=0.0)["regressions"] == []
+    assert report.compare(after, before, threshold_pct=0.0)["regressions"] == []
 
 
 def test_previous_report_is_the_newest_with_the_same_load(tmp_path):
@@ -66,36 +66,36 @@ def test_previous_report_is_the_newest_with_the_same_load(tmp_path):
     older, newer, other_load = (make_report([level(1, 1.0, 1.0)], run_id=r, created=c)
                                 for r, c in (("a", 10.0), ("b", 20.0), ("c", 25.0)))
     other_load["load"]["fingerprint"] = "different"
-    for name, report in (("a", older), ("b", newer), ("c", other_load), ("now", current)):
+    for name, benchmark in (("a", older), ("b", newer), ("c", other_load), ("now", current)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / reporting.REPORT_NAME).write_text(json.dumps(report))
-    found = reporting.previous_report(tmp_path, current=tmp_path / "now" / reporting.REPORT_NAME,
-                                      fingerprint=current["load"]["fingerprint"])
-    assert found == tmp_path / "b" / reporting.REPORT_NAME
+        (tmp_path / name / report.REPORT_NAME).write_text(json.dumps(benchmark))
+    found = report.previous_report(tmp_path, current=tmp_path / "now" / report.REPORT_NAME,
+                                   fingerprint=current["load"]["fingerprint"])
+    assert found == tmp_path / "b" / report.REPORT_NAME
 
 
 def test_markdown_lists_levels_and_regressions():
-    report = make_report([level(1, 100.0, 50.0), level(4, 300.0, 60.0)])
-    report["regression"] = {"previous_report": "/x/benchmark.json", "threshold_pct": 10.0, "compared": 10,
-                            "regressions": [{"target": "grpc_ensemble", "concurrency": 4, "worse_pct": 20.0,
-                                             "metric": "output_token_throughput_per_s",
-                                             "previous": 300.0, "current": 240.0}]}
-    text = reporting.markdown_summary(report)
+    benchmark = make_report([level(1, 100.0, 50.0), level(4, 300.0, 60.0)])
+    benchmark["regression"] = {"previous_report": "/x/benchmark.json", "threshold_pct": 10.0, "compared": 10,
+                               "regressions": [{"target": "grpc_ensemble", "concurrency": 4, "worse_pct": 20.0,
+                                                "metric": "output_token_throughput_per_s",
+                                                "previous": 300.0, "current": 240.0}]}
+    text = report.markdown_summary(benchmark)
     assert "| 4 | 1/1 | 300.0 |" in text
     assert "REGRESSION grpc_ensemble c=4 output_token_throughput_per_s: 300.0 -> 240.0 (20.0% worse)" in text
 
 
 def test_markdown_puts_the_hf_baseline_beside_the_served_figure():
-    report = make_report([level(1, 100.0, 50.0), level(16, 300.0, 60.0)])
-    report["baseline"] = {"runs": {"batch_1": {"output_token_throughput_per_s": 20.0},
-                                   "static_batch_16": {"output_token_throughput_per_s": 150.0}}}
-    text = reporting.markdown_summary(report)
+    benchmark = make_report([level(1, 100.0, 50.0), level(16, 300.0, 60.0)])
+    benchmark["baseline"] = {"runs": {"batch_1": {"output_token_throughput_per_s": 20.0},
+                                      "static_batch_16": {"output_token_throughput_per_s": 150.0}}}
+    text = report.markdown_summary(benchmark)
     assert "- batch_1: 20.0 output tok/s (served at c=16: 15.0x)" in text
     assert "- static_batch_16: 150.0 output tok/s (served at c=16: 2.0x)" in text
 
 
 def test_plots_are_pngs(tmp_path):
-    paths = reporting.plot(make_report([level(1, 100.0, 50.0), level(4, 300.0, 60.0)]), tmp_path)
+    paths = report.plot(make_report([level(1, 100.0, 50.0), level(4, 300.0, 60.0)]), tmp_path)
     assert [p.name for p in paths] == ["benchmark_throughput.png", "benchmark_ttft.png", "benchmark_itl.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
 
@@ -104,34 +104,34 @@ def test_a_new_report_leads_with_the_first_target_highest_level_and_is_written_b
     first, second = [level(1, 100.0, 50.0), level(4, 300.0, 60.0)], [level(4, 900.0, 10.0)]
     first[-1]["sample_output"] = "hello"
     load = make_report(first)["load"]
-    report = reporting.new_report(run_id="r1", spec={}, engine_hash="abc", load=load,
+    benchmark = report.new_report(run_id="r1", spec={}, engine_hash="abc", load=load,
                                   sweep={"grpc_ensemble": first, "http_generate": second},
                                   generate={"text_output": "x", "error": None}, baseline=None)
-    assert report["streaming"] == first[-1] and report["sample_output"] == "hello"
-    reporting.add_artifacts(report, tmp_path)
-    assert reporting.schema_errors(report) == []
-    reporting.write_report(report, tmp_path)
-    assert json.loads((tmp_path / reporting.REPORT_NAME).read_text()) == report
-    assert report["artifacts"]["summary_md"] == str(tmp_path / reporting.SUMMARY_NAME)
-    assert len(report["artifacts"]["plots"]) == 3
+    assert benchmark["streaming"] == first[-1] and benchmark["sample_output"] == "hello"
+    report.add_artifacts(benchmark, tmp_path)
+    assert report.schema_errors(benchmark) == []
+    report.write_report(benchmark, tmp_path)
+    assert json.loads((tmp_path / report.REPORT_NAME).read_text()) == benchmark
+    assert benchmark["artifacts"]["summary_md"] == str(tmp_path / report.SUMMARY_NAME)
+    assert len(benchmark["artifacts"]["plots"]) == 3
 
 
 def test_failed_requests_count_the_sweep_and_the_generate_call():
     failing = level(1, 1.0, 1.0)
     failing.update(errors=2, requests=5, error_messages=["b: refused", "a: reset"])
-    report = make_report([failing, level(4, 1.0, 1.0)])
-    report["generate"] = {"error": "URLError: gone"}
-    sent = 5 + report["sweep"]["grpc_ensemble"][1]["requests"] + 1
-    assert reporting.failed_requests(report) == (3, sent, ["a: reset", "b: refused", "/generate: URLError: gone"])
+    benchmark = make_report([failing, level(4, 1.0, 1.0)])
+    benchmark["generate"] = {"error": "URLError: gone"}
+    sent = 5 + benchmark["sweep"]["grpc_ensemble"][1]["requests"] + 1
+    assert report.failed_requests(benchmark) == (3, sent, ["a: reset", "b: refused", "/generate: URLError: gone"])
 
 
 def test_a_run_without_an_earlier_one_of_its_load_has_no_regression_block(tmp_path):
     current = make_report([level(1, 100.0, 50.0)])
-    assert reporting.against_previous_run(current, tmp_path, current=tmp_path / "now" / reporting.REPORT_NAME,
-                                          threshold_pct=10.0) is None
+    assert report.against_previous_run(current, tmp_path, current=tmp_path / "now" / report.REPORT_NAME,
+                                       threshold_pct=10.0) is None
     (tmp_path / "before").mkdir()
-    (tmp_path / "before" / reporting.REPORT_NAME).write_text(json.dumps(make_report([level(1, 200.0, 50.0)])))
-    block = reporting.against_previous_run(current, tmp_path, current=tmp_path / "now" / reporting.REPORT_NAME,
-                                           threshold_pct=10.0)
-    assert block["previous_report"] == str(tmp_path / "before" / reporting.REPORT_NAME)
+    (tmp_path / "before" / report.REPORT_NAME).write_text(json.dumps(make_report([level(1, 200.0, 50.0)])))
+    block = report.against_previous_run(current, tmp_path, current=tmp_path / "now" / report.REPORT_NAME,
+                                        threshold_pct=10.0)
+    assert block["previous_report"] == str(tmp_path / "before" / report.REPORT_NAME)
     assert [r["metric"] for r in block["regressions"]] == ["output_token_throughput_per_s"]

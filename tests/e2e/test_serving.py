@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from llm_deploy import processes
-from llm_deploy.model_repo import render_repository
+from llm_deploy.backends.torch.model_repo import render_repository
 from llm_deploy.server import tritonserver
 from llm_deploy.spec import DeploySpec
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_deploy.bench import report as reporting
+from llm_deploy.backends.torch.model_repo import render_repository
+from llm_deploy.bench import report
 from llm_deploy.errors import StepError
-from llm_deploy.model_repo import render_repository
 from llm_deploy.server import tritonserver
 from llm_deploy.spec import DeploySpec
 from llm_deploy.steps.benchmark import benchmark
@@ -59,10 +59,10 @@ def first_run(server, root, ports) -> dict:
 
 
 def test_every_target_and_level_is_measured_without_errors(first_run):
-    report = first_run["report"]
-    assert reporting.schema_errors(report) == []
-    assert list(report["sweep"]) == TARGETS
-    for target, levels in report["sweep"].items():
+    first = first_run["report"]
+    assert report.schema_errors(first) == []
+    assert list(first["sweep"]) == TARGETS
+    for target, levels in first["sweep"].items():
         assert [e["concurrency"] for e in levels] == [1, 3], target
         for entry in levels:
             assert entry["errors"] == 0 and entry["completed"] == 4, (target, entry["error_messages"])
@@ -72,19 +72,19 @@ def test_every_target_and_level_is_measured_without_errors(first_run):
                 assert entry["inter_chunk_latency_ms"]["p50"] > 0
             else:  # one response per request: nothing to divide, as genai-perf
                 assert entry["inter_token_latency_ms"] is None and entry["responses"] == entry["completed"]
-    assert report["streaming"] == report["sweep"]["grpc_ensemble"][-1]
-    assert report["generate"]["text_output"] and report["sample_output"]
-    assert report["regression"] is None  # nothing to compare with yet
+    assert first["streaming"] == first["sweep"]["grpc_ensemble"][-1]
+    assert first["generate"]["text_output"] and first["sample_output"]
+    assert first["regression"] is None  # nothing to compare with yet
 
 
 def test_report_plots_summary_and_baseline_lie_beside_the_report(first_run):
-    report, xcom = first_run["report"], first_run["xcom"]
+    first, xcom = first_run["report"], first_run["xcom"]
     run_dir = Path(xcom["report_path"]).parent
     assert Path(xcom["summary_path"]) == run_dir / "benchmark.md"
     assert "## grpc_tensorrt_llm" in Path(xcom["summary_path"]).read_text()
-    assert {Path(p).name for p in report["artifacts"]["plots"]} == {
+    assert {Path(p).name for p in first["artifacts"]["plots"]} == {
         "benchmark_throughput.png", "benchmark_ttft.png", "benchmark_itl.png"}
-    assert set(report["baseline"]["runs"]) == {"batch_1", "static_batch_4"}
+    assert set(first["baseline"]["runs"]) == {"batch_1", "static_batch_4"}
     assert len(json.dumps(xcom)) < 1000, "XCom carries headline figures and paths, not the report"
 
 

@@ -165,6 +165,9 @@ def load_model(pb_utils, monkeypatch):
 
     # Triton puts the version dir, which holds the copied helper modules, on sys.path.
     monkeypatch.syspath_prepend(str(MODELS_DIR))
+    # Each test imports the helpers afresh, against its own triton_python_backend_utils.
+    for helper in MODELS_DIR.glob("*.py"):
+        monkeypatch.delitem(sys.modules, helper.stem, raising=False)
 
     def load(name: str) -> types.ModuleType:
         module_name = f"model_under_test_{name}"
@@ -183,7 +186,7 @@ def model_args():
     """``model_args(config_pbtxt)``: initialize()'s args, with model_config as Triton serialises it (defaults included)."""
     from google.protobuf import json_format
 
-    from llm_deploy.model_repo import parse_model_config
+    from llm_deploy.model_config import parse_model_config
 
     def make(config_path: Path) -> dict[str, str]:
         config = parse_model_config(config_path)
@@ -205,7 +208,7 @@ def model_args():
 @pytest.fixture
 def rendered_repo(tmp_path, tiny_engine_dir, tiny_llama_checkpoint):
     """``rendered_repo(**spec_overrides)``: a torch-backend repo rendered for the tiny engine."""
-    from llm_deploy.model_repo import render_repository
+    from llm_deploy.backends.torch.model_repo import render_repository
     from llm_deploy.spec import DeploySpec
 
     def render(decoupled: bool = True, **overrides) -> Path:

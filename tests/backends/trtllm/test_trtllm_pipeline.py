@@ -19,7 +19,7 @@ from llm_deploy import volume
 from llm_deploy.backends.trtllm import commands, execution, serve
 from llm_deploy.backends.trtllm.validation import DEFAULT_PORTS
 from llm_deploy.errors import BackendNotAvailable, NonRetryableError
-from llm_deploy.model_repo import parse_model_config
+from llm_deploy.model_config import parse_model_config
 from llm_deploy.runners import LocalRunner
 from llm_deploy.server import readiness
 from llm_deploy.spec import TUTORIAL_PROMPT, DeploySpec

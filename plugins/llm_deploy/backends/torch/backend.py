@@ -55,12 +55,12 @@ class TorchBackend(Backend):
         return verify_engine.verify_engine(spec, engine, checkpoint)
 
     def model_repo_source(self, spec: DeploySpec) -> str:
-        from llm_deploy.model_repo import templates_fingerprint
+        from llm_deploy.backends.torch.model_repo import templates_fingerprint
 
         return templates_fingerprint()
 
     def render_model_repo(self, spec: DeploySpec, engine: dict, checkpoint: dict, out_dir: Path) -> None:
-        from llm_deploy.model_repo import render_repository
+        from llm_deploy.backends.torch.model_repo import render_repository
 
         render_repository(
             spec,

@@ -1,7 +1,7 @@
 """The TensorRT-LLM production backend.
 
 ``releases``: the one table of supported releases. ``commands``: every step's argv lists for a
-release. ``upstream_repo``: upstream's inflight_batcher_llm repository, copied and filled.
+release. ``model_repo``: upstream's inflight_batcher_llm repository, copied and filled.
 ``validation``: bad input refused before anything runs. ``pipeline``: the steps, running the
 commands through a runner.
 

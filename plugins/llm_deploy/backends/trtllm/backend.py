@@ -2,7 +2,7 @@
 
 Every operation runs upstream's own scripts for the spec's release (``commands``) through the
 spec's runner (``execution``); the model repository is upstream's inflight_batcher_llm from the
-backend clone, every placeholder filled (``upstream_repo``).
+backend clone, every placeholder filled (``model_repo``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from llm_deploy.backends.base import Backend
 from llm_deploy.backends.trtllm import build_engine, build_wheel, serve, validation, verify_engine
 from llm_deploy.backends.trtllm.execution import backend_dir
-from llm_deploy.backends.trtllm.upstream_repo import render_upstream_repository, template_dir
+from llm_deploy.backends.trtllm.model_repo import render_upstream_repository, template_dir
 from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
 from llm_deploy.spec import DeploySpec
 

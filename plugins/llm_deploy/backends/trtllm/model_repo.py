@@ -20,10 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from llm_deploy.backends.trtllm.layout import TEMPLATE_REPO
-from llm_deploy.model_repo import ModelRepoError, parse_model_config
+from llm_deploy.model_config import CONFIG, ModelRepoError, parse_model_config
 from llm_deploy.spec import DeploySpec
 
-CONFIG = "config.pbtxt"
 BATCHING_STRATEGY = "inflight_fused_batching"
 NOT_SET = ""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_deploy.backends.trtllm.upstream_repo import (
+from llm_deploy.backends.trtllm.model_repo import (
     copy_template_repo,
     fill_repository,
     fill_text,
@@ -15,7 +15,7 @@ from llm_deploy.backends.trtllm.upstream_repo import (
     render_upstream_repository,
     template_dir,
 )
-from llm_deploy.model_repo import ModelRepoError, parse_model_config
+from llm_deploy.model_config import ModelRepoError, parse_model_config
 from llm_deploy.spec import DeploySpec
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "upstream"

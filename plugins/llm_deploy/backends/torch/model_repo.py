@@ -1,10 +1,13 @@
-"""Render the tutorial's ``inflight_batcher_llm`` Triton model repository from a DeploySpec.
+"""The torch twin's ``inflight_batcher_llm`` Triton model repository, rendered from a DeploySpec.
 
 Upstream fills its config.pbtxt files with ``tools/fill_template.py`` (string.Template
 ``safe_substitute``), which silently leaves a forgotten ``${var}`` in the file for the server to
-choke on. Here the templates are jinja2 with StrictUndefined, so a missing value fails at render
-time naming the variable and the template, and every rendered file is parsed into Triton's
-ModelConfig protobuf before anybody starts a server on it.
+choke on. Here the templates (include/templates/inflight_batcher_llm) are jinja2 with
+StrictUndefined, so a missing value fails at render time naming the variable and the template,
+and every rendered file is parsed into Triton's ModelConfig protobuf (``llm_deploy.model_config``)
+before anybody starts a server on it. Each model's python-backend code comes from
+``llm_deploy/triton_models``. The trtllm backend fills upstream's own repository instead
+(``backends/trtllm/model_repo.py``).
 
 Kept free of torch/transformers imports: the Airflow scheduler imports it.
 """
@@ -21,6 +24,7 @@ from typing import Any
 
 import jinja2
 
+from llm_deploy.model_config import CONFIG, ModelRepoError, parse_model_config
 from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
@@ -28,11 +32,11 @@ log = logging.getLogger(__name__)
 # Ensemble last: it references the other three, and Triton checks that on load.
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble")
 TEMPLATE_SET = "inflight_batcher_llm"
-CONFIG = "config.pbtxt"
 VERSION = "1"
 
-_PLUGINS_DIR = Path(__file__).resolve().parent.parent
-_TRITON_MODELS = Path(__file__).resolve().parent / "triton_models"
+_PACKAGE_DIR = Path(__file__).resolve().parents[2]  # plugins/llm_deploy
+_PLUGINS_DIR = _PACKAGE_DIR.parent
+_TRITON_MODELS = _PACKAGE_DIR / "triton_models"
 # Our python-backend implementation of each model. pre/postprocessing serve both backends (they
 # only need transformers, which the NGC Triton TensorRT-LLM image has); tensorrt_llm only the twin.
 _MODEL_SOURCES = {
@@ -40,17 +44,15 @@ _MODEL_SOURCES = {
     "postprocessing": "postprocessing.py",
     "tensorrt_llm": "tensorrt_llm_torch.py",
 }
-# Helper modules copied next to the model.py of the models that import them.
+# Helper modules copied next to the model.py of the models that import them (Triton's python
+# backend puts the model's version directory on sys.path).
 _MODEL_HELPERS = {
     "preprocessing": ("tokenizer_loading.py",),
     "postprocessing": ("tokenizer_loading.py",),
+    "tensorrt_llm": ("tensorrt_llm_tensors.py",),
 }
 # Triton backends our templates render for: the twin's python model, or TensorRT-LLM's own.
 TRITON_BACKENDS = ("python", "tensorrtllm")
-
-
-class ModelRepoError(ValueError):
-    """A template could not be rendered, or rendered into an invalid model configuration."""
 
 
 def templates_dir() -> Path:
@@ -154,23 +156,6 @@ def render_template(name: str, context: Mapping[str, Any]) -> str:
         raise ModelRepoError(f"template {template_name}: {exc}") from None
 
 
-def parse_model_config(path: Path):
-    """Parse a config.pbtxt as tritonclient's ModelConfig; errors name the file and the line."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    path = Path(path)
-    config = model_config_pb2.ModelConfig()
-    try:
-        text_format.Parse(path.read_text(), config)
-    except text_format.ParseError as exc:
-        raise ModelRepoError(f"{path} is not a valid Triton model config: {exc}") from None
-    if config.name != path.parent.name:
-        # Triton refuses a model whose config name differs from its directory.
-        raise ModelRepoError(f"{path}: name {config.name!r} differs from its directory {path.parent.name!r}")
-    return config
-
-
 def _write_model(model: str, context: Mapping[str, Any], out_dir: Path, backend: str) -> Path:
     model_dir = out_dir / model
     version_dir = model_dir / VERSION
@@ -178,13 +163,20 @@ def _write_model(model: str, context: Mapping[str, Any], out_dir: Path, backend:
     version_dir.mkdir(parents=True, exist_ok=True)
     config = model_dir / CONFIG
     config.write_text(render_template(model, context))
-    source = _model_source(model, backend)
-    if source is not None:
-        shutil.copyfile(source, version_dir / "model.py")
-        for helper in _MODEL_HELPERS.get(model, ()):
-            shutil.copyfile(_TRITON_MODELS / helper, version_dir / helper)
+    copy_model_code(model, version_dir, backend)
     log.debug("rendered %s", config)
     return config
+
+
+def copy_model_code(model: str, version_dir: Path, triton_backend: str = "python") -> None:
+    """Copy ``model``'s python-backend code into its version directory: model.py and the helper
+    modules it imports. Nothing for the ensemble, or for tensorrt_llm on TensorRT-LLM's own backend."""
+    source = _model_source(model, triton_backend)
+    if source is None:
+        return
+    shutil.copyfile(source, version_dir / "model.py")
+    for helper in _MODEL_HELPERS.get(model, ()):
+        shutil.copyfile(_TRITON_MODELS / helper, version_dir / helper)
 
 
 def _model_source(model: str, triton_backend: str) -> Path | None:
