@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tests.triton_models.request_tensors import request_tensors
+
 LIMITS = SimpleNamespace(max_input_len=64, max_output_len=32)  # what parse_request reads of EngineLimits
 
 
@@ -16,21 +18,8 @@ def tensors(load_model):
     return load_model("tensorrt_llm_tensors")
 
 
-def _inputs(ids: list[int], output_len: int, **extra) -> dict[str, np.ndarray]:
-    tensors = {
-        "input_ids": np.array([ids], dtype=np.int32),
-        # "reshape: { shape: [ ] }" inputs reach the model without their [1] dim.
-        "input_lengths": np.array([len(ids)], dtype=np.int32),
-        "request_output_len": np.array([[output_len]], dtype=np.uint32),
-    }
-    for name, value in extra.items():
-        dtype = {bool: bool, float: np.float32}.get(type(value), np.uint32)
-        tensors[name] = np.array([[value]], dtype=dtype)
-    return tensors
-
-
 def test_a_request_reads_into_its_ids_length_and_flags(tensors, make_request):
-    inputs = {**_inputs([5, 6, 7, 0], 8, streaming=True), "input_lengths": np.array([3], dtype=np.int32)}
+    inputs = {**request_tensors([5, 6, 7, 0], 8, streaming=True), "input_lengths": np.array([3], dtype=np.int32)}
 
     parsed = tensors.parse_request(make_request(inputs), LIMITS, default_end_id=2)
 
@@ -39,14 +28,14 @@ def test_a_request_reads_into_its_ids_length_and_flags(tensors, make_request):
 
 
 def test_end_id_sent_with_the_request_wins_over_the_checkpoints(tensors, make_request):
-    parsed = tensors.parse_request(make_request(_inputs([1, 2], 4, end_id=9)), LIMITS, default_end_id=2)
+    parsed = tensors.parse_request(make_request(request_tensors([1, 2], 4, end_id=9)), LIMITS, default_end_id=2)
     assert parsed.end_id == 9 and parsed.streaming is False
 
 
 def test_the_outputs_are_those_the_client_asked_for_in_the_models_order(tensors, make_request):
-    request = make_request(_inputs([1, 2], 4), outputs=("sequence_length", "output_ids"))
+    request = make_request(request_tensors([1, 2], 4), outputs=("sequence_length", "output_ids"))
     assert tensors.parse_request(request, LIMITS, None).outputs == ("output_ids", "sequence_length")
-    request = make_request(_inputs([1, 2], 4), outputs=("output_ids",))
+    request = make_request(request_tensors([1, 2], 4), outputs=("output_ids",))
     assert tensors.parse_request(request, LIMITS, None).outputs == ("output_ids",)
 
 
@@ -65,12 +54,12 @@ def test_the_outputs_are_those_the_client_asked_for_in_the_models_order(tensors,
 )
 def test_invalid_requests_are_refused_naming_the_problem(tensors, make_request, change, message):
     with pytest.raises(tensors.RequestError, match=message.replace("[", r"\[")):
-        tensors.parse_request(make_request({**_inputs([1, 2, 3], 8), **change}), LIMITS, None)
+        tensors.parse_request(make_request({**request_tensors([1, 2, 3], 8), **change}), LIMITS, None)
 
 
 @pytest.mark.parametrize("missing", ["input_ids", "input_lengths", "request_output_len"])
 def test_required_inputs_are_named_when_missing(tensors, make_request, missing):
-    inputs = _inputs([1, 2, 3], 8)
+    inputs = request_tensors([1, 2, 3], 8)
     del inputs[missing]
     with pytest.raises(tensors.RequestError, match=f"{missing} is required"):
         tensors.parse_request(make_request(inputs), LIMITS, None)
@@ -89,7 +78,7 @@ def test_a_stop_signal_needs_no_valid_ids(tensors, make_request):
 
 
 def test_sampling_inputs_are_listed_as_ignored(tensors, make_request):
-    parsed = tensors.parse_request(make_request(_inputs([1, 2], 4, temperature=0.7, runtime_top_k=5)), LIMITS, None)
+    parsed = tensors.parse_request(make_request(request_tensors([1, 2], 4, temperature=0.7, runtime_top_k=5)), LIMITS, None)
     assert parsed.ignored == ("temperature", "runtime_top_k")
 
 

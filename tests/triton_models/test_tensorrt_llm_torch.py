@@ -8,6 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.triton_models.request_tensors import request_tensors
+
 PROMPT = "How do I count to ten in French?"
 
 
@@ -40,26 +42,13 @@ def trtllm_model(load_model, model_args, rendered_repo):
         model.finalize()
 
 
-def _inputs(ids: list[int], output_len: int, **extra) -> dict[str, np.ndarray]:
-    tensors = {
-        "input_ids": np.array([ids], dtype=np.int32),
-        # "reshape: { shape: [ ] }" inputs reach the model without their [1] dim.
-        "input_lengths": np.array([len(ids)], dtype=np.int32),
-        "request_output_len": np.array([[output_len]], dtype=np.uint32),
-    }
-    for name, value in extra.items():
-        dtype = {bool: bool, float: np.float32}.get(type(value), np.uint32)
-        tensors[name] = np.array([[value]], dtype=dtype)
-    return tensors
-
-
 def _finish(request, timeout: float = 30) -> None:
     assert request.sender.finished.wait(timeout), "no FINAL flag"
 
 
 def test_streaming_sends_one_response_per_token_then_final(trtllm_model, make_request, prompt_ids, tiny_llama_greedy):
     model = trtllm_model()
-    request = make_request(_inputs(prompt_ids, 12, streaming=True), request_id="s1")
+    request = make_request(request_tensors(prompt_ids, 12, streaming=True), request_id="s1")
 
     assert model.execute([request]) is None
     _finish(request)
@@ -78,8 +67,8 @@ def test_responses_carry_only_the_outputs_the_client_asked_for(trtllm_model, mak
     # As upstream's benchmark_core_model.py: output_ids only. Anything more would be dropped by the
     # stub inside send(), which segfaults a Python 3.12 stub (the fake sender refuses it instead).
     model = trtllm_model()
-    streaming = make_request(_inputs(prompt_ids, 6, streaming=True), outputs=("output_ids",))
-    whole = make_request(_inputs(prompt_ids, 6), outputs=("sequence_length",))
+    streaming = make_request(request_tensors(prompt_ids, 6, streaming=True), outputs=("output_ids",))
+    whole = make_request(request_tensors(prompt_ids, 6), outputs=("sequence_length",))
 
     model.execute([streaming, whole])
     _finish(streaming)
@@ -99,7 +88,7 @@ def test_response_thread_sends_the_same_streams_in_order(trtllm_model, make_requ
     # "auto" is off on CPU; "on" sends (and builds) every response from the model's own thread.
     model = trtllm_model(response_thread=thread)
     assert (model._outbox is not None) == (thread == "on")
-    requests = [make_request(_inputs(prompt_ids[:8 + i], 5 + i, streaming=True), outputs=("output_ids",))
+    requests = [make_request(request_tensors(prompt_ids[:8 + i], 5 + i, streaming=True), outputs=("output_ids",))
                 for i in range(3)]
 
     model.execute(requests)
@@ -114,7 +103,7 @@ def test_response_thread_sends_the_same_streams_in_order(trtllm_model, make_requ
 
 def test_non_streaming_returns_prompt_and_tokens_once(trtllm_model, make_request, prompt_ids, tiny_llama_greedy):
     model = trtllm_model()
-    request = make_request(_inputs(prompt_ids, 10))
+    request = make_request(request_tensors(prompt_ids, 10))
 
     model.execute([request])
     _finish(request)
@@ -130,7 +119,7 @@ def test_end_id_stops_generation_and_is_not_returned(trtllm_model, make_request,
     model = trtllm_model()
     free_run = tiny_llama_greedy(prompt_ids, 10)
     end_id = free_run[3]  # pretend the 4th greedy token is the end token
-    request = make_request(_inputs(prompt_ids, 10, end_id=end_id, streaming=True))
+    request = make_request(request_tensors(prompt_ids, 10, end_id=end_id, streaming=True))
 
     model.execute([request])
     _finish(request)
@@ -151,7 +140,7 @@ def test_end_id_stops_generation_and_is_not_returned(trtllm_model, make_request,
 )
 def test_invalid_requests_get_an_error_response(trtllm_model, make_request, prompt_ids, change, message):
     model = trtllm_model()
-    request = make_request({**_inputs(prompt_ids, 8), **change})
+    request = make_request({**request_tensors(prompt_ids, 8), **change})
 
     model.execute([request])
     _finish(request, timeout=5)
@@ -165,7 +154,7 @@ def test_invalid_requests_get_an_error_response(trtllm_model, make_request, prom
 
 def test_stop_signal_cancels_the_request_with_that_id(trtllm_model, make_request, prompt_ids):
     model = trtllm_model()
-    long_run = make_request(_inputs(prompt_ids, 32, streaming=True), request_id="job-7")
+    long_run = make_request(request_tensors(prompt_ids, 32, streaming=True), request_id="job-7")
     # Upstream's client: placeholder ids, zero lengths, stop=true, same request id.
     stop = make_request({
         "input_ids": np.empty([1, 1], dtype=np.int32),
@@ -192,7 +181,7 @@ def test_stop_signal_cancels_the_request_with_that_id(trtllm_model, make_request
 
 def test_client_cancellation_frees_the_slot(trtllm_model, make_request, prompt_ids):
     model = trtllm_model()
-    request = make_request(_inputs(prompt_ids, 32, streaming=True))
+    request = make_request(request_tensors(prompt_ids, 32, streaming=True))
     request.sender.cancelled = True
 
     model.execute([request])
@@ -204,7 +193,7 @@ def test_client_cancellation_frees_the_slot(trtllm_model, make_request, prompt_i
 
 def test_sampling_inputs_are_accepted_and_logged_once(trtllm_model, make_request, prompt_ids, pb_utils):
     model = trtllm_model()
-    requests = [make_request(_inputs(prompt_ids, 2, temperature=0.7, runtime_top_k=5)) for _ in range(2)]
+    requests = [make_request(request_tensors(prompt_ids, 2, temperature=0.7, runtime_top_k=5)) for _ in range(2)]
 
     model.execute(requests)
     for request in requests:
@@ -218,7 +207,7 @@ def test_sampling_inputs_are_accepted_and_logged_once(trtllm_model, make_request
 def test_concurrent_requests_are_batched_in_flight(trtllm_model, make_request, prompt_ids, tiny_llama_greedy):
     model = trtllm_model()
     prompts = [prompt_ids, prompt_ids[:5], prompt_ids[:9], prompt_ids[2:]]
-    requests = [make_request(_inputs(ids, 6 + i, streaming=True)) for i, ids in enumerate(prompts)]
+    requests = [make_request(request_tensors(ids, 6 + i, streaming=True)) for i, ids in enumerate(prompts)]
 
     model.execute(requests)
     for request in requests:
@@ -232,8 +221,8 @@ def test_concurrent_requests_are_batched_in_flight(trtllm_model, make_request, p
 
 def test_not_decoupled_returns_responses_from_execute(trtllm_model, make_request, prompt_ids, tiny_llama_greedy):
     model = trtllm_model(decoupled=False)
-    plain = make_request(_inputs(prompt_ids, 5))
-    streaming = make_request(_inputs(prompt_ids, 5, streaming=True))
+    plain = make_request(request_tensors(prompt_ids, 5))
+    streaming = make_request(request_tensors(prompt_ids, 5, streaming=True))
 
     ok, refused = model.execute([plain, streaming])
 
