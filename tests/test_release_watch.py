@@ -78,6 +78,19 @@ def test_new_supported_release_is_deployed_once(tmp_path):
     assert again.release is None and "already deployed" in again.reason
 
 
+def test_the_package_index_names_the_release_even_when_the_backend_feed_lags():
+    """From 0.20 the backend repository no longer tags every TensorRT-LLM release."""
+    decision = rw.decide(rw.Latest("1.2.1", "1.0.0"), {}, ("1.0.0", "1.2.1"))
+    assert decision.release == "1.2.1" and "1.0.0" in decision.reason
+
+
+def test_every_release_in_the_table_is_one_the_watch_triggers():
+    from llm_deploy.spec import SUPPORTED_TRTLLM_RELEASES
+
+    for release in ("0.20.0", "0.21.0", "1.0.0", "1.1.0", "1.2.0", "1.2.1"):
+        assert rw.decide(rw.Latest(release, "1.0.0"), {}, SUPPORTED_TRTLLM_RELEASES).release == release
+
+
 def test_unsupported_release_is_reported_not_triggered(tmp_path):
     decision = rw.decide(rw.Latest("9.9.9", "9.9.9"), {}, ("0.5.0",))
     assert decision.release is None and decision.unsupported

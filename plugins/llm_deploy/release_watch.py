@@ -1,4 +1,4 @@
-"""Notice new TensorRT-LLM / tensorrtllm_backend releases and decide whether to rebuild.
+"""Notice new TensorRT-LLM releases and decide whether to rebuild.
 
 Two sources, both plain JSON over HTTP so that a mirror or a local fixture can stand in:
 PyPI's JSON API for the ``tensorrt_llm`` wheel, and a releases feed for the backend (GitHub's
@@ -72,8 +72,11 @@ def latest_backend(url: str = GITHUB_LATEST, timeout_s: float = 20) -> str:
 
 
 def decide(latest: Latest, state: dict, supported: tuple[str, ...]) -> Decision:
-    """Deploy the backend release when it is new to us and we know how to build it."""
-    release = latest.tensorrtllm_backend
+    """Deploy the newest tensorrt_llm release on the package index when it is new to us and we
+    know how to build it. The wheel's version names the release: from 0.20 the Triton backend is
+    TensorRT-LLM's own, and the backend repository no longer tags every release (1.1 and 1.2 are
+    commits on its branches), so its feed is kept for the record only."""
+    release = latest.tensorrt_llm
     if state.get("deployed") == release:
         return Decision(None, f"release {release} was already deployed", latest)
     if release not in supported:
@@ -81,7 +84,8 @@ def decide(latest: Latest, state: dict, supported: tuple[str, ...]) -> Decision:
             return Decision(None, f"release {release} is still not in the release table", latest)
         return Decision(None, f"new release {release} is not in llm-deploy's release table "
                               f"({', '.join(supported)}); add its row to build it", latest, unsupported=True)
-    return Decision(release, f"new release {release} (tensorrt_llm {latest.tensorrt_llm})", latest)
+    return Decision(release, f"new release {release} (tensorrtllm_backend's latest tag: "
+                             f"{latest.tensorrtllm_backend})", latest)
 
 
 def load_state(root: Path) -> dict:
@@ -96,7 +100,7 @@ def record_check(root: Path, decision: Decision) -> dict:
     state = load_state(root)
     state["latest"] = asdict(decision.latest)
     if decision.unsupported:
-        state["unsupported_seen"] = decision.latest.tensorrtllm_backend
+        state["unsupported_seen"] = decision.latest.tensorrt_llm
     return _write_state(root, state)
 
 

@@ -91,7 +91,7 @@ PARAM_CASES = [
     ("enum:backend", params(backend="vllm"), "backend", "torch, trtllm"),
     ("enum:model_source", params(model_source="s3"), "model_source", "builtin, huggingface, local"),
     ("enum:benchmark_targets", params(benchmark_targets=["perf_analyzer"]), "benchmark_targets.0", "'grpc_ensemble'"),
-    ("enum:trtllm_release", params(trtllm_release="0.4.0"), "trtllm_release", "0.5.0, 0.19.0"),
+    ("enum:trtllm_release", params(trtllm_release="0.4.0"), "trtllm_release", "0.5.0, 0.19.0, 0.20.0"),
     ("unknown param", params(engines_rot="/vol"), "engines_rot", "Extra inputs are not permitted"),
 ]
 

@@ -106,7 +106,8 @@ def describe_call(call: ast.Call, constants: dict[str, Any], origin: str, unreso
         "names": names,
         "dest": _literal(kwargs.get("dest")),
         "action": action or "store",
-        "takes_value": action not in VALUELESS_ACTIONS,
+        # argparse.BooleanOptionalAction: --flag / --no-flag, neither takes a value.
+        "takes_value": action not in VALUELESS_ACTIONS and not str(action).endswith("BooleanOptionalAction"),
         "nargs": _literal(kwargs.get("nargs")),
         "required": bool(_literal(kwargs.get("required"))),
         "choices": None,

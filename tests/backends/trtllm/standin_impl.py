@@ -25,7 +25,10 @@ TYPES = {"int": int, "float": float}
 def build_parser(record):
     parser = argparse.ArgumentParser(prog=SCRIPT, allow_abbrev=False)  # noqa: F821 - runpy global
     for flag in record["flags"]:
-        kwargs = {"action": flag["action"], "required": flag["required"]}
+        action = flag["action"]
+        if action.endswith("BooleanOptionalAction"):
+            action = argparse.BooleanOptionalAction
+        kwargs = {"action": action, "required": flag["required"]}
         if flag["action"] in ("store", "append"):
             kind = TYPES.get(flag.get("type") or "")
             if kind:
@@ -52,13 +55,19 @@ def world():
     return int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
 
 
-def write_wheel(dist_dir, version):
-    """A real (tiny) wheel, so pip installs it exactly as it installs the real one."""
+def write_wheel(dist_dir, version, trtllm_build=""):
+    """A real (tiny) wheel, so pip installs it exactly as it installs the real one; with
+    ``trtllm_build`` (a module's source), it brings the trtllm-build console script as the real
+    wheel does, so each release's own trtllm-build is on PATH once its wheel is installed."""
     dist = Path(dist_dir)
     dist.mkdir(parents=True, exist_ok=True)
     info = f"tensorrt_llm-{version}.dist-info"
     with zipfile.ZipFile(dist / f"tensorrt_llm-{version}-py3-none-any.whl", "w") as wheel:
         wheel.writestr("tensorrt_llm/__init__.py", f'__version__ = "{version}"\n')
+        if trtllm_build:
+            wheel.writestr("tensorrt_llm/commands/__init__.py", "")
+            wheel.writestr("tensorrt_llm/commands/build.py", trtllm_build)
+            wheel.writestr(f"{info}/entry_points.txt", "[console_scripts]\ntrtllm-build = tensorrt_llm.commands.build:main\n")
         wheel.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: tensorrt_llm\nVersion: {version}\n")
         wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: standin\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         wheel.writestr(f"{info}/RECORD", "")

@@ -34,6 +34,17 @@ runpy.run_path({impl!r}, init_globals={{"FLAGS": __import__("json").load(open({f
                "RELEASE": {release!r}, "CALLS": {calls!r}, "IMPL": {impl!r}}}, run_name="__main__")
 """
 
+# trtllm-build comes with the tensorrt_llm wheel (a console script), so the stand-in wheel of
+# each release carries one running that release's recorded flags.
+_TRTLLM_BUILD_MODULE = """\
+import json, runpy
+
+
+def main():
+    runpy.run_path({impl!r}, init_globals={{"FLAGS": json.load(open({flags!r})), "SCRIPT": {key!r},
+                   "RELEASE": {release!r}, "CALLS": {calls!r}, "IMPL": {impl!r}}}, run_name="__main__")
+"""
+
 _MPIRUN = """\
 #!{python}
 # mpirun -n N [--allow-run-as-root] cmd...: N copies of cmd, ranks in OMPI's variables.
@@ -53,6 +64,7 @@ sys.exit(max(p.wait() for p in procs))
 @dataclass(frozen=True)
 class Toolbox:
     bin_dir: Path
+    venv_bin: Path  # where pip puts the installed wheel's console scripts (trtllm-build)
     wheelhouse: Path
     calls: Path
     tritonserver: Path
@@ -64,7 +76,7 @@ class Toolbox:
 
     def env(self) -> dict[str, str]:
         """Environment of a worker in the image: its PATH first, pip offline with our wheelhouse."""
-        return {"PATH": f"{self.bin_dir}{os.pathsep}{os.environ['PATH']}", "PIP_NO_INDEX": "1",
+        return {"PATH": os.pathsep.join([str(self.bin_dir), str(self.venv_bin), os.environ["PATH"]]), "PIP_NO_INDEX": "1",
                 "PIP_FIND_LINKS": str(self.wheelhouse), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                 "LLM_DEPLOY_NGC_TRITONSERVER": str(self.tritonserver)}
 
@@ -94,10 +106,6 @@ def make_toolbox(root: Path, releases: tuple[str, ...] = tuple(RELEASES)) -> Too
         _executable(bin_dir / name, f'#!/bin/sh\nexec "{venv}/bin/python" "$@"\n')
     calls = root / "calls.jsonl"
     python = str(venv / "bin" / "python")
-    # trtllm-build is the installed wheel's console script: one per release cannot share PATH, so
-    # the stand-in takes the newest release's flags (the only release with that flow today).
-    newest = [r for r in releases if TRTLLM_BUILD in RELEASES[r].flag_sets][-1]
-    _standin(bin_dir / TRTLLM_BUILD, newest, TRTLLM_BUILD, calls, python)
     _executable(bin_dir / "mpirun", _MPIRUN.format(python=python))
     wheelhouse = root / "wheelhouse"
     sys.path.insert(0, str(HERE))
@@ -107,18 +115,28 @@ def make_toolbox(root: Path, releases: tuple[str, ...] = tuple(RELEASES)) -> Too
         sys.path.remove(str(HERE))
     for release in releases:
         if RELEASES[release].wheel.kind == "pip":
-            write_wheel(wheelhouse, RELEASES[release].wheel.version)
+            build = _TRTLLM_BUILD_MODULE.format(impl=str(IMPL), flags=str(FLAG_SETS / release / f"{TRTLLM_BUILD}.json"),
+                                                key=TRTLLM_BUILD, release=release, calls=str(calls))
+            write_wheel(wheelhouse, RELEASES[release].wheel.version, trtllm_build=build)
     wheelhouse.mkdir(exist_ok=True)
     tritonserver = _executable(root / "opt/tritonserver/bin/tritonserver", "#!/bin/sh\nexit 1\n")
-    return Toolbox(bin_dir, wheelhouse, calls, tritonserver)
+    return Toolbox(bin_dir, venv / "bin", wheelhouse, calls, tritonserver)
+
+
+def fixture_templates(release: str) -> Path:
+    """The recorded copy of a release's inflight_batcher_llm templates (tests/fixtures/upstream):
+    tensorrtllm_backend's own up to 0.19, TensorRT-LLM's triton_backend/ from 0.20."""
+    backend = TEMPLATES / f"tensorrtllm_backend-v{release}" / "inflight_batcher_llm"
+    if backend.is_dir():
+        return backend
+    return TEMPLATES / f"TensorRT-LLM-v{release}" / "triton_backend" / "all_models" / "inflight_batcher_llm"
 
 
 def make_backend_clone(clone: Path, release: str, toolbox: Toolbox) -> Path:
     """A tensorrtllm_backend clone of ``release`` with stand-in scripts and upstream's templates."""
     row = RELEASES[release]
     python = str(toolbox.bin_dir / "python3")
-    shutil.copytree(TEMPLATES / f"tensorrtllm_backend-v{release}" / "inflight_batcher_llm",
-                    clone / "all_models" / "inflight_batcher_llm")
+    shutil.copytree(fixture_templates(release), clone / row.templates)
     for key, relative in row.scripts.items():
         path = clone / relative if key == LAUNCH_SERVER else clone / "tensorrt_llm" / relative
         _standin(path, release, key, toolbox.calls, python)

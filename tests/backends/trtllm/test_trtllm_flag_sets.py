@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llm_deploy.backends.trtllm import commands
-from llm_deploy.backends.trtllm.layout import TrtllmPaths
+from llm_deploy.backends.trtllm.layout import TRTLLM_SUBMODULE, TrtllmPaths
 from llm_deploy.backends.trtllm.releases import (
     BUILD_WHEEL,
     LAUNCH_SERVER,
@@ -65,14 +65,17 @@ def test_flag_sets_name_the_repository_tag_and_commit_of_the_release(release):
     row = RELEASES[release]
     for script in row.flag_sets:
         record = load_flag_set(release, script).record
-        if script == LAUNCH_SERVER:
-            expected = ("triton-inference-server/tensorrtllm_backend", row.backend_tag, row.backend_commit)
-        else:
+        path = row.scripts.get(script, "")
+        in_backend_repo = script == LAUNCH_SERVER and not path.startswith(f"{TRTLLM_SUBMODULE}/")
+        if in_backend_repo:
+            expected = ("triton-inference-server/tensorrtllm_backend", row.backend_ref, row.backend_commit)
+        else:  # from 0.20 the launch script is TensorRT-LLM's own, in the submodule
             expected = ("NVIDIA/TensorRT-LLM", row.trtllm_tag, row.trtllm_commit)
+            path = path.removeprefix(f"{TRTLLM_SUBMODULE}/")
         assert (record["repo"], record["tag"], record["commit"]) == expected
         assert record["release"] == release and record["script"] == script
-        if script in row.scripts:
-            assert record["path"] == row.scripts[script]
+        if path:
+            assert record["path"] == path
         assert record["flags"], script
         assert record["exact"] or record["source"], "an inexact record must say where it came from"
 

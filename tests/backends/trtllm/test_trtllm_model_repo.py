@@ -1,4 +1,4 @@
-"""Upstream's inflight_batcher_llm templates (fixture copies of 0.5.0 and 0.19.0), filled from a spec."""
+"""Upstream's inflight_batcher_llm templates (a fixture copy per release), filled from a spec."""
 
 from __future__ import annotations
 
@@ -15,14 +15,12 @@ from llm_deploy.backends.trtllm.model_repo import (
     render_upstream_repository,
     template_dir,
 )
+from llm_deploy.backends.trtllm.releases import RELEASES
 from llm_deploy.model_config import ModelRepoError, parse_model_config
 from llm_deploy.spec import DeploySpec
+from tests.backends.trtllm.standins import fixture_templates
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "upstream"
-TEMPLATES = {
-    "0.5.0": FIXTURES / "tensorrtllm_backend-v0.5.0" / "inflight_batcher_llm",
-    "0.19.0": FIXTURES / "tensorrtllm_backend-v0.19.0" / "inflight_batcher_llm",
-}
+TEMPLATES = {release: fixture_templates(release) for release in RELEASES}
 
 
 def render(release: str, out: Path, **spec_params) -> list[Path]:
@@ -50,7 +48,7 @@ def test_tensorrt_llm_model_is_the_in_flight_batcher_on_our_engine(release, tmp_
     assert parameters["batch_scheduler_policy"] == "guaranteed_no_evict"
     assert config.model_transaction_policy.decoupled is True
     assert config.backend == "tensorrtllm"
-    if release == "0.19.0":  # 0.5.0 hard-codes max_batch_size 128 and has no dynamic batcher block
+    if release != "0.5.0":  # 0.5.0 hard-codes max_batch_size 128 and has no dynamic batcher block
         assert config.max_batch_size == 16
         assert parameters["encoder_model_path"] == ""  # decoder-only: left unset, as upstream leaves it
 
@@ -94,15 +92,16 @@ def test_values_are_escaped_for_protobuf_strings_and_other_dollars_stay():
 
 def test_copy_takes_the_clones_all_models_inflight_batcher_llm(tmp_path):
     clone = tmp_path / "tensorrtllm_backend"
-    copy_template_repo(TEMPLATES["0.19.0"], template_dir(clone))
-    (template_dir(clone) / "tensorrt_llm" / "1").mkdir()
-    out = copy_template_repo(template_dir(clone), tmp_path / "repo")
+    row = RELEASES["0.19.0"]
+    copy_template_repo(TEMPLATES["0.19.0"], template_dir(clone, row))
+    (template_dir(clone, row) / "tensorrt_llm" / "1").mkdir()
+    out = copy_template_repo(template_dir(clone, row), tmp_path / "repo")
     assert (out / "tensorrt_llm" / "1").is_dir() and (out / "tensorrt_llm_bls" / "config.pbtxt").is_file()
     with pytest.raises(ModelRepoError, match="not upstream's inflight_batcher_llm"):
         copy_template_repo(tmp_path / "nothing", tmp_path / "other")
 
 
-def test_fill_values_cover_every_placeholder_of_both_fixtures():
+def test_fill_values_cover_every_placeholder_of_every_release():
     names = {name for directory in TEMPLATES.values() for path in directory.glob("*/config.pbtxt")
              for name in re.findall(r"\$\{(\w+)\}", path.read_text())}
     values = fill_values(DeploySpec(backend="trtllm"), engine_dir="/e", tokenizer_dir="/t")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from llm_deploy import volume
 from llm_deploy.backends.trtllm import commands, execution, serve
+from llm_deploy.backends.trtllm.releases import RELEASES
 from llm_deploy.backends.trtllm.validation import DEFAULT_PORTS
 from llm_deploy.errors import BackendNotAvailable, NonRetryableError
 from llm_deploy.model_config import parse_model_config
@@ -108,8 +109,10 @@ def test_the_tutorial_release_builds_its_wheel_then_an_engine_from_it(spec_for, 
     assert config.parameters["gpt_model_path"].string_value == engine_dir
 
 
-def test_the_current_release_converts_and_builds_for_two_ranks_and_serves(spec_for, worker, free_ports, tmp_path):
-    spec = spec_for("0.19.0", world_size=2, **free_ports)
+@pytest.mark.parametrize("release", [name for name, row in RELEASES.items()
+                                     if row.engine_flow == "convert_checkpoint_trtllm_build"])
+def test_the_current_releases_convert_and_build_for_two_ranks_and_serve(release, spec_for, worker, free_ports):
+    spec = spec_for(release, world_size=2, **free_ports)
     weights = download_weights(spec, None).to_xcom()
     assert build_wheel(spec).wheel_dir == ""  # pip-installed, nothing built
 

@@ -23,8 +23,9 @@ PATHS = TrtllmPaths("/b", "/hf", "/e", "/r", converted_checkpoint_dir="/c")
 
 
 def test_spec_offers_exactly_the_release_table():
-    assert SUPPORTED_TRTLLM_RELEASES == SUPPORTED == tuple(RELEASES) == ("0.5.0", "0.19.0")
-    with pytest.raises(SpecError, match="trtllm_release.*allowed: 0.5.0, 0.19.0"):
+    assert SUPPORTED_TRTLLM_RELEASES == SUPPORTED == tuple(RELEASES) == (
+        "0.5.0", "0.19.0", "0.20.0", "0.21.0", "1.0.0", "1.1.0", "1.2.0", "1.2.1")
+    with pytest.raises(SpecError, match="trtllm_release.*allowed: 0.5.0, 0.19.0, 0.20.0, .*, 1.2.1"):
         DeploySpec.from_params({"backend": "trtllm", "trtllm_release": "0.6.0"})
 
 
@@ -32,7 +33,7 @@ def test_spec_offers_exactly_the_release_table():
 def test_a_release_not_in_the_table_is_refused_by_every_step(step):
     # A spec built elsewhere (or by an older table) can still carry an unknown release.
     spec = DeploySpec(backend="trtllm").model_copy(update={"trtllm_release": "0.6.0"})
-    with pytest.raises(NonRetryableError, match=re.escape("trtllm_release='0.6.0' is not in the trtllm release table; allowed: 0.5.0, 0.19.0")):
+    with pytest.raises(NonRetryableError, match=re.escape("trtllm_release='0.6.0' is not in the trtllm release table; allowed: " + ", ".join(SUPPORTED))):
         commands.STEPS[step](spec, PATHS)
 
 

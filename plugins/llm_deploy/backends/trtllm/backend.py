@@ -42,7 +42,7 @@ class TrtllmBackend(Backend):
         release = validation.validate_spec(spec)
         clone = backend_dir(spec)
         validation.require_backend_clone(clone, release, need_trtllm=False)
-        render_upstream_repository(spec, source=template_dir(clone), out_dir=out_dir,
+        render_upstream_repository(spec, source=template_dir(clone, release), out_dir=out_dir,
                                    engine_dir=engine["engine_dir"], tokenizer_dir=checkpoint["checkpoint_dir"])
 
     def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRecord:

@@ -46,7 +46,7 @@ def clone_backend(spec: DeploySpec, paths: TrtllmPaths) -> list[Argv]:
     release = validate_spec(spec)
     clone = paths.backend_dir
     return [
-        ["git", "clone", "--branch", release.backend_tag, "--", BACKEND_REPO_URL, clone],
+        ["git", "clone", "--branch", release.backend_ref, "--", BACKEND_REPO_URL, clone],
         # The table pins commits; a tag that was moved upstream must not change what we build.
         ["git", "-C", clone, "checkout", "--quiet", "--detach", release.backend_commit],
         # Before the submodule checkout, so LFS files arrive as content rather than pointers.

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from llm_deploy.spec import DeploySpec, inside_volume
 
 TRTLLM_SUBMODULE = "tensorrt_llm"
-TEMPLATE_REPO = "all_models/inflight_batcher_llm"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import string
 from collections.abc import Mapping
 from pathlib import Path
 
-from llm_deploy.backends.trtllm.layout import TEMPLATE_REPO
+from llm_deploy.backends.trtllm.releases import Release
 from llm_deploy.model_config import CONFIG, ModelRepoError, parse_model_config
 from llm_deploy.spec import DeploySpec
 
@@ -52,7 +52,7 @@ def fill_values(
     tokenizer_type: str = "auto",
     exclude_input_in_output: bool = True,
 ) -> dict[str, str]:
-    """A value for every placeholder of 0.5.0's and 0.19.0's inflight_batcher_llm configs.
+    """A value for every placeholder of every release's inflight_batcher_llm configs.
 
     Keys are upstream's fill_template.py names. What the spec decides comes from the spec; what
     the tutorial leaves to the runtime is NOT_SET.
@@ -80,12 +80,14 @@ def fill_values(
         "tensorrt_llm_model_name": "tensorrt_llm",
         "logits_datatype": "TYPE_FP32",
         "encoder_input_features_data_type": "TYPE_FP16",  # upstream's README value; unused by decoder-only models
+        # From 0.20 (was TYPE_FP16 in the template): prompt tuning's table, unused without one.
+        "prompt_embedding_table_data_type": "TYPE_FP16",
     }
     # Left to the runtime's defaults, as the tutorial leaves them.
     for name in (
         "max_tokens_in_paged_kv_cache", "kv_cache_free_gpu_mem_fraction", "enable_trt_overlap",
         "enable_context_fmha_fp32_acc",
-        "add_special_tokens", "skip_special_tokens", "max_num_images", "multimodal_model_path",
+        "add_special_tokens", "skip_special_tokens", "max_num_images", "multimodal_model_path", "hf_model_path",
         "multimodal_encoders_name", "tensorrt_llm_draft_model_name", "encoder_engine_dir",
         "cancellation_check_period_ms", "cross_kv_cache_fraction", "cuda_graph_cache_size",
         "cuda_graph_mode", "decoding_mode", "eagle_choices", "enable_chunked_context",
@@ -102,8 +104,9 @@ def fill_values(
     return values
 
 
-def template_dir(backend_dir: str | Path) -> Path:
-    return Path(backend_dir) / TEMPLATE_REPO
+def template_dir(backend_dir: str | Path, release: Release) -> Path:
+    """The release's inflight_batcher_llm templates in a backend clone."""
+    return Path(backend_dir) / release.templates
 
 
 def copy_template_repo(source: str | Path, out_dir: str | Path) -> Path:

@@ -44,10 +44,14 @@ class WheelSource:
 @dataclass(frozen=True)
 class Release:
     name: str  # what DeploySpec.trtllm_release holds: the tag without its "v"
-    backend_tag: str  # triton-inference-server/tensorrtllm_backend
+    # triton-inference-server/tensorrtllm_backend: the release's tag, or for a release the backend
+    # did not tag, the branch its release commit is on (``git clone --branch`` takes either).
+    backend_ref: str
     backend_commit: str
     trtllm_tag: str  # NVIDIA/TensorRT-LLM
-    trtllm_commit: str  # the backend tag's tensorrt_llm submodule pin: what a clone checks out
+    # The backend commit's tensorrt_llm submodule pin: what a clone checks out (from 2026 a commit
+    # of the triton-inference-server/TensorRT-LLM fork, which the submodule then points at).
+    trtllm_commit: str
     container_image: str  # NGC Triton image whose tritonserver carries this tensorrtllm backend
     wheel: WheelSource
     engine_flow: EngineFlow
@@ -56,6 +60,9 @@ class Release:
     # of the backend clone), or inside the backend clone itself for LAUNCH_SERVER. trtllm-build
     # is the console script of the installed wheel, so it has no path.
     scripts: dict[str, str]
+    # The inflight_batcher_llm templates, inside the backend clone. From 0.20 the Triton backend's
+    # files live in TensorRT-LLM itself, under triton_backend/ of the submodule.
+    templates: str = "all_models/inflight_batcher_llm"
     # Defaults of the legacy build.py flags we set; a flag equal to its default is left out, so
     # the tutorial's own command comes out word for word (checked against the recorded defaults).
     legacy_build_defaults: dict[str, int] = field(default_factory=dict)
@@ -69,12 +76,38 @@ class Release:
         return tuple(self.scripts) + ((TRTLLM_BUILD,) if self.engine_flow != "legacy_build_py" else ())
 
 
+TRITON_BACKEND_IN_TRTLLM = "tensorrt_llm/triton_backend"
+
+
+def _triton_backend_in_trtllm(name: str, *, backend_ref: str, backend_commit: str, trtllm_commit: str,
+                              image: str) -> Release:
+    """A row of the releases whose Triton backend is TensorRT-LLM's own triton_backend/ (0.20 on)."""
+    return Release(
+        name=name,
+        backend_ref=backend_ref,
+        backend_commit=backend_commit,
+        trtllm_tag=f"v{name}",
+        trtllm_commit=trtllm_commit,
+        container_image=f"nvcr.io/nvidia/tritonserver:{image}-trtllm-python-py3",
+        wheel=WheelSource(kind="pip", version=name),
+        engine_flow="convert_checkpoint_trtllm_build",
+        dtypes=("float16", "bfloat16", "float32"),
+        scripts={
+            CONVERT_CHECKPOINT: "examples/models/core/llama/convert_checkpoint.py",
+            RUN: "examples/run.py",
+            LAUNCH_SERVER: f"{TRITON_BACKEND_IN_TRTLLM}/scripts/launch_triton_server.py",
+        },
+        templates=f"{TRITON_BACKEND_IN_TRTLLM}/all_models/inflight_batcher_llm",
+        launch_sets_ports=True,
+    )
+
+
 RELEASES: dict[str, Release] = {
     # The tutorial's release. Upstream sources read at exactly these commits (see
     # tests/data/upstream/README.md).
     "0.5.0": Release(
         name="0.5.0",
-        backend_tag="v0.5.0",
+        backend_ref="v0.5.0",
         backend_commit="47b609b670d6bb33a5ff113d98ad8a44d961c5c6",
         trtllm_tag="v0.5.0",
         trtllm_commit="ffd5af342a817a2689d38e4af2cc59ded877e339",
@@ -101,7 +134,7 @@ RELEASES: dict[str, Release] = {
     # move to examples/models/core/ only reached the backend's main branch after the tag.
     "0.19.0": Release(
         name="0.19.0",
-        backend_tag="v0.19.0",
+        backend_ref="v0.19.0",
         backend_commit="c1e19638304d287f554f738c1411746555ed348c",
         trtllm_tag="v0.19.0",
         trtllm_commit="c6f7d423354214df818e206e87680fb2d513a718",
@@ -117,6 +150,33 @@ RELEASES: dict[str, Release] = {
         },
         launch_sets_ports=True,
     ),
+    **{row.name: row for row in (
+        # From 0.20 on: the backend repository keeps a TensorRT-LLM submodule and its docs; the
+        # launch script and the templates are the submodule's triton_backend/, and the llama
+        # example moved to examples/models/core/llama/. Images: the first NGC Triton release built
+        # on each (Triton's compatibility matrix). Where the records stand (most were read from
+        # stored versions, not at the tag): tests/data/upstream/README.md.
+        _triton_backend_in_trtllm("0.20.0", backend_ref="v0.20.0",
+                                  backend_commit="40ab7b32e539d410cf29bc3f0463cb17be3fe50b",
+                                  trtllm_commit="7965842954628b0b5456a2f7d59786d3dcd41647", image="25.06"),
+        _triton_backend_in_trtllm("0.21.0", backend_ref="v0.21.0",
+                                  backend_commit="2710a1ff62a700dbe01ae67f56d200102c249c46",
+                                  trtllm_commit="b4b1185af320f109f4cb73b1505832dbc63042d7", image="25.08"),
+        _triton_backend_in_trtllm("1.0.0", backend_ref="v1.0.0",
+                                  backend_commit="efb8a497eac3e16acf6f3ad250565465c80e6f0a",
+                                  trtllm_commit="ae8270b713446948246f16fadf4e2a32e35d0f62", image="25.09"),
+        # Untagged: the backend's "TensorRT-LLM Backend v1.1.0 release" commit, on its rel branch.
+        _triton_backend_in_trtllm("1.1.0", backend_ref="rel",
+                                  backend_commit="b9cc224883da38f022984fcf9bd7ea8eed51d29c",
+                                  trtllm_commit="48b7b5d8b7ed1e6bff57aecc6ff7d1533288bed8", image="25.12"),
+        # Untagged: the heads of the Triton release branches whose images ship 1.2.0 and 1.2.1.
+        _triton_backend_in_trtllm("1.2.0", backend_ref="r26.03",
+                                  backend_commit="9736c4df0f5b3d02eacd2912ecd930072d59d9cf",
+                                  trtllm_commit="7103cc3707ab41c47ed67e1370e75712b755ef5f", image="26.03"),
+        _triton_backend_in_trtllm("1.2.1", backend_ref="r26.04",
+                                  backend_commit="ce68ff5fd0a746eac895cfb4a5677b329c5bc707",
+                                  trtllm_commit="2fdb9e66302b15db9a9b5e71d3ac45d5921ea45d", image="26.04"),
+    )},
 }
 
 SUPPORTED = tuple(RELEASES)  # oldest first; the last one is the default release

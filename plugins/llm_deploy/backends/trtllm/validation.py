@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from llm_deploy.backends.trtllm.layout import TEMPLATE_REPO, TRTLLM_SUBMODULE
+from llm_deploy.backends.trtllm.layout import TRTLLM_SUBMODULE
 from llm_deploy.backends.trtllm.releases import LAUNCH_SERVER, RELEASES, Release
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.spec import DeploySpec
@@ -67,13 +67,13 @@ def validate_spec(spec: DeploySpec) -> Release:
 def require_backend_clone(backend_dir: str | os.PathLike, release: Release, *, need_trtllm: bool = True) -> None:
     """The tensorrtllm_backend clone (and its TensorRT-LLM submodule) must be where we expect it."""
     root = Path(backend_dir)
-    expected = [root / release.scripts[LAUNCH_SERVER], root / TEMPLATE_REPO]
+    expected = [root / release.scripts[LAUNCH_SERVER], root / release.templates]
     if need_trtllm:
         expected += [root / TRTLLM_SUBMODULE / path for key, path in release.scripts.items() if key != LAUNCH_SERVER]
     missing = [str(path) for path in expected if not path.exists()]
     if missing:
         raise NonRetryableError(
-            f"backend_repo_dir: no complete tensorrtllm_backend {release.backend_tag} clone at {root} "
+            f"backend_repo_dir: no complete tensorrtllm_backend {release.backend_ref} clone at {root} "
             f"(missing {', '.join(missing)}); clone it first (with its submodule), or set "
             "backend_repo_dir to an existing clone on the engines volume"
         )
