@@ -93,3 +93,10 @@ def test_runner_params():
         spec(docker_image="nvcr.io/x:1 --privileged")
     with pytest.raises(SpecError, match="outside the engines volume"):
         spec(backend_repo_dir="/opt/tensorrtllm_backend")
+
+
+def test_the_tutorials_decoupled_mode_false_is_benchmarked_without_streaming():
+    assert spec(decoupled_mode=False, benchmark_targets=["http_generate"]).decoupled_mode is False
+    with pytest.raises(SpecError, match=r"benchmark_targets \['grpc_ensemble'\] stream tokens, which needs "
+                                        r"decoupled_mode=true; .*\['http_generate'\]"):
+        spec(decoupled_mode=False)

@@ -43,6 +43,7 @@ DType = Literal["float32", "float16", "bfloat16"]
 Runner = Literal["local", "docker"]
 SchedulerPolicy = Literal["max_utilization", "guaranteed_no_evict"]
 BenchmarkTarget = Literal["grpc_ensemble", "grpc_tensorrt_llm", "http_generate_stream", "http_generate"]
+STREAMING_TARGETS = frozenset({"grpc_ensemble", "grpc_tensorrt_llm", "http_generate_stream"})
 
 
 class SpecError(NonRetryableError, ValueError):
@@ -160,6 +161,32 @@ class DeploySpec(BaseModel):
     )
     max_queue_delay_microseconds: int = Field(
         0, ge=0, le=10_000_000, description="Triton dynamic batcher queue delay for tensorrt_llm."
+    )
+    # The tutorial's fill_template.py knobs of the tensorrt_llm model, under upstream's names.
+    decoupled_mode: bool = Field(
+        True,
+        description="tensorrt_llm's decoupled_mode: true streams one response per token (the "
+        "streaming benchmark targets need it); false answers each request once, as the tutorial's "
+        "own configuration does (benchmark with 'http_generate').",
+    )
+    exclude_input_in_output: bool = Field(
+        True, description="Responses hold only the generated text, not the prompt before it."
+    )
+    kv_cache_free_gpu_mem_fraction: float = Field(
+        0.0, ge=0, le=1,
+        description="trtllm: share of free GPU memory the paged KV cache takes; 0 = the runtime's "
+        "default (0.9).",
+    )
+    max_tokens_in_paged_kv_cache: int = Field(
+        0, ge=0, le=100_000_000,
+        description="trtllm: cap on the tokens the paged KV cache holds; 0 = sized by "
+        "kv_cache_free_gpu_mem_fraction alone.",
+    )
+    enable_kv_cache_reuse: bool = Field(
+        False, description="trtllm: reuse the KV cache of a shared prompt prefix across requests."
+    )
+    enable_chunked_context: bool = Field(
+        False, description="trtllm: split long prompts into chunks batched with decode steps."
     )
 
     # --- benchmark ------------------------------------------------------------------------------
@@ -316,6 +343,12 @@ class DeploySpec(BaseModel):
             raise ValueError("benchmark_input_len_mean must not exceed max_input_len")
         if len(set(self.benchmark_targets)) != len(self.benchmark_targets):
             raise ValueError("benchmark_targets must not repeat a target")
+        streaming = [target for target in self.benchmark_targets if target in STREAMING_TARGETS]
+        if not self.decoupled_mode and streaming:
+            raise ValueError(
+                f"benchmark_targets {streaming} stream tokens, which needs decoupled_mode=true; with "
+                "decoupled_mode=false benchmark ['http_generate'] (one response per request)"
+            )
         return self
 
     # --- derived values -----------------------------------------------------------------------

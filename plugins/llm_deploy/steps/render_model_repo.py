@@ -18,6 +18,11 @@ from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
 
+# The trtllm runtime's KV-cache settings (the twin's slot cache has none): part of the key only
+# because they are part of trtllm's tensorrt_llm/config.pbtxt.
+KV_CACHE_KNOBS = ("kv_cache_free_gpu_mem_fraction", "max_tokens_in_paged_kv_cache", "enable_kv_cache_reuse",
+                  "enable_chunked_context")
+
 
 def repo_settings(spec: DeploySpec, engine_dir: str, tokenizer_dir: str) -> dict:
     """What the rendered files depend on besides the templates themselves."""
@@ -28,8 +33,9 @@ def repo_settings(spec: DeploySpec, engine_dir: str, tokenizer_dir: str) -> dict
         "max_batch_size": spec.max_batch_size,
         "batch_scheduler_policy": spec.batch_scheduler_policy,
         "max_queue_delay_microseconds": spec.max_queue_delay_microseconds,
-        "decoupled": True,
-        "exclude_input_in_output": True,
+        "decoupled": spec.decoupled_mode,
+        "exclude_input_in_output": spec.exclude_input_in_output,
+        **{knob: getattr(spec, knob) for knob in KV_CACHE_KNOBS},
     }
 
 
@@ -45,4 +51,4 @@ def render_model_repo(spec: DeploySpec, engine: dict, checkpoint: dict) -> Model
             backend.render_model_repo(spec, engine, checkpoint, scratch)
     models = sorted(p.parent.name for p in final.glob("*/config.pbtxt"))
     log.info("model repository %s (%s): %s", final, "reused" if reused else "rendered", ", ".join(models))
-    return ModelRepoRecord(str(final), models, True, reused)
+    return ModelRepoRecord(str(final), models, spec.decoupled_mode, reused)

@@ -15,7 +15,7 @@ from llm_deploy.backends.trtllm.model_repo import (
     render_upstream_repository,
     template_dir,
 )
-from llm_deploy.backends.trtllm.releases import RELEASES
+from llm_deploy.backends.trtllm.releases import RELEASES, TUNING_PARAMS
 from llm_deploy.model_config import ModelRepoError, parse_model_config
 from llm_deploy.spec import DeploySpec
 from tests.backends.trtllm.standins import fixture_templates
@@ -106,3 +106,29 @@ def test_fill_values_cover_every_placeholder_of_every_release():
              for name in re.findall(r"\$\{(\w+)\}", path.read_text())}
     values = fill_values(DeploySpec(backend="trtllm"), engine_dir="/e", tokenizer_dir="/t")
     assert names <= set(values)
+
+
+@pytest.mark.parametrize("release", TEMPLATES)
+def test_the_release_table_knows_which_tutorial_knobs_each_releases_templates_take(release):
+    text = (TEMPLATES[release] / "tensorrt_llm" / "config.pbtxt").read_text()
+    assert {param for param in TUNING_PARAMS if "${" + param + "}" in text} == RELEASES[release].tuning_params
+
+
+def test_the_tutorials_own_configuration_is_filled_as_its_fill_template_lines_do(tmp_path):
+    render("0.19.0", tmp_path / "repo", decoupled_mode=False, exclude_input_in_output=False,
+           benchmark_targets=["http_generate"], kv_cache_free_gpu_mem_fraction=0.5,
+           max_tokens_in_paged_kv_cache=2560, enable_kv_cache_reuse=True, enable_chunked_context=True)
+    config = parse_model_config(tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt")
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    assert config.model_transaction_policy.decoupled is False
+    assert parameters["exclude_input_in_output"] == "false"
+    assert parameters["kv_cache_free_gpu_mem_fraction"] == "0.5"
+    assert parameters["max_tokens_in_paged_kv_cache"] == "2560"
+    assert parameters["enable_kv_cache_reuse"] == "true" and parameters["enable_chunked_context"] == "true"
+
+
+def test_kv_cache_sizing_left_unset_is_the_runtimes_choice(tmp_path):
+    render("1.2.1", tmp_path / "repo")
+    parameters = parse_model_config(tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt").parameters
+    assert parameters["kv_cache_free_gpu_mem_fraction"].string_value == ""
+    assert parameters["max_tokens_in_paged_kv_cache"].string_value == ""

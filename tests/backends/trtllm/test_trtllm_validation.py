@@ -104,3 +104,12 @@ def test_the_local_runner_refuses_a_worker_outside_the_ngc_image(monkeypatch, tm
         trtllm.require_worker("build_engine")
     (tmp_path / "no-tritonserver").write_text("")
     trtllm.require_worker("build_engine")
+
+
+def test_a_tutorial_knob_the_releases_templates_lack_is_refused_naming_the_releases_that_have_it():
+    spec = DeploySpec(backend="trtllm", trtllm_release="0.5.0", enable_chunked_context=True)
+    with pytest.raises(NonRetryableError, match=r"enable_chunked_context=True: the templates of trtllm release 0.5.0 "
+                                                r"have no enable_chunked_context; .*\(0.19.0, 0.20.0, .*1.2.1\)"):
+        validate_spec(spec)
+    assert validate_spec(DeploySpec(backend="trtllm", trtllm_release="0.5.0", decoupled_mode=False,
+                                    benchmark_targets=["http_generate"])).name == "0.5.0"

@@ -67,10 +67,10 @@ class TorchBackend(Backend):
             engine_dir=Path(engine["engine_dir"]),
             tokenizer_dir=Path(checkpoint["checkpoint_dir"]),
             out_dir=out_dir,
-            decoupled=True,
+            decoupled=spec.decoupled_mode,
             # Clients want the completion, not the prompt echoed back (0.5.0 echoed it; later
             # releases added this switch and recommend it on).
-            exclude_input_in_output=True,
+            exclude_input_in_output=spec.exclude_input_in_output,
         )
 
     def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRecord:

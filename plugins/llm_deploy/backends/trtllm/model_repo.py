@@ -48,9 +48,7 @@ def fill_values(
     *,
     engine_dir: str,
     tokenizer_dir: str,
-    decoupled: bool = True,
     tokenizer_type: str = "auto",
-    exclude_input_in_output: bool = True,
 ) -> dict[str, str]:
     """A value for every placeholder of every release's inflight_batcher_llm configs.
 
@@ -61,7 +59,7 @@ def fill_values(
         # --- what the tutorial fills ---------------------------------------------------------------
         "tokenizer_dir": tokenizer_dir,
         "tokenizer_type": tokenizer_type,  # 0.5.0 pre/postprocessing
-        "decoupled_mode": _bool(decoupled),
+        "decoupled_mode": _bool(spec.decoupled_mode),
         "engine_dir": engine_dir,
         "batching_strategy": BATCHING_STRATEGY,  # becomes gpt_model_type (0.19.0)
         # --- batch and queue settings --------------------------------------------------------------
@@ -72,7 +70,12 @@ def fill_values(
         "max_queue_delay_microseconds": str(spec.max_queue_delay_microseconds),
         "max_queue_size": "0",  # 0 = unbounded queue, upstream's README value
         "max_beam_width": "1",
-        "exclude_input_in_output": _bool(exclude_input_in_output),
+        "exclude_input_in_output": _bool(spec.exclude_input_in_output),
+        # --- the KV cache: the runtime sizes it unless the spec says otherwise -------------------------
+        "kv_cache_free_gpu_mem_fraction": str(spec.kv_cache_free_gpu_mem_fraction or NOT_SET),
+        "max_tokens_in_paged_kv_cache": str(spec.max_tokens_in_paged_kv_cache or NOT_SET),
+        "enable_kv_cache_reuse": _bool(spec.enable_kv_cache_reuse),
+        "enable_chunked_context": _bool(spec.enable_chunked_context),
         "preprocessing_instance_count": "1",
         "postprocessing_instance_count": "1",
         "bls_instance_count": "1",
@@ -85,13 +88,12 @@ def fill_values(
     }
     # Left to the runtime's defaults, as the tutorial leaves them.
     for name in (
-        "max_tokens_in_paged_kv_cache", "kv_cache_free_gpu_mem_fraction", "enable_trt_overlap",
+        "enable_trt_overlap",
         "enable_context_fmha_fp32_acc",
         "add_special_tokens", "skip_special_tokens", "max_num_images", "multimodal_model_path", "hf_model_path",
         "multimodal_encoders_name", "tensorrt_llm_draft_model_name", "encoder_engine_dir",
         "cancellation_check_period_ms", "cross_kv_cache_fraction", "cuda_graph_cache_size",
-        "cuda_graph_mode", "decoding_mode", "eagle_choices", "enable_chunked_context",
-        "enable_kv_cache_reuse", "gpu_device_ids", "gpu_weights_percent", "guided_decoding_backend",
+        "cuda_graph_mode", "decoding_mode", "eagle_choices", "gpu_device_ids", "gpu_weights_percent", "guided_decoding_backend",
         "iter_stats_max_iterations", "kv_cache_host_memory_bytes", "kv_cache_onboard_blocks",
         "lookahead_ngram_size", "lookahead_verification_set_size", "lookahead_window_size",
         "lora_cache_gpu_memory_fraction", "lora_cache_host_memory_bytes", "lora_cache_max_adapter_size",
@@ -146,14 +148,11 @@ def render_upstream_repository(
     out_dir: str | Path,
     engine_dir: str,
     tokenizer_dir: str,
-    decoupled: bool = True,
     tokenizer_type: str = "auto",
-    exclude_input_in_output: bool = True,
 ) -> list[Path]:
     """Copy upstream's repository (``template_dir(clone)``) to out_dir and fill it from the spec."""
     copy_template_repo(source, out_dir)
-    values = fill_values(spec, engine_dir=engine_dir, tokenizer_dir=tokenizer_dir, decoupled=decoupled,
-                         tokenizer_type=tokenizer_type, exclude_input_in_output=exclude_input_in_output)
+    values = fill_values(spec, engine_dir=engine_dir, tokenizer_dir=tokenizer_dir, tokenizer_type=tokenizer_type)
     return fill_repository(out_dir, values)
 
 

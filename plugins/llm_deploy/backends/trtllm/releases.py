@@ -27,6 +27,11 @@ RUN = "run.py"
 LAUNCH_SERVER = "launch_triton_server.py"
 
 
+# DeploySpec fields that fill placeholders of upstream's tensorrt_llm model, under upstream's names.
+TUNING_PARAMS = frozenset({"decoupled_mode", "exclude_input_in_output", "kv_cache_free_gpu_mem_fraction",
+                           "max_tokens_in_paged_kv_cache", "enable_kv_cache_reuse", "enable_chunked_context"})
+
+
 @dataclass(frozen=True)
 class WheelSource:
     """How the tensorrt_llm Python package gets onto the worker.
@@ -69,6 +74,9 @@ class Release:
     # Whether launch_triton_server.py takes --http_port/--grpc_port/--metrics_port; without them
     # tritonserver listens on 8000/8001/8002.
     launch_sets_ports: bool = False
+    # The spec's tutorial knobs this release's tensorrt_llm/config.pbtxt has a placeholder for (a
+    # test holds it against the recorded templates); setting another one is refused.
+    tuning_params: frozenset[str] = TUNING_PARAMS
 
     @property
     def flag_sets(self) -> tuple[str, ...]:
@@ -126,6 +134,7 @@ RELEASES: dict[str, Release] = {
             "--max_batch_size": 8, "--max_input_len": 2048, "--max_output_len": 512,
         },
         launch_sets_ports=False,
+        tuning_params=frozenset({"decoupled_mode", "kv_cache_free_gpu_mem_fraction", "max_tokens_in_paged_kv_cache"}),
     ),
     # The newest tensorrtllm_backend tag that still ships all_models/inflight_batcher_llm and
     # scripts/launch_triton_server.py (v0.20.0 on moved the backend into TensorRT-LLM itself).

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from llm_deploy.backends.trtllm.layout import TRTLLM_SUBMODULE
-from llm_deploy.backends.trtllm.releases import LAUNCH_SERVER, RELEASES, Release
+from llm_deploy.backends.trtllm.releases import LAUNCH_SERVER, RELEASES, TUNING_PARAMS, Release
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.spec import DeploySpec
 
@@ -53,6 +53,14 @@ def validate_spec(spec: DeploySpec) -> Release:
             f"allowed: {', '.join(release.dtypes)}"
         )
     parallelism(spec)
+    for param in sorted(TUNING_PARAMS - release.tuning_params):
+        default = DeploySpec.model_fields[param].default
+        if getattr(spec, param) != default:
+            raise NonRetryableError(
+                f"{param}={getattr(spec, param)!r}: the templates of trtllm release {release.name} have "
+                f"no {param}; leave it at {default!r} or choose a release that has it "
+                f"({', '.join(name for name, row in RELEASES.items() if param in row.tuning_params)})"
+            )
     if not release.launch_sets_ports:
         for param, port in DEFAULT_PORTS.items():
             if getattr(spec, param) != port:
