@@ -138,7 +138,7 @@ def test_worker_killed_mid_task_is_retried_and_the_run_succeeds(airflow_stack, f
     time.sleep(3)  # into the sweep, past the warm-up
     task = read_proc(ti["pid"])
     worker = read_proc(task.ppid) if task else None
-    assert task and worker and worker.name.startswith("airflow worker -- LocalExecutor"), (task, worker)
+    assert task and worker and worker.cmdline.startswith("airflow worker -- LocalExecutor"), (task, worker)
     assert worker.pid in {p.pid for p in airflow_stack.ours()}, "the victim must be a process of this deployment"
 
     os.kill(worker.pid, signal.SIGKILL)

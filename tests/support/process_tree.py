@@ -36,6 +36,8 @@ class ProcInfo:
     sid: int
     status: str  # psutil's: "running", "sleeping", "zombie", ...
     name: str  # basename of argv[0], or the kernel's name for a process without argv
+    # argv joined by spaces. A process that set its title (Airflow's "airflow worker -- ...") has
+    # one argv string that psutil splits at its spaces: match such titles on cmdline, not name.
     cmdline: str
 
     @property
