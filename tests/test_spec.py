@@ -100,3 +100,15 @@ def test_the_tutorials_decoupled_mode_false_is_benchmarked_without_streaming():
     with pytest.raises(SpecError, match=r"benchmark_targets \['grpc_ensemble'\] stream tokens, which needs "
                                         r"decoupled_mode=true; .*\['http_generate'\]"):
         spec(decoupled_mode=False)
+
+
+def test_the_llmapi_flow_is_trtllms_and_takes_text_targets_only():
+    llmapi = spec(backend="trtllm", trtllm_release="1.2.1", triton_flow="llmapi")
+    assert llmapi.benchmark_targets == ["grpc_ensemble"]  # the default target streams text to it
+    with pytest.raises(SpecError, match="only backend 'trtllm' has; use triton_flow 'engine' with backend 'torch'"):
+        spec(triton_flow="llmapi")
+    with pytest.raises(SpecError, match="'grpc_tensorrt_llm' sends token ids .* the llmapi model takes text"):
+        spec(backend="trtllm", triton_flow="llmapi", benchmark_targets=["grpc_tensorrt_llm"])
+    # A different flow serves from a different place: its runs do not mix with the engine flow's.
+    assert llmapi.engine_hash != spec(backend="trtllm", trtllm_release="1.2.1").engine_hash
+    assert "triton_flow" not in spec(backend="trtllm").engine_inputs()  # engine-flow hashes unchanged

@@ -81,8 +81,13 @@ def verified_marker(engine_dir: str | Path, *, deep: bool = True) -> dict | None
 
 def find_cached(spec: DeploySpec, token: str | None, *, endpoint: str | None = None) -> dict | None:
     """{"weights", "engine", "verified"} records of a verified engine for ``spec``, or None."""
+    from llm_deploy.backends.registry import backend_for
     from llm_deploy.steps.download_weights import published_weights
 
+    reason = backend_for(spec).engine_free_reason(spec)
+    if reason:
+        log.info("%s: nothing to cache, the checkpoint is checked and served as it is", reason)
+        return None
     weights = published_weights(spec, token, endpoint=endpoint)
     if weights is None:
         log.info("no checkpoint for %s on the volume yet: nothing cached", spec.model_id)

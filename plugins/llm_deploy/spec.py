@@ -42,6 +42,7 @@ Backend = Literal["torch", "trtllm"]
 DType = Literal["float32", "float16", "bfloat16"]
 Runner = Literal["local", "docker"]
 SchedulerPolicy = Literal["max_utilization", "guaranteed_no_evict"]
+TritonFlow = _trtllm_releases.TritonFlow
 BenchmarkTarget = Literal["grpc_ensemble", "grpc_tensorrt_llm", "http_generate_stream", "http_generate"]
 STREAMING_TARGETS = frozenset({"grpc_ensemble", "grpc_tensorrt_llm", "http_generate_stream"})
 
@@ -94,6 +95,13 @@ class DeploySpec(BaseModel):
         SUPPORTED_TRTLLM_RELEASES[-1],
         description="TensorRT-LLM / tensorrtllm_backend release whose scripts build and serve "
         f"the engine. Supported: {', '.join(SUPPORTED_TRTLLM_RELEASES)}.",
+    )
+    triton_flow: TritonFlow = Field(
+        "engine",
+        description="How Triton serves the model (trtllm): 'engine' = the tutorial's flow, an engine "
+        "built by trtllm-build served by the inflight_batcher_llm repository (every release); "
+        "'llmapi' = no engine build, upstream's all_models/llmapi model serves the Hugging Face "
+        "checkpoint with the LLM API's PyTorch backend (TensorRT-LLM 1.0 and later).",
     )
     dtype: DType = Field(
         "float32",
@@ -234,7 +242,8 @@ class DeploySpec(BaseModel):
         description="What the sweep drives: 'grpc_ensemble' = streaming gRPC through the ensemble "
         "(inflight_batcher_llm_client.py), 'grpc_tensorrt_llm' = token ids straight to the "
         "tensorrt_llm model (benchmark_core_model.py), 'http_generate_stream' and 'http_generate' "
-        "= the ensemble's HTTP generate endpoints.",
+        "= the ensemble's HTTP generate endpoints. In the llmapi flow the text targets go to its "
+        "tensorrt_llm model, which takes text itself.",
     )
     benchmark_hf_baseline: bool = Field(
         True,
@@ -343,6 +352,16 @@ class DeploySpec(BaseModel):
             raise ValueError("benchmark_input_len_mean must not exceed max_input_len")
         if len(set(self.benchmark_targets)) != len(self.benchmark_targets):
             raise ValueError("benchmark_targets must not repeat a target")
+        if self.triton_flow == "llmapi":
+            if self.backend != "trtllm":
+                raise ValueError(
+                    "triton_flow 'llmapi' serves the checkpoint with TensorRT-LLM's LLM API, which only "
+                    "backend 'trtllm' has; use triton_flow 'engine' with backend 'torch'")
+            if "grpc_tensorrt_llm" in self.benchmark_targets:
+                raise ValueError(
+                    "benchmark_targets 'grpc_tensorrt_llm' sends token ids to the engine's tensorrt_llm "
+                    "model; the llmapi model takes text: benchmark 'grpc_ensemble', "
+                    "'http_generate_stream' or 'http_generate'")
         streaming = [target for target in self.benchmark_targets if target in STREAMING_TARGETS]
         if not self.decoupled_mode and streaming:
             raise ValueError(
@@ -379,6 +398,8 @@ class DeploySpec(BaseModel):
             "max_input_len": self.max_input_len,
             "max_output_len": self.max_output_len,
         }
+        if self.triton_flow != "engine":  # only then: engine-flow hashes stay what they were
+            inputs["triton_flow"] = self.triton_flow
         if self.backend == "trtllm":
             inputs["trtllm_release"] = self.trtllm_release
         return inputs

@@ -105,3 +105,30 @@ def test_a_server_that_never_answers_fails_the_request_at_its_deadline(target):
 
     timing = asyncio.run(scenario())
     assert timing.error and timing.response_times == []
+
+
+def test_the_llmapi_model_takes_unbatched_text_and_the_sampling_params_by_name():
+    from llm_deploy.bench.stream_client import text_request
+    from llm_deploy.bench.text_models import llmapi_model
+
+    request = text_request(llmapi_model(), "Count", 8, request_id="r1")
+    assert request.model_name == "tensorrt_llm"
+    shapes = {tensor.name: (tensor.datatype, list(tensor.shape)) for tensor in request.inputs}
+    # Its config.pbtxt: max_batch_size 0, text_input dims [-1], the rest dims [1].
+    assert shapes == {"text_input": ("BYTES", [1]), "sampling_param_max_tokens": ("INT32", [1]),
+                      "sampling_param_exclude_input_from_output": ("BOOL", [1]), "streaming": ("BOOL", [1])}
+    assert np.frombuffer(request.raw_input_contents[1], dtype=np.int32).tolist() == [8]
+    # The ensemble's request is unchanged: batched, UINT32 max_tokens, empty word lists.
+    ensemble = {t.name: (t.datatype, list(t.shape)) for t in ensemble_request("Count", 8).inputs}
+    assert ensemble == {"text_input": ("BYTES", [1, 1]), "max_tokens": ("UINT32", [1, 1]),
+                        "bad_words": ("BYTES", [1, 1]), "stop_words": ("BYTES", [1, 1]), "stream": ("BOOL", [1, 1])}
+
+
+def test_a_cumulative_stream_counts_a_token_only_when_the_text_grows():
+    # The llmapi model sends the whole text so far in each response.
+    clock = Clock()
+    stub = ReplayStub(clock, [(0.5, text_response("Un")), (0.25, text_response("Un")),
+                              (0.25, text_response("Un, deux")), (0.125, text_response(None, final=True))])
+    timing = asyncio.run(stream_one(stub, ensemble_request("Count", 8), clock, cumulative=True))
+    assert timing.text == "Un, deux"
+    assert timing.response_times == [100.5, 101.0]

@@ -81,3 +81,12 @@ def test_a_cache_hit_skips_the_build_steps_and_still_serves(dag):
     # The build steps are skipped on a hit: what comes after them must not skip with them.
     for task_id in ("build_engine", "verify_engine", "render_model_repo"):
         assert t[task_id].trigger_rule == "none_failed", task_id
+
+
+def test_a_flow_without_an_engine_skips_only_the_build(dag):
+    # trtllm's llmapi flow: build_engine skips itself; the check, the repository and the server
+    # still run, on the checkpoint (an upstream skip must not cascade).
+    t = dag.task_dict
+    assert t["verify_engine"].trigger_rule == "none_failed"
+    assert t["render_model_repo"].trigger_rule == "none_failed"
+    assert t["build_engine"].downstream_task_ids >= {"verify_engine"}

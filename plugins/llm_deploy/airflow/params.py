@@ -20,7 +20,7 @@ from llm_deploy.spec import SUPPORTED_TRTLLM_RELEASES, DeploySpec
 SECTIONS = {
     "Model": ("model_source", "model_id", "model_revision", "model_local_dir", "hf_conn_id",
               "hf_allow_patterns"),
-    "Engine": ("backend", "trtllm_release", "dtype", "world_size", "max_batch_size",
+    "Engine": ("backend", "trtllm_release", "triton_flow", "dtype", "world_size", "max_batch_size",
                "max_input_len", "max_output_len", "engines_root", "keep_engines"),
     "Runner": ("runner", "docker_image", "gpu_device_ids", "backend_repo_dir"),
     "Server": ("server_host", "http_port", "grpc_port", "metrics_port", "server_start_timeout_s",

@@ -59,22 +59,28 @@ class Backend(ABC):
     def parallelism(self, spec: DeploySpec) -> tuple[int, int]:
         """(tensor parallel, pipeline parallel) of the spec's engine; refuse what cannot be built."""
 
+    def engine_free_reason(self, spec: DeploySpec) -> str | None:
+        """Why this spec's flow builds no engine (build_engine then skips itself), or None."""
+        return None
+
     @abstractmethod
     def build_engine(self, spec: DeploySpec, checkpoint: dict, out_dir: Path, config: dict) -> None:
         """Build the engine from the checkpoint record into ``out_dir`` (a scratch directory that
         the step publishes atomically); ``config`` is the engine's description, to keep in it."""
 
     @abstractmethod
-    def verify_engine(self, spec: DeploySpec, engine: dict, checkpoint: dict) -> VerifyRecord:
-        """The tutorial's run.py check: generate for its prompt, and fail if the output is wrong."""
+    def verify_engine(self, spec: DeploySpec, engine: dict | None, checkpoint: dict) -> VerifyRecord:
+        """The tutorial's run.py check: generate for its prompt, and fail if the output is wrong.
+        ``engine`` is None in a flow without one (``engine_free_reason``): check the checkpoint."""
 
     @abstractmethod
     def model_repo_source(self, spec: DeploySpec) -> str:
         """What the model repository is rendered from (part of its cache key)."""
 
     @abstractmethod
-    def render_model_repo(self, spec: DeploySpec, engine: dict, checkpoint: dict, out_dir: Path) -> None:
-        """Write the inflight_batcher_llm repository for the engine into ``out_dir`` (scratch)."""
+    def render_model_repo(self, spec: DeploySpec, engine: dict | None, checkpoint: dict, out_dir: Path) -> None:
+        """Write the model repository for the engine (None: for the checkpoint, in a flow without
+        an engine) into ``out_dir`` (scratch)."""
 
     @abstractmethod
     def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRecord:

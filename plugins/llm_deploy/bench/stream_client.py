@@ -1,9 +1,12 @@
-"""Async load clients for the inflight_batcher_llm repository: four targets, no thread per request.
+"""Async load clients for the served model repository: four targets, no thread per request.
 
   grpc_ensemble          text in, one streamed response per token (inflight_batcher_llm_client.py)
   grpc_tensorrt_llm      token ids straight to the tensorrt_llm model (benchmark_core_model.py)
   http_generate_stream   the ensemble's /generate_stream (server-sent events, one per token)
   http_generate          the ensemble's /generate (one response; only latency and length)
+
+The text targets go to the flow's text model (``text_models``): the ensemble of the engine flow,
+or the llmapi flow's tensorrt_llm model, which takes text itself.
 
 Each request is its own gRPC bidirectional stream on one shared channel (HTTP/2 streams are
 cheap), driven by asyncio, so hundreds of requests in flight cost no threads. We speak Triton's
@@ -25,25 +28,36 @@ from typing import Any
 import numpy as np
 
 from llm_deploy.bench.metrics import RequestTiming
+from llm_deploy.bench.text_models import ENSEMBLE_MODEL, TextModel
 from llm_deploy.server import direct_http
 
 ENSEMBLE = "ensemble"
 CORE_MODEL = "tensorrt_llm"
 
 
+_NUMPY = {"UINT32": np.uint32, "INT32": np.int32}
+
+
 def ensemble_request(prompt: str, max_tokens: int, *, stream: bool = True, request_id: str = ""):
     """A ModelInferRequest with the ensemble's inputs, as inflight_batcher_llm_client.py sends."""
+    return text_request(ENSEMBLE_MODEL, prompt, max_tokens, stream=stream, request_id=request_id)
+
+
+def text_request(model: TextModel, prompt: str, max_tokens: int, *, stream: bool = True, request_id: str = ""):
+    """A ModelInferRequest carrying a prompt to the flow's text model."""
     from tritonclient.grpc import service_pb2
     from tritonclient.utils import serialize_byte_tensor
 
-    request = service_pb2.ModelInferRequest(model_name=ENSEMBLE, id=request_id or uuid.uuid4().hex)
-    tensors = [
-        ("text_input", "BYTES", np.array([[prompt.encode()]], dtype=object)),
-        ("max_tokens", "UINT32", np.array([[max_tokens]], dtype=np.uint32)),
-        ("bad_words", "BYTES", np.array([[b""]], dtype=object)),
-        ("stop_words", "BYTES", np.array([[b""]], dtype=object)),
-        ("stream", "BOOL", np.array([[stream]], dtype=bool)),
-    ]
+    request = service_pb2.ModelInferRequest(model_name=model.name, id=request_id or uuid.uuid4().hex)
+    tensors = []
+    for name, value in model.inputs(prompt, max_tokens, stream=stream).items():
+        if isinstance(value, bool):
+            datatype, array = "BOOL", np.array([value], dtype=bool)
+        elif isinstance(value, str):
+            datatype, array = "BYTES", np.array([value.encode()], dtype=object)
+        else:
+            datatype, array = model.max_tokens_dtype, np.array([value], dtype=_NUMPY[model.max_tokens_dtype])
+        tensors.append((name, datatype, array[np.newaxis] if model.batched else array))
     for name, datatype, value in tensors:
         request.inputs.add(name=name, datatype=datatype, shape=list(value.shape))
         # serialize_byte_tensor packs BYTES as Triton wants (4-byte length + data per element).
@@ -76,11 +90,12 @@ def core_model_request(input_ids: list[int], max_tokens: int, *, request_id: str
 
 
 async def stream_one(stub, request, clock: Callable[[], float] = time.perf_counter,
-                     timeout_s: float | None = None) -> RequestTiming:
+                     timeout_s: float | None = None, *, cumulative: bool = False) -> RequestTiming:
     """Send one request on its own stream; timestamp every response with content until the final.
 
     Text is kept for the caller to count tokens with the model's tokenizer (as genai-perf does);
-    token ids from the tensorrt_llm model are counted here.
+    token ids from the tensorrt_llm model are counted here. ``cumulative``: each response holds
+    the whole text so far (the llmapi model), so a response is a token only if the text grew.
     """
     from tritonclient.grpc import InferResult
 
@@ -105,7 +120,11 @@ async def stream_one(stub, request, clock: Callable[[], float] = time.perf_count
             # empty final response is no token).
             if "text_output" in names:
                 piece = _as_text(InferResult(infer).as_numpy("text_output"))
-                if piece:
+                if cumulative:  # the whole text so far: a token only if it grew
+                    if len(piece) > len("".join(pieces)):
+                        timing.response_times.append(now)
+                        pieces = [piece]
+                elif piece:
                     timing.response_times.append(now)
                     pieces.append(piece)
             elif "output_ids" in names:
@@ -167,8 +186,10 @@ class LoadClient:
     """
 
     def __init__(self, target: str, *, grpc_url: str, http_url: str, concurrency_limit: int = 1024,
-                 clock: Callable[[], float] = time.perf_counter, request_timeout_s: float = REQUEST_TIMEOUT_S):
+                 clock: Callable[[], float] = time.perf_counter, request_timeout_s: float = REQUEST_TIMEOUT_S,
+                 text_model: TextModel = ENSEMBLE_MODEL):
         self.target, self.grpc_url, self.http_url, self.clock = target, grpc_url, http_url, clock
+        self.text_model = text_model
         self.request_timeout_s = request_timeout_s
         self._limit = concurrency_limit
         self._channel = self._stub = self._session = None
@@ -196,8 +217,9 @@ class LoadClient:
     async def send(self, request, index: int) -> RequestTiming:
         request_id = f"bench-{index}"
         if self.target == "grpc_ensemble":
-            message = ensemble_request(request.prompt, request.max_tokens, request_id=request_id)
-            return await stream_one(self._stub, message, self.clock, timeout_s=self.request_timeout_s)
+            message = text_request(self.text_model, request.prompt, request.max_tokens, request_id=request_id)
+            return await stream_one(self._stub, message, self.clock, timeout_s=self.request_timeout_s,
+                                    cumulative=self.text_model.cumulative_stream)
         if self.target == "grpc_tensorrt_llm":
             message = core_model_request(request.input_ids, request.max_tokens, request_id=request_id)
             return await stream_one(self._stub, message, self.clock, timeout_s=self.request_timeout_s)
@@ -212,8 +234,8 @@ class LoadClient:
         timing = RequestTiming(sent=self.clock())
         pieces: list[str] = []
         try:
-            async with self._session.post(f"{self.http_url}/v2/models/{ENSEMBLE}/generate_stream",
-                                          json=_generate_body(request, stream=True)) as response:
+            async with self._session.post(f"{self.http_url}/v2/models/{self.text_model.name}/generate_stream",
+                                          json=self._body(request, stream=True)) as response:
                 if response.status != 200:
                     timing.error = f"HTTP {response.status}: {(await response.text())[:200]}"
                     return timing
@@ -226,6 +248,11 @@ class LoadClient:
                         timing.error = str(event["error"])
                         break
                     piece = str(event.get("text_output", ""))
+                    if self.text_model.cumulative_stream:  # the whole text so far: a token only if it grew
+                        if len(piece) > len("".join(pieces)):
+                            timing.response_times.append(now)
+                            pieces = [piece]
+                        continue
                     if piece:  # as aiperf: an event without text is no token
                         timing.response_times.append(now)
                         pieces.append(piece)
@@ -241,8 +268,8 @@ class LoadClient:
         output tokens."""
         timing = RequestTiming(sent=self.clock())
         try:
-            async with self._session.post(f"{self.http_url}/v2/models/{ENSEMBLE}/generate",
-                                          json=_generate_body(request, stream=False)) as response:
+            async with self._session.post(f"{self.http_url}/v2/models/{self.text_model.name}/generate",
+                                          json=self._body(request, stream=False)) as response:
                 body = await response.text()
                 now = self.clock()
                 if response.status != 200:
@@ -255,16 +282,18 @@ class LoadClient:
         return timing
 
 
-def _generate_body(request, *, stream: bool) -> dict:
-    return {"text_input": request.prompt, "max_tokens": request.max_tokens, "bad_words": "",
-            "stop_words": "", "stream": stream}
+    def _body(self, request, *, stream: bool) -> dict:
+        return self.text_model.inputs(request.prompt, request.max_tokens, stream=stream)
 
 
-def generate(http_url: str, prompt: str, max_tokens: int, timeout_s: float = 300) -> str:
-    """POST the ensemble's /generate endpoint (the tutorial's second client) and return text_output."""
-    body = json.dumps({"text_input": prompt, "max_tokens": max_tokens, "bad_words": "", "stop_words": ""})
+def generate(http_url: str, prompt: str, max_tokens: int, timeout_s: float = 300,
+             model: TextModel = ENSEMBLE_MODEL) -> str:
+    """POST the text model's /generate endpoint (the tutorial's second client) and return text_output."""
+    inputs = model.inputs(prompt, max_tokens, stream=False)
+    del inputs[model.stream_input]  # as the tutorial's curl: no stream key at all
+    body = json.dumps(inputs)
     req = urllib.request.Request(
-        f"{http_url}/v2/models/{ENSEMBLE}/generate", data=body.encode(),
+        f"{http_url}/v2/models/{model.name}/generate", data=body.encode(),
         headers={"Content-Type": "application/json"}, method="POST",
     )
     with direct_http.urlopen(req, timeout=timeout_s) as response:

@@ -13,6 +13,7 @@ import logging
 from llm_deploy.bench import stream_client, workload
 from llm_deploy.bench.metrics import RequestTiming, count_output_tokens, summarize
 from llm_deploy.bench.report import figure
+from llm_deploy.bench.text_models import text_model_of
 from llm_deploy.errors import StepError
 from llm_deploy.spec import DeploySpec
 
@@ -34,16 +35,19 @@ def sweep_target(target: str, server: dict, requests: list[workload.BenchRequest
                  tokenizer) -> list[dict]:
     """Warm-up, then one summarized level per concurrency, for one target."""
 
+    model = text_model_of(spec)
+
     async def run() -> list[dict]:
         async with stream_client.LoadClient(target, grpc_url=server["grpc_url"], http_url=server["http_url"],
-                                            concurrency_limit=max(spec.benchmark_concurrency_levels)) as client:
+                                            concurrency_limit=max(spec.benchmark_concurrency_levels),
+                                            text_model=model) as client:
             async def send(index: int) -> RequestTiming:
                 request = requests[index % len(requests)]
                 timing = await client.send(request, index)
                 if target != "grpc_tensorrt_llm" and timing.error is None:
                     # Text answers: tokens re-counted with the model's tokenizer, as genai-perf does.
-                    # /generate echoes the prompt before the completion (tensorrtllm_backend 0.5.0).
-                    echoed = len(request.input_ids) if target == "http_generate" else 0
+                    # An answer that starts with the prompt: those tokens are not output.
+                    echoed = len(request.input_ids) if target in model.echoes_prompt else 0
                     timing.output_tokens = count_output_tokens(tokenizer, timing.text, echoed)
                 return timing
 

@@ -31,6 +31,7 @@ from llm_deploy.bench.report import (
     write_report,
 )
 from llm_deploy.bench.sweep import sweep_targets
+from llm_deploy.bench.text_models import text_model_of
 from llm_deploy.errors import NonRetryableError, StepError
 from llm_deploy.records import Record
 from llm_deploy.spec import DeploySpec
@@ -102,6 +103,8 @@ def _describe_load(spec: DeploySpec) -> dict:
         "server": {"batch_scheduler_policy": spec.batch_scheduler_policy,
                    "max_queue_delay_microseconds": spec.max_queue_delay_microseconds},
     }
+    if spec.triton_flow != "engine":  # only then: earlier runs' fingerprints stay comparable
+        load["server"]["triton_flow"] = spec.triton_flow
     load["fingerprint"] = load_fingerprint(load)
     return load
 
@@ -111,11 +114,12 @@ def _generate_check(spec: DeploySpec, server: dict) -> dict:
     started = time.perf_counter()
     error = None
     try:
-        text = stream_client.generate(server["http_url"], spec.benchmark_prompt, spec.benchmark_max_tokens)
+        text = stream_client.generate(server["http_url"], spec.benchmark_prompt, spec.benchmark_max_tokens,
+                                      model=text_model_of(spec))
     except Exception as exc:  # noqa: BLE001 - a dead server: still write the report that counts it
         text, error = "", f"{type(exc).__name__}: {exc}"
     latency_s = time.perf_counter() - started
-    return {"endpoint": f"/v2/models/{stream_client.ENSEMBLE}/generate",
+    return {"endpoint": f"/v2/models/{text_model_of(spec).name}/generate",
             "text_output": text, "latency_s": round(latency_s, 4), "error": error}
 
 

@@ -12,6 +12,7 @@ import logging
 
 from llm_deploy import engine_cache, volume
 from llm_deploy.backends.registry import backend_for
+from llm_deploy.errors import SkipStep
 from llm_deploy.records import EngineRecord, engine_record
 from llm_deploy.spec import DeploySpec
 
@@ -41,7 +42,13 @@ def engine_config(spec: DeploySpec, checkpoint: dict) -> dict:
 
 
 def build_engine(spec: DeploySpec, checkpoint: dict) -> EngineRecord:
-    """Build (or reuse) the engine for ``spec`` from the checkpoint record of download_weights."""
+    """Build (or reuse) the engine for ``spec`` from the checkpoint record of download_weights.
+
+    A flow that serves the checkpoint itself (trtllm's llmapi) skips the step, saying why.
+    """
+    reason = backend_for(spec).engine_free_reason(spec)
+    if reason:
+        raise SkipStep(reason)
     final = volume.engine_dir(spec, volume.weights_digest(checkpoint))
     if volume.is_published(final):
         problems = volume.check_manifest(final, deep=True)

@@ -39,8 +39,9 @@ def _engines(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:
 
 def _verified_engines(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:
     # verify_engine marks the engine verified (a file in its dir) and retention removes older
-    # engines of the model beside it: the model's engines dir, nothing else.
-    return [Path(inputs[0]["engine_dir"]).parent]
+    # engines of the model beside it: the model's engines dir, nothing else (and nothing at all
+    # in a flow without an engine).
+    return [Path(inputs[0]["engine_dir"]).parent] if inputs and inputs[0] else []
 
 
 def _model_repos(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:

@@ -39,12 +39,17 @@ def repo_settings(spec: DeploySpec, engine_dir: str, tokenizer_dir: str) -> dict
     }
 
 
-def render_model_repo(spec: DeploySpec, engine: dict, checkpoint: dict) -> ModelRepoRecord:
+def render_model_repo(spec: DeploySpec, engine: dict | None, checkpoint: dict) -> ModelRepoRecord:
+    """``engine`` is None in a flow without one: the repository serves the checkpoint."""
     backend = backend_for(spec)
-    settings = repo_settings(spec, engine["engine_dir"], checkpoint["checkpoint_dir"])
+    settings = repo_settings(spec, engine["engine_dir"] if engine else "", checkpoint["checkpoint_dir"])
+    if spec.triton_flow != "engine":  # only then: the engine flow's keys stay what they were
+        settings["triton_flow"] = spec.triton_flow
     settings["templates"] = backend.model_repo_source(spec)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    final = volume.model_repo_dir(spec).with_name(f"inflight_batcher_llm-{key}")
+    # Named after upstream's repository it was copied from.
+    kind = "llmapi" if spec.triton_flow == "llmapi" else "inflight_batcher_llm"
+    final = volume.model_repo_dir(spec).with_name(f"{kind}-{key}")
     reused = volume.is_published(final)
     if not reused:
         with volume.publish_dir(final, manifest_extra={"settings": settings}) as scratch:

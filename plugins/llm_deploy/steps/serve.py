@@ -41,7 +41,7 @@ def check_served_files(spec: DeploySpec, model_repo: Path) -> None:
     bit rot or a stray write on the volume must stop the start here, not produce wrong tokens."""
     repo_manifest = volume.read_manifest(model_repo) or {}
     settings = repo_manifest.get("settings", {})
-    dirs = [model_repo] + [Path(settings[key]) for key in ("engine_dir", "tokenizer_dir") if key in settings]
+    dirs = [model_repo] + [Path(settings[key]) for key in ("engine_dir", "tokenizer_dir") if settings.get(key)]
     for directory in dirs:
         if spec.model_source == "local" and directory == spec.local_model_path() \
                 and volume.read_manifest(directory) is None:

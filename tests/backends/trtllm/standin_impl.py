@@ -6,8 +6,11 @@ from the recorded flags (no abbreviations), so a flag the release does not accep
 required flag or a value outside the recorded choices exits 2 like the real script. Then the
 stand-in does the part of the real script's job that later steps depend on.
 
-Run directly as ``standin_impl.py --serve <http_port> <model_repo>`` it is the server that the
-stand-in launch_triton_server.py leaves running: Triton's health endpoints, nothing more.
+Run directly as ``standin_impl.py --serve <http_port> <model_repo> <site>`` it is the server that
+the stand-in launch_triton_server.py leaves running: Triton's health endpoints and, for an llmapi
+repository, what upstream's model.py does at load (model.yaml's triton_config, then
+``LLM(**the other keys)`` from the stand-in wheel found under <site>) and its /generate. It runs
+on the tests' Python (HOST_PYTHON), which has PyYAML and tritonclient as the NGC image has.
 """
 
 import argparse
@@ -55,15 +58,20 @@ def world():
     return int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
 
 
-def write_wheel(dist_dir, version, trtllm_build=""):
+def write_wheel(dist_dir, version, trtllm_build="", llm_api=""):
     """A real (tiny) wheel, so pip installs it exactly as it installs the real one; with
     ``trtllm_build`` (a module's source), it brings the trtllm-build console script as the real
-    wheel does, so each release's own trtllm-build is on PATH once its wheel is installed."""
+    wheel does, so each release's own trtllm-build is on PATH once its wheel is installed; with
+    ``llm_api`` (a module's source), ``from tensorrt_llm import LLM, SamplingParams`` works."""
     dist = Path(dist_dir)
     dist.mkdir(parents=True, exist_ok=True)
     info = f"tensorrt_llm-{version}.dist-info"
     with zipfile.ZipFile(dist / f"tensorrt_llm-{version}-py3-none-any.whl", "w") as wheel:
-        wheel.writestr("tensorrt_llm/__init__.py", f'__version__ = "{version}"\n')
+        init = f'__version__ = "{version}"\n'
+        if llm_api:
+            wheel.writestr("tensorrt_llm/_standin_llm_api.py", llm_api)
+            init += "from tensorrt_llm._standin_llm_api import LLM, SamplingParams  # noqa: F401\n"
+        wheel.writestr("tensorrt_llm/__init__.py", init)
         if trtllm_build:
             wheel.writestr("tensorrt_llm/commands/__init__.py", "")
             wheel.writestr("tensorrt_llm/commands/build.py", trtllm_build)
@@ -133,14 +141,24 @@ def main(args):
         repo = Path(args.model_repo)
         if not (repo / "tensorrt_llm" / "config.pbtxt").is_file():
             sys.exit(f"no inflight_batcher_llm repository at {repo}")
+        if getattr(args, "no_mpi", False) and args.world_size != 1:
+            sys.exit("--no-mpi is single instance mode: world_size must be 1")  # upstream's assertion
+        try:
+            import tensorrt_llm
+        except ImportError:
+            site = ""
+        else:
+            site = str(Path(tensorrt_llm.__file__).parent.parent)
         # As upstream: start the server in the background and return at once.
-        subprocess.Popen([sys.executable, IMPL, "--serve", str(port), str(repo)])  # noqa: F821
+        subprocess.Popen([HOST_PYTHON, IMPL, "--serve", str(port), str(repo), site])  # noqa: F821
     else:
         sys.exit(f"no stand-in behaviour for {SCRIPT}")  # noqa: F821
 
 
 class Health(http.server.BaseHTTPRequestHandler):
     models: frozenset = frozenset()
+    llm = None  # the llmapi model's LLM, once loaded
+    llm_inputs: frozenset = frozenset()
 
     def do_GET(self):  # noqa: N802 - http.server's name
         # As Triton answers them: the server's health, and each model of the repository's readiness.
@@ -150,13 +168,64 @@ class Health(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def do_POST(self):  # noqa: N802
+        # Triton's generate extension: JSON keys are input names of the model's config.pbtxt.
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.llm is None or self.path != "/v2/models/tensorrt_llm/generate":
+            return self._answer(404, {"error": f"no generate endpoint at {self.path}"})
+        unknown = sorted(set(body) - self.llm_inputs)
+        if unknown:
+            return self._answer(400, {"error": f"unexpected inference input(s) {unknown} for model 'tensorrt_llm'"})
+        from tensorrt_llm import SamplingParams
+
+        params = SamplingParams(max_tokens=body.get("sampling_param_max_tokens", 32))
+        text = self.llm.generate([body["text_input"]], params)[0].outputs[0].text
+        if not body.get("sampling_param_exclude_input_from_output", False):  # model.py's default echoes
+            text = body["text_input"] + text
+        return self._answer(200, {"model_name": "tensorrt_llm", "text_output": text})
+
+    def _answer(self, status, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def log_message(self, *args):
         pass
+
+
+def load_llmapi_model(repo, site):
+    """What upstream's llmapi model.py does at load, so a wrong repository fails as it would."""
+    import yaml
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    sys.path.insert(0, site)
+    from tensorrt_llm import LLM
+
+    model_dir = Path(repo) / "tensorrt_llm"
+    config = yaml.safe_load((model_dir / "1" / "model.yaml").read_text())
+    triton = config.pop("triton_config")
+    missing = [key for key in ("max_batch_size", "decoupled") if key not in triton]
+    if missing:
+        sys.exit(f"model.yaml triton_config lacks {missing}")
+    pbtxt = model_config_pb2.ModelConfig()
+    text_format.Parse((model_dir / "config.pbtxt").read_text(), pbtxt)
+    # launch_triton_server.py disables auto-complete: only config.pbtxt makes the model decoupled.
+    if pbtxt.model_transaction_policy.decoupled != bool(triton["decoupled"]):
+        sys.exit(f"model.yaml says decoupled={triton['decoupled']}, config.pbtxt says "
+                 f"{pbtxt.model_transaction_policy.decoupled}: streamed responses would be rejected")
+    Health.llm = LLM(**config)
+    Health.llm_inputs = frozenset(tensor.name for tensor in pbtxt.input)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
         print(f"stand-in tritonserver serving {sys.argv[3]} on {sys.argv[2]}", flush=True)
+        if (Path(sys.argv[3]) / "tensorrt_llm" / "1" / "model.yaml").is_file():
+            load_llmapi_model(sys.argv[3], sys.argv[4])
         Health.models = frozenset(p.parent.name for p in Path(sys.argv[3]).glob("*/config.pbtxt"))
         http.server.HTTPServer(("127.0.0.1", int(sys.argv[2])), Health).serve_forever()
     else:

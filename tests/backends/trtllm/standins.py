@@ -20,10 +20,11 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_deploy.backends.trtllm.releases import LAUNCH_SERVER, RELEASES, TRTLLM_BUILD
+from llm_deploy.backends.trtllm.releases import LAUNCH_SERVER, LLM_API, RELEASES, TRTLLM_BUILD
 
 HERE = Path(__file__).resolve().parent
 IMPL = HERE / "standin_impl.py"
+LLM_API_IMPL = HERE / "standin_llm_api.py"
 FLAG_SETS = HERE.parents[1] / "data" / "upstream"
 TEMPLATES = HERE.parents[1] / "fixtures" / "upstream"
 
@@ -31,7 +32,8 @@ _STANDIN = """\
 #!{python}
 import runpy
 runpy.run_path({impl!r}, init_globals={{"FLAGS": __import__("json").load(open({flags!r})), "SCRIPT": {key!r},
-               "RELEASE": {release!r}, "CALLS": {calls!r}, "IMPL": {impl!r}}}, run_name="__main__")
+               "RELEASE": {release!r}, "CALLS": {calls!r}, "IMPL": {impl!r}, "HOST_PYTHON": {host!r}}},
+               run_name="__main__")
 """
 
 # trtllm-build comes with the tensorrt_llm wheel (a console script), so the stand-in wheel of
@@ -91,7 +93,7 @@ def _executable(path: Path, text: str) -> Path:
 def _standin(path: Path, release: str, key: str, calls: Path, python: str) -> Path:
     flags = FLAG_SETS / release / f"{key}.json"
     return _executable(path, _STANDIN.format(python=python, impl=str(IMPL), flags=str(flags), key=key,
-                                             release=release, calls=str(calls)))
+                                             release=release, calls=str(calls), host=sys.executable))
 
 
 def make_toolbox(root: Path, releases: tuple[str, ...] = tuple(RELEASES)) -> Toolbox:
@@ -117,7 +119,11 @@ def make_toolbox(root: Path, releases: tuple[str, ...] = tuple(RELEASES)) -> Too
         if RELEASES[release].wheel.kind == "pip":
             build = _TRTLLM_BUILD_MODULE.format(impl=str(IMPL), flags=str(FLAG_SETS / release / f"{TRTLLM_BUILD}.json"),
                                                 key=TRTLLM_BUILD, release=release, calls=str(calls))
-            write_wheel(wheelhouse, RELEASES[release].wheel.version, trtllm_build=build)
+            llm_api = ""
+            if "llmapi" in RELEASES[release].flows:
+                llm_api = LLM_API_IMPL.read_text().replace(
+                    "RECORD = None", f"RECORD = {str(FLAG_SETS / release / f'{LLM_API}.json')!r}", 1)
+            write_wheel(wheelhouse, RELEASES[release].wheel.version, trtllm_build=build, llm_api=llm_api)
     wheelhouse.mkdir(exist_ok=True)
     tritonserver = _executable(root / "opt/tritonserver/bin/tritonserver", "#!/bin/sh\nexit 1\n")
     return Toolbox(bin_dir, venv / "bin", wheelhouse, calls, tritonserver)
@@ -137,6 +143,8 @@ def make_backend_clone(clone: Path, release: str, toolbox: Toolbox) -> Path:
     row = RELEASES[release]
     python = str(toolbox.bin_dir / "python3")
     shutil.copytree(fixture_templates(release), clone / row.templates)
+    if row.llmapi_templates:
+        shutil.copytree(fixture_templates(release).with_name("llmapi"), clone / row.llmapi_templates)
     for key, relative in row.scripts.items():
         path = clone / relative if key == LAUNCH_SERVER else clone / "tensorrt_llm" / relative
         _standin(path, release, key, toolbox.calls, python)

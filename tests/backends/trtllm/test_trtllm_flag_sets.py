@@ -150,3 +150,15 @@ def test_the_tutorials_wheel_build_uses_build_wheel_py_flags():
                 if script_of(argv, RELEASES["0.5.0"]) and script_of(argv, RELEASES["0.5.0"])[0] == BUILD_WHEEL]
     assert build[2:] == ["--trt_root", "/usr/local/tensorrt",
                          "--dist_dir", "/engines/src/tensorrtllm_backend/tensorrt_llm/build"]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+@pytest.mark.parametrize("release", [name for name, row in RELEASES.items() if "llmapi" in row.flows])
+def test_the_llmapi_flows_launch_is_accepted_by_the_release_script(release, world_size):
+    spec = trtllm_spec(release, world_size, triton_flow="llmapi")
+    assert commands.build_engine(spec, PATHS) == []  # no engine in this flow
+    assert check_commands(all_commands(spec), release) == []
+    (launch,) = commands.launch_server(spec, PATHS)
+    # As upstream's llmapi tests: no MPI for one GPU, the LLM API's launcher for more.
+    expected = ["--no-mpi"] if world_size == 1 else ["--trtllm_llmapi_launch", "--oversubscribe"]
+    assert launch[6:6 + len(expected)] == expected

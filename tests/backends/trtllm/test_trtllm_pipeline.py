@@ -15,11 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from llm_deploy import volume
 from llm_deploy.backends.trtllm import commands, execution, serve
 from llm_deploy.backends.trtllm.releases import RELEASES
 from llm_deploy.backends.trtllm.validation import DEFAULT_PORTS
-from llm_deploy.errors import BackendNotAvailable, NonRetryableError
+from llm_deploy.bench import stream_client
+from llm_deploy.bench.text_models import text_model_of
+from llm_deploy.errors import BackendNotAvailable, NonRetryableError, SkipStep
 from llm_deploy.model_config import parse_model_config
 from llm_deploy.runners import LocalRunner
 from llm_deploy.server import readiness
@@ -196,3 +199,45 @@ def test_on_the_docker_runner_each_command_runs_in_the_release_image_with_the_tu
     # The supervisor keeps the container up after launch_triton_server.py returns.
     launched = json.loads(settings["command"][-1])
     assert launched[-1][:2] == ["python3", f"{execution.backend_dir(spec)}/scripts/launch_triton_server.py"]
+
+
+@pytest.mark.parametrize("release", [name for name, row in RELEASES.items() if "llmapi" in row.flows])
+def test_the_llmapi_flow_checks_and_serves_the_checkpoint_without_building_an_engine(release, spec_for, worker,
+                                                                                   free_ports):
+    spec = spec_for(release, triton_flow="llmapi", **free_ports)
+    weights = download_weights(spec, None).to_xcom()
+    build_wheel(spec)  # the release's wheel: the LLM API the check and the model import
+    with pytest.raises(SkipStep, match="serves the Hugging Face checkpoint itself, so no engine is built"):
+        build_engine(spec, weights)
+    assert not (Path(spec.engines_root) / "engines").exists()
+
+    # The LLM API's generate, in the worker, with the arguments the server gets: the stand-in
+    # LLM refuses any argument the release's LLM() does not take.
+    verified = verify_engine(spec, None, weights)
+    assert verified.engine_dir == weights["checkpoint_dir"]
+    assert verified.output_text == f"stand-in LLM API completion of {TUTORIAL_PROMPT}"
+    assert verified.tokens == len(verified.output_text.split())
+
+    repo = render_model_repo(spec, None, weights).to_xcom()
+    assert repo["models"] == ["tensorrt_llm"] and Path(repo["model_repo"]).name.startswith("llmapi-")
+    model_yaml = yaml.safe_load((Path(repo["model_repo"]) / "tensorrt_llm/1/model.yaml").read_text())
+    assert model_yaml["model"] == weights["checkpoint_dir"] and model_yaml["backend"] == "pytorch"
+    assert model_yaml["triton_config"] == {"max_batch_size": 0, "decoupled": True}
+
+    server = start_server(spec, repo, "manual__llmapi").to_xcom()
+    try:
+        launch = [c for c in worker.calls_made() if c["script"] == "launch_triton_server.py"][-1]["argv"]
+        assert launch[:5] == ["--world_size", "1", "--model_repo", repo["model_repo"], "--no-mpi"]
+        assert server["lease"] == ""  # no engine to lease
+        # The tutorial's /generate, spelled as the llmapi model takes it.
+        text = stream_client.generate(server["http_url"], TUTORIAL_PROMPT, 5, model=text_model_of(spec))
+        assert text == "stand-in LLM API completion of"  # five tokens, the prompt not echoed
+    finally:
+        assert stop_server(spec, server) is True
+
+
+def test_the_llmapi_flow_is_refused_by_a_release_before_1_0(spec_for, worker):
+    with pytest.raises(NonRetryableError, match=r"triton_flow='llmapi' is not offered by trtllm release 0\.21\.0.*"
+                                                r"choose a release that has it \(1\.0\.0, 1\.1\.0"):
+        build_wheel(spec_for("0.21.0", triton_flow="llmapi"))
+    assert worker.calls_made() == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llm_deploy.backends.base import Backend
-from llm_deploy.backends.trtllm import build_engine, build_wheel, serve, validation, verify_engine
+from llm_deploy.backends.trtllm import build_engine, build_wheel, llmapi_repo, serve, validation, verify_engine
 from llm_deploy.backends.trtllm.execution import backend_dir
 from llm_deploy.backends.trtllm.model_repo import render_upstream_repository, template_dir
 from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
@@ -29,19 +29,33 @@ class TrtllmBackend(Backend):
     def parallelism(self, spec: DeploySpec) -> tuple[int, int]:
         return validation.parallelism(spec)
 
+    def engine_free_reason(self, spec: DeploySpec) -> str | None:
+        if spec.triton_flow != "llmapi":
+            return None
+        return (f"triton_flow='llmapi': TensorRT-LLM {spec.trtllm_release}'s LLM API (PyTorch backend) serves "
+                "the Hugging Face checkpoint itself, so no engine is built")
+
     def build_engine(self, spec: DeploySpec, checkpoint: dict, out_dir: Path, config: dict) -> None:
         build_engine.build_engine(spec, checkpoint, out_dir)
 
-    def verify_engine(self, spec: DeploySpec, engine: dict, checkpoint: dict) -> VerifyRecord:
+    def verify_engine(self, spec: DeploySpec, engine: dict | None, checkpoint: dict) -> VerifyRecord:
+        if spec.triton_flow == "llmapi":
+            return verify_engine.verify_checkpoint(spec, checkpoint)
         return verify_engine.verify_engine(spec, engine, checkpoint)
 
     def model_repo_source(self, spec: DeploySpec) -> str:
-        return f"tensorrtllm_backend@{validation.release_row(spec.trtllm_release).backend_commit}"
+        release = validation.release_row(spec.trtllm_release)
+        source = f"tensorrtllm_backend@{release.backend_commit}"
+        return f"{source}:{release.llmapi_templates}" if spec.triton_flow == "llmapi" else source
 
-    def render_model_repo(self, spec: DeploySpec, engine: dict, checkpoint: dict, out_dir: Path) -> None:
+    def render_model_repo(self, spec: DeploySpec, engine: dict | None, checkpoint: dict, out_dir: Path) -> None:
         release = validation.validate_spec(spec)
         clone = backend_dir(spec)
-        validation.require_backend_clone(clone, release, need_trtllm=False)
+        validation.require_backend_clone(clone, release, need_trtllm=False, flow=spec.triton_flow)
+        if spec.triton_flow == "llmapi":
+            llmapi_repo.render_llmapi_repository(spec, source=llmapi_repo.llmapi_template_dir(clone, release),
+                                                 out_dir=out_dir, checkpoint_dir=checkpoint["checkpoint_dir"])
+            return
         render_upstream_repository(spec, source=template_dir(clone, release), out_dir=out_dir,
                                    engine_dir=engine["engine_dir"], tokenizer_dir=checkpoint["checkpoint_dir"])
 

@@ -12,7 +12,11 @@ launch_triton_server.py --world_size.
 
 from __future__ import annotations
 
+import json
+
+from llm_deploy.backends.trtllm import llmapi_check
 from llm_deploy.backends.trtllm.layout import TrtllmPaths
+from llm_deploy.backends.trtllm.llm_args import llm_args
 from llm_deploy.backends.trtllm.releases import (
     BACKEND_REPO_URL,
     BUILD_WHEEL,
@@ -93,8 +97,10 @@ def install_built_wheel(spec: DeploySpec, paths: TrtllmPaths) -> list[Argv]:
 
 
 def build_engine(spec: DeploySpec, paths: TrtllmPaths) -> list[Argv]:
-    """Tutorial "create the engine" in the release's flow."""
+    """Tutorial "create the engine" in the release's flow (none in the llmapi flow)."""
     release = validate_spec(spec)
+    if spec.triton_flow == "llmapi":
+        return []
     if release.engine_flow == "legacy_build_py":
         return [legacy_build(spec, paths, release)]
     return [convert_checkpoint(spec, paths, release), trtllm_build(spec, paths)]
@@ -169,6 +175,8 @@ def trtllm_build(spec: DeploySpec, paths: TrtllmPaths) -> Argv:
 def verify_engine(spec: DeploySpec, paths: TrtllmPaths) -> list[Argv]:
     """Tutorial "check the engine with run.py" on the tutorial's prompt, on world_size ranks."""
     release = validate_spec(spec)
+    if spec.triton_flow == "llmapi":
+        return verify_checkpoint(spec, paths)
     argv = [
         PYTHON, paths.in_trtllm(release.scripts[RUN]),
         "--engine_dir", paths.engine_dir,
@@ -177,6 +185,15 @@ def verify_engine(spec: DeploySpec, paths: TrtllmPaths) -> list[Argv]:
         "--input_text", TUTORIAL_PROMPT,
     ]
     return [mpirun(spec.world_size) + argv]
+
+
+def verify_checkpoint(spec: DeploySpec, paths: TrtllmPaths) -> list[Argv]:
+    """llmapi flow: the LLM API's generate on the tutorial's prompt, with the arguments the
+    server's model.yaml gets. One process: the LLM API starts its own tensor-parallel workers."""
+    validate_spec(spec)
+    max_tokens = min(RUN_PY_MAX_OUTPUT_LEN, spec.max_output_len)
+    arguments = json.dumps(llm_args(spec, paths.hf_checkpoint_dir), sort_keys=True)
+    return [[PYTHON, "-c", llmapi_check.source(), arguments, TUTORIAL_PROMPT, str(max_tokens)]]
 
 
 def mpirun(world_size: int) -> Argv:
@@ -197,6 +214,11 @@ def launch_server(spec: DeploySpec, paths: TrtllmPaths) -> list[Argv]:
         "--world_size", str(spec.world_size),
         "--model_repo", paths.model_repo_dir,
     ]
+    if spec.triton_flow == "llmapi":
+        # As upstream's llmapi tests launch it: one process without MPI; with more GPUs, rank 0
+        # runs tritonserver and the other ranks become the LLM API's workers
+        # (trtllm-llmapi-launch), the ranks oversubscribing the CPU slots mpirun counts.
+        argv += ["--no-mpi"] if spec.world_size == 1 else ["--trtllm_llmapi_launch", "--oversubscribe"]
     if release.launch_sets_ports:
         argv += [
             "--http_port", str(spec.http_port),

@@ -17,6 +17,13 @@ BACKEND_REPO_URL = "https://github.com/triton-inference-server/tensorrtllm_backe
 TRTLLM_REPO_URL = "https://github.com/NVIDIA/TensorRT-LLM.git"
 
 EngineFlow = Literal["legacy_build_py", "convert_checkpoint_trtllm_build"]
+# How Triton serves the model (DeploySpec.triton_flow). ``engine``: upstream's
+# inflight_batcher_llm repository on an engine built by convert_checkpoint/trtllm-build (or
+# build.py), every release. ``llmapi``: upstream's all_models/llmapi, a Python-backend model that
+# hands the Hugging Face checkpoint to the LLM API's PyTorch backend; no engine is built (1.0 on,
+# where the PyTorch backend became TensorRT-LLM's default).
+TritonFlow = Literal["engine", "llmapi"]
+TRITON_FLOWS: tuple[str, ...] = ("engine", "llmapi")
 
 # Keys of Release.flag_sets, and the names of the recorded files tests/data/upstream/<release>/<key>.json.
 BUILD_WHEEL = "build_wheel.py"
@@ -25,6 +32,9 @@ CONVERT_CHECKPOINT = "convert_checkpoint.py"
 TRTLLM_BUILD = "trtllm-build"
 RUN = "run.py"
 LAUNCH_SERVER = "launch_triton_server.py"
+# Not a script: the LLM() arguments the llmapi model passes model.yaml's keys to, recorded as
+# tests/data/upstream/<release>/LLM.json like a flag set.
+LLM_API = "LLM"
 
 
 # DeploySpec fields that fill placeholders of upstream's tensorrt_llm model, under upstream's names.
@@ -77,6 +87,15 @@ class Release:
     # The spec's tutorial knobs this release's tensorrt_llm/config.pbtxt has a placeholder for (a
     # test holds it against the recorded templates); setting another one is refused.
     tuning_params: frozenset[str] = TUNING_PARAMS
+    # The Triton flows this release can serve, its default first: what its own README leads with
+    # (every backend README up to r26.04 leads with the engine flow; tests/data/upstream/LLMAPI-FLOW.md).
+    flows: tuple[TritonFlow, ...] = ("engine",)
+    # The llmapi model repository, inside the backend clone (releases whose flows have "llmapi").
+    llmapi_templates: str = ""
+
+    @property
+    def default_flow(self) -> TritonFlow:
+        return self.flows[0]
 
     @property
     def flag_sets(self) -> tuple[str, ...]:
@@ -89,7 +108,12 @@ TRITON_BACKEND_IN_TRTLLM = "tensorrt_llm/triton_backend"
 
 def _triton_backend_in_trtllm(name: str, *, backend_ref: str, backend_commit: str, trtllm_commit: str,
                               image: str) -> Release:
-    """A row of the releases whose Triton backend is TensorRT-LLM's own triton_backend/ (0.20 on)."""
+    """A row of the releases whose Triton backend is TensorRT-LLM's own triton_backend/ (0.20 on).
+
+    From 1.0 the llmapi flow is offered too: 0.20 and 0.21 ship an all_models/llmapi as well, but
+    there the LLM API still defaulted to TensorRT engines, which 1.0 removed from the llmapi model.
+    """
+    llmapi = int(name.split(".")[0]) >= 1
     return Release(
         name=name,
         backend_ref=backend_ref,
@@ -107,6 +131,8 @@ def _triton_backend_in_trtllm(name: str, *, backend_ref: str, backend_commit: st
         },
         templates=f"{TRITON_BACKEND_IN_TRTLLM}/all_models/inflight_batcher_llm",
         launch_sets_ports=True,
+        flows=("engine", "llmapi") if llmapi else ("engine",),
+        llmapi_templates=f"{TRITON_BACKEND_IN_TRTLLM}/all_models/llmapi" if llmapi else "",
     )
 
 

@@ -45,7 +45,7 @@ def start_server(spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRe
     on = runner(spec)
     preflight(spec, on, "start_server")
     settings = (volume.read_manifest(model_repo) or {}).get("settings", {})
-    if "engine_dir" in settings:
+    if settings.get("engine_dir"):  # none in the llmapi flow
         validation.check_engine_world_size(spec, settings["engine_dir"])
     check_ports_free(spec.server_host, {"http": spec.http_port, "grpc": spec.grpc_port, "metrics": spec.metrics_port})
     host = client_host(spec.server_host)

@@ -53,6 +53,12 @@ def validate_spec(spec: DeploySpec) -> Release:
             f"allowed: {', '.join(release.dtypes)}"
         )
     parallelism(spec)
+    if spec.triton_flow not in release.flows:
+        raise NonRetryableError(
+            f"triton_flow={spec.triton_flow!r} is not offered by trtllm release {release.name} "
+            f"(it serves {', '.join(repr(f) for f in release.flows)}); choose a release that has it "
+            f"({', '.join(name for name, row in RELEASES.items() if spec.triton_flow in row.flows)})"
+        )
     for param in sorted(TUNING_PARAMS - release.tuning_params):
         default = DeploySpec.model_fields[param].default
         if getattr(spec, param) != default:
@@ -72,10 +78,12 @@ def validate_spec(spec: DeploySpec) -> Release:
     return release
 
 
-def require_backend_clone(backend_dir: str | os.PathLike, release: Release, *, need_trtllm: bool = True) -> None:
+def require_backend_clone(backend_dir: str | os.PathLike, release: Release, *, need_trtllm: bool = True,
+                          flow: str = "engine") -> None:
     """The tensorrtllm_backend clone (and its TensorRT-LLM submodule) must be where we expect it."""
     root = Path(backend_dir)
-    expected = [root / release.scripts[LAUNCH_SERVER], root / release.templates]
+    templates = release.llmapi_templates if flow == "llmapi" else release.templates
+    expected = [root / release.scripts[LAUNCH_SERVER], root / templates]
     if need_trtllm:
         expected += [root / TRTLLM_SUBMODULE / path for key, path in release.scripts.items() if key != LAUNCH_SERVER]
     missing = [str(path) for path in expected if not path.exists()]
