@@ -106,7 +106,7 @@ def analyse(stack: AirflowStack, run_id: str, upstream: dict[str, list[str]]) ->
     tasks = {}
     for task_id, ti in tis.items():
         start, end = parse_time(ti["start_date"]), parse_time(ti["end_date"])
-        queued, scheduled = parse_time(ti["queued_when"]), parse_time(ti["scheduled_when"])
+        queued = parse_time(ti["queued_when"])
         ends_before = [parse_time(tis[u]["end_date"]) for u in upstream.get(task_id, []) if tis[u]["end_date"]]
         ready = max(ends_before) if ends_before else run_start
         step_begin, step_end = step_window(stack, run_id, ti)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from airflow.sdk import dag, setup, task, teardown
 from llm_deploy.airflow.params import deploy_params
-from llm_deploy.airflow.task_policy import RETRIES, placement
+from llm_deploy.airflow.task_policy import ON_GPU_HOST, RETRIES, placement
 from llm_deploy.airflow.tasks import run_step, skip_if_cached
 
 
@@ -29,7 +29,8 @@ from llm_deploy.airflow.tasks import run_step, skip_if_cached
 def deploy_llm():
     # A verified engine for these params already on the volume: download, build and verify are
     # skipped (the reason and the engine hash in their logs) and the run serves that engine.
-    @task
+    # Where the engines are built (the GPU hosts): what it finds depends on their GPUs and image.
+    @task(**ON_GPU_HOST)
     def find_cached_engine() -> dict:
         from llm_deploy.airflow.tasks import find_cached_engine as lookup
 

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from llm_deploy import volume
+from llm_deploy.build_target import BuildTarget
 from llm_deploy.spec import DeploySpec
 
 
@@ -51,9 +52,24 @@ def test_corruption_is_detected_by_the_manifest(tmp_path):
     assert not volume.is_published(final)
 
 
+H200 = BuildTarget("tensorrt_llm 1.2.1", "nvcr.io/nvidia/tritonserver:26.04-trtllm-python-py3", "NVIDIA H200", "9.0")
+
+
 def test_layout_is_named_by_model_and_engine_hash():
     spec = DeploySpec.from_params({"engines_root": "/vol", "dtype": "bfloat16"})
-    assert str(volume.engine_dir(spec, "w1")) == (
-        f"/vol/engines/torch/HuggingFaceTB--SmolLM2-135M-Instruct/{volume.engine_id(spec, 'w1')}")
-    assert volume.engine_id(spec, "w1") != volume.engine_id(spec, "w2")
+    assert str(volume.engine_dir(spec, "w1", H200)) == (
+        f"/vol/engines/torch/HuggingFaceTB--SmolLM2-135M-Instruct/{volume.engine_id(spec, 'w1', H200)}")
+    assert volume.engine_id(spec, "w1", H200) != volume.engine_id(spec, "w2", H200)
+
+
+@pytest.mark.parametrize("other", [
+    BuildTarget("tensorrt_llm 1.2.1", H200.image, "NVIDIA L40S", "8.9"),  # another GPU type
+    BuildTarget("tensorrt_llm 1.2.0", H200.image, "NVIDIA H200", "9.0"),  # another release
+    BuildTarget("tensorrt_llm 1.2.1", "my-registry/triton:26.04", "NVIDIA H200", "9.0"),  # another image
+])
+def test_an_engine_for_another_target_is_another_engine(other):
+    # Hosts of different GPU types (or images) keep an engine each instead of taking one another's.
+    spec = DeploySpec.from_params({"engines_root": "/vol"})
+    assert volume.engine_dir(spec, "w1", other) != volume.engine_dir(spec, "w1", H200)
+    assert volume.engine_dir(spec, "w1", other).parent == volume.model_engines_dir(spec)
     assert str(volume.checkpoint_dir(spec)) == "/vol/models/HuggingFaceTB--SmolLM2-135M-Instruct/builtin"

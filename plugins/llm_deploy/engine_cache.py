@@ -1,7 +1,8 @@
 """The engine cache: verified engines found again, leases of running servers, and retention.
 
 An engine directory is named by the content hash of everything it depends on (``volume.engine_id``:
-the spec's engine inputs plus the sha256 of the checkpoint's manifest). verify_engine leaves a
+the spec's engine inputs, the sha256 of the checkpoint's manifest and the build target, so a host
+finds only the engines its runtime and GPU type can load). verify_engine leaves a
 ``verified.json`` marker in it that names the manifest it verified, so an engine is a cache hit
 only if it is published, its files still hash to that manifest, and the manifest is the one that
 was verified. Then download, build and verify are skipped.
@@ -28,6 +29,8 @@ import uuid
 from pathlib import Path
 
 from llm_deploy import processes, volume
+from llm_deploy.build_target import RuntimeMismatch
+from llm_deploy.errors import BackendNotAvailable
 from llm_deploy.processes import ProcessIdentity
 from llm_deploy.records import engine_record
 from llm_deploy.spec import DeploySpec
@@ -92,9 +95,17 @@ def find_cached(spec: DeploySpec, token: str | None, *, endpoint: str | None = N
     if weights is None:
         log.info("no checkpoint for %s on the volume yet: nothing cached", spec.model_id)
         return None
-    engine_dir = volume.engine_dir(spec, volume.weights_digest(weights.to_xcom()))
+    try:
+        target = backend_for(spec).build_target(spec, "find_cached_engine")
+    except (BackendNotAvailable, RuntimeMismatch) as exc:
+        # Not a worker that can tell the target (its GPU, its image), or one whose runtime
+        # build_wheel has yet to install: the build steps run where the target is known, and
+        # build_engine still reuses a published engine of that target (or says what is wrong).
+        log.info("cannot tell the build target here (%s): no cache lookup", exc)
+        return None
+    engine_dir = volume.engine_dir(spec, volume.weights_digest(weights.to_xcom()), target)
     if not engine_dir.is_dir():
-        log.info("no engine %s built yet", engine_dir.name)
+        log.info("no engine %s built yet for %s", engine_dir.name, target.describe())
         return None
     marker = verified_marker(engine_dir)
     if marker is None:

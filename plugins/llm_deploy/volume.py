@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llm_deploy import processes
+from llm_deploy.build_target import BuildTarget
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.spec import DeploySpec
 
@@ -48,13 +49,16 @@ def checkpoint_dir(spec: DeploySpec) -> Path:
     return spec.root / "models" / spec.model_slug / revision
 
 
-def engine_id(spec: DeploySpec, weights_digest: str | None) -> str:
-    """The engine's content address: the spec's engine inputs plus the exact weights it reads.
+def engine_id(spec: DeploySpec, weights_digest: str | None, target: BuildTarget) -> str:
+    """The engine's content address: the spec's engine inputs, the exact weights it reads, and
+    the target it is built for.
 
     The weights digest (sha256 of the checkpoint's manifest) matters when a branch such as
-    "main" moves: the spec is unchanged, the weights are not, so the engine must be rebuilt.
+    "main" moves: the spec is unchanged, the weights are not, so the engine must be rebuilt. The
+    target (runtime, image, GPU type) matters because an engine loads only there: hosts of
+    different GPU types keep an engine each instead of taking one another's.
     """
-    digest = hashlib.sha256(f"{spec.engine_hash}:{weights_digest or 'unversioned'}".encode())
+    digest = hashlib.sha256(f"{spec.engine_hash}:{weights_digest or 'unversioned'}:{target.identity()}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -66,8 +70,13 @@ def weights_digest(checkpoint: dict) -> str | None:
     return f"{checkpoint['checkpoint_dir']}:{checkpoint.get('files_fingerprint') or ''}"
 
 
-def engine_dir(spec: DeploySpec, weights_digest: str | None) -> Path:
-    return spec.root / "engines" / spec.backend / spec.model_slug / engine_id(spec, weights_digest)
+def model_engines_dir(spec: DeploySpec) -> Path:
+    """Where the engines of the spec's model (and backend) live, one directory each."""
+    return spec.root / "engines" / spec.backend / spec.model_slug
+
+
+def engine_dir(spec: DeploySpec, weights_digest: str | None, target: BuildTarget) -> Path:
+    return model_engines_dir(spec) / engine_id(spec, weights_digest, target)
 
 
 def model_repo_dir(spec: DeploySpec) -> Path:

@@ -21,6 +21,7 @@ from llm_deploy.runners import DockerRunner, runner_for
 from llm_deploy.spec import DeploySpec
 from llm_deploy.steps.through_runner import run_python_step
 from llm_deploy.volume import weights_digest
+from tests.support.engines import engine_dir_here
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -44,7 +45,7 @@ def test_build_and_verify_engine_run_in_containers_and_publish_an_intact_engine(
     engine = run_python_step(runner, "build_engine", docker_spec, weights)
     verified = run_python_step(runner, "verify_engine", docker_spec, engine, weights)
 
-    engine_dir = volume.engine_dir(docker_spec, weights_digest(weights))
+    engine_dir = engine_dir_here(docker_spec, weights_digest(weights))
     assert engine["engine_dir"] == str(engine_dir) and not engine["reused"]
     assert volume.check_manifest(engine_dir, deep=True) == []
     config = json.loads((engine_dir / ENGINE_CONFIG).read_text())

@@ -21,6 +21,7 @@ from llm_deploy import volume
 from llm_deploy.cli import parse_outcome
 from llm_deploy.spec import DeploySpec
 from llm_deploy.steps.download_weights import download_weights
+from tests.support.engines import engine_dir_here
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -59,7 +60,7 @@ def test_a_build_killed_midway_leaves_no_engine_and_the_retry_publishes_a_comple
                       dtype="float16")
     sharded_checkpoint(spec)
     weights = download_weights(spec, None).to_xcom()
-    final = volume.engine_dir(spec, weights["manifest_sha256"])
+    final = engine_dir_here(spec, weights["manifest_sha256"])
 
     child = build_in_child(spec, weights)
     deadline = time.monotonic() + 120

@@ -15,6 +15,7 @@ from llm_deploy import volume
 from llm_deploy.runners.docker_runner import DockerRunner
 from llm_deploy.spec import DeploySpec
 from llm_deploy.steps.through_runner import python_step_command
+from tests.support.engines import engine_dir_here
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def spec(tmp_path) -> DeploySpec:
 
 def records(spec: DeploySpec) -> dict[str, dict]:
     checkpoint = {"checkpoint_dir": str(volume.checkpoint_dir(spec)), "manifest_sha256": "0" * 64}
-    engine = {"engine_dir": str(volume.engine_dir(spec, checkpoint["manifest_sha256"]))}
+    engine = {"engine_dir": str(engine_dir_here(spec, checkpoint["manifest_sha256"]))}
     repo = {"model_repo": str(volume.model_repo_dir(spec).with_name("inflight_batcher_llm-0123456789ab"))}
     server = {**repo, "http_url": "http://127.0.0.1:8000", "grpc_url": "127.0.0.1:8001", "log_path": ""}
     return {"checkpoint": checkpoint, "engine": engine, "repo": repo, "server": server}
@@ -68,7 +69,7 @@ def test_each_step_writes_only_where_it_publishes(spec, step):
     every_input = {key: value for rec in recs.values() for key, value in rec.items()}
     for key in reads:
         assert access(mounts, every_input[key]) == "ro", key
-    assert access(mounts, str(volume.engine_dir(spec, "0" * 64))) == (
+    assert access(mounts, str(engine_dir_here(spec, "0" * 64))) == (
         "rw" if step in ("build_engine", "verify_engine") else "ro")
     assert access(mounts, str(volume.checkpoint_dir(spec))) == ("rw" if step == "download_weights" else "ro")
     assert all(m["Type"] == "bind" and m["Source"] == m["Target"] for m in mounts)

@@ -20,6 +20,7 @@ from llm_deploy.errors import NonRetryableError
 from llm_deploy.spec import DeploySpec
 from llm_deploy.steps.build_engine import build_engine
 from llm_deploy.steps.download_weights import download_weights
+from tests.support.engines import engine_dir_here
 
 VOLUME_MB = 24
 SHARDS, SHARD_FLOATS = 3, 1024 * 1024  # 12 MiB of float32: fits once, not twice next to the rest
@@ -54,7 +55,7 @@ def test_a_full_volume_fails_the_build_clearly_and_keeps_the_previous_engine(mak
     previous_engine = previous.engine["engine_dir"]
     spec = DeploySpec(engines_root=str(small_volume), model_source="local", model_local_dir="models/big")
     weights = big_checkpoint(spec)
-    final = volume.engine_dir(spec, weights["manifest_sha256"])
+    final = engine_dir_here(spec, weights["manifest_sha256"])
 
     with pytest.raises(NonRetryableError) as failure:
         build_engine(spec, weights)

@@ -8,6 +8,7 @@ from llm_deploy.backends.torch.build_engine import ENGINE_CONFIG
 from llm_deploy.errors import BackendNotAvailable, NonRetryableError
 from llm_deploy.spec import DeploySpec
 from llm_deploy.steps.build_engine import build_engine
+from tests.support.engines import engine_dir_here
 
 
 def make_spec(root, **params) -> DeploySpec:
@@ -26,7 +27,7 @@ def test_builds_an_engine_in_the_serving_dtype(tmp_path, tiny_llama_checkpoint):
     spec = make_spec(tmp_path, dtype="bfloat16", max_batch_size=4)
     record = build_engine(spec, checkpoint_record(tiny_llama_checkpoint))
 
-    engine = volume.engine_dir(spec, "test")
+    engine = engine_dir_here(spec, "test")
     assert record.engine_dir == str(engine) and not record.reused
     assert volume.is_published(engine)
     weights = load_file(engine / "model.safetensors")
@@ -36,6 +37,9 @@ def test_builds_an_engine_in_the_serving_dtype(tmp_path, tiny_llama_checkpoint):
     assert (config["max_batch_size"], config["max_input_len"], config["max_output_len"]) == (4, 64, 32)
     assert config["world_size"] == 1 and config["spec_hash"] == spec.engine_hash
     assert json.loads((engine / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    # The twin records its target as production does: torch, no image, the CPU.
+    target = config["build_target"]
+    assert target["runtime"].startswith("torch ") and (target["image"], target["gpu"]) == ("", "cpu")
 
 
 def test_same_spec_reuses_the_engine_and_other_limits_build_anew(tmp_path, tiny_llama_checkpoint):
@@ -50,10 +54,10 @@ def test_same_spec_reuses_the_engine_and_other_limits_build_anew(tmp_path, tiny_
 def test_a_corrupt_engine_is_rebuilt_not_reused(tmp_path, tiny_llama_checkpoint):
     spec = make_spec(tmp_path)
     first = build_engine(spec, checkpoint_record(tiny_llama_checkpoint))
-    (volume.engine_dir(spec, "test") / "model.safetensors").write_bytes(b"truncated")
+    (engine_dir_here(spec, "test") / "model.safetensors").write_bytes(b"truncated")
     rebuilt = build_engine(spec, checkpoint_record(tiny_llama_checkpoint))
     assert not rebuilt.reused and rebuilt.bytes == first.bytes
-    assert volume.check_manifest(volume.engine_dir(spec, "test"), deep=True) == []
+    assert volume.check_manifest(engine_dir_here(spec, "test"), deep=True) == []
 
 
 def test_new_weights_under_the_same_revision_name_build_a_new_engine(tmp_path, tiny_llama_checkpoint):

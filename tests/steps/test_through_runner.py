@@ -11,6 +11,7 @@ from llm_deploy.errors import NonRetryableError, SkipStep
 from llm_deploy.runners import LocalRunner
 from llm_deploy.spec import DeploySpec
 from llm_deploy.steps.through_runner import run_python_step
+from tests.support.engines import engine_dir_here
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,8 +37,8 @@ def test_build_engine_as_a_subprocess_returns_the_record_the_step_returns(tmp_pa
     s = spec(tmp_path)
     checkpoint = {"checkpoint_dir": str(tiny_llama_checkpoint), "manifest_sha256": "test"}
     record = run_python_step(LocalRunner(), "build_engine", s, checkpoint)
-    assert record["engine_dir"] == str(volume.engine_dir(s, "test")) and not record["reused"]
-    assert volume.check_manifest(volume.engine_dir(s, "test"), deep=True) == []
+    assert record["engine_dir"] == str(engine_dir_here(s, "test")) and not record["reused"]
+    assert volume.check_manifest(engine_dir_here(s, "test"), deep=True) == []
 
 
 def test_step_exceptions_come_back_as_themselves(tmp_path):

@@ -16,6 +16,9 @@ GPU = {"pool": "gpu", "queue": "gpu", **RETRIES}
 # The benchmark and stop_server must run where start_server started the server (its loopback,
 # its process group): the same queue.
 NEXT_TO_SERVER = {"queue": "gpu"}
+# A task that reads the GPU hosts' build target (their GPU type, image, runtime) without holding
+# a GPU: the cache lookup, whose answer depends on them.
+ON_GPU_HOST = {"queue": "gpu"}
 
 
 def placement(step: str) -> dict:

@@ -20,6 +20,7 @@ from llm_deploy.runners.command import GpuRequest
 from llm_deploy.spec import DeploySpec
 
 if TYPE_CHECKING:  # records import volume and spec only; this keeps the interface import-light
+    from llm_deploy.build_target import BuildTarget
     from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
 
 
@@ -62,6 +63,11 @@ class Backend(ABC):
     def engine_free_reason(self, spec: DeploySpec) -> str | None:
         """Why this spec's flow builds no engine (build_engine then skips itself), or None."""
         return None
+
+    @abstractmethod
+    def build_target(self, spec: DeploySpec, step: str) -> BuildTarget:
+        """What an engine of this spec is built for where ``step`` runs (its runtime, image and
+        GPU type): part of the engine's identity, and what start_server holds the engine to."""
 
     @abstractmethod
     def build_engine(self, spec: DeploySpec, checkpoint: dict, out_dir: Path, config: dict) -> None:

@@ -28,6 +28,9 @@ DEFAULT_ULIMITS: Mapping[str, tuple[int, int]] = {"memlock": (-1, -1), "stack": 
 # Worker-side list of the GPUs this worker owns (e.g. "0,1"), for deployments that pin one Celery
 # worker per GPU set: the pool slot a task holds then stands for exactly these devices.
 WORKER_GPU_IDS_ENV = "LLM_DEPLOY_GPU_DEVICE_IDS"
+# Set in a whole Python step's container (the twin with the docker runner): the image it runs
+# in, which the step's build target names.
+RUNNER_IMAGE_ENV = "LLM_DEPLOY_RUNNER_IMAGE"
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def _checkpoints(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:
 
 
 def _engines(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:
-    return [volume.engine_dir(spec, volume.weights_digest(inputs[0])).parent]
+    return [volume.model_engines_dir(spec)]
 
 
 def _verified_engines(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:

@@ -1,9 +1,10 @@
 """Tutorial steps "launch Triton" and, for the DAG's teardown, stopping it again.
 
-start_server is an Airflow setup task: it hash-checks every file the server will load, has the
-backend start the server, which returns only when Triton reports the server and every model
-ready (and on any failure kills what it started), then leases the engine so that retention
-leaves it alone while it is served. stop_server is the teardown: it runs even when the benchmark
+start_server is an Airflow setup task: it hash-checks every file the server will load, holds the
+engine to the target it was built for (release, image, GPU type), has the backend start the
+server, which returns only when Triton reports the server and every model ready (and on any
+failure kills what it started), then leases the engine so that retention leaves it alone while
+it is served. stop_server is the teardown: it runs even when the benchmark
 failed, and releases the lease.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from llm_deploy import engine_cache, volume
 from llm_deploy.backends.registry import backend_for
+from llm_deploy.build_target import BuildTarget, require_same_target
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.records import ServerRecord
 from llm_deploy.spec import DeploySpec
@@ -25,8 +27,10 @@ log = logging.getLogger(__name__)
 def start_server(spec: DeploySpec, repo: dict, run_id: str) -> ServerRecord:
     model_repo = Path(repo["model_repo"])
     check_served_files(spec, model_repo)
-    record = backend_for(spec).start_server(spec, model_repo, volume.run_dir(spec, run_id) / "tritonserver.log")
     engine_dir = (volume.read_manifest(model_repo) or {}).get("settings", {}).get("engine_dir")
+    if engine_dir:  # none in a flow that serves the checkpoint itself
+        check_build_target(spec, engine_dir)
+    record = backend_for(spec).start_server(spec, model_repo, volume.run_dir(spec, run_id) / "tritonserver.log")
     if not engine_dir:
         return record
     service = record.service or {}
@@ -53,6 +57,16 @@ def check_served_files(spec: DeploySpec, model_repo: Path) -> None:
                 f"refusing to serve: {directory} does not match its manifest ({'; '.join(problems[:5])}); "
                 "delete that directory and rerun the step that produced it")
     log.info("hash-checked %d directories against their manifests", len(dirs))
+
+
+def check_build_target(spec: DeploySpec, engine_dir: str) -> None:
+    """An engine built by another release, in another image or for another GPU type fails inside
+    tritonserver with a deserialization assertion: refuse it here, naming both targets."""
+    config = (volume.read_manifest(Path(engine_dir)) or {}).get("engine_config", {})
+    built = BuildTarget.from_dict(config["build_target"]) if config.get("build_target") else None
+    here = backend_for(spec).build_target(spec, "start_server")
+    require_same_target(engine_dir, built, here)
+    log.info("engine built for %s: matches this server", here.describe())
 
 
 def stop_server(spec: DeploySpec, server: dict | None) -> bool:

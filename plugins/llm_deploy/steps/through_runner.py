@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from collections.abc import Mapping
 from typing import Any
 
 from llm_deploy.backends.registry import backend_for
 from llm_deploy.cli import parse_outcome
 from llm_deploy.errors import StepError, raise_outcome
-from llm_deploy.runners.command import NO_GPU, CommandFailed, GpuRequest, Runner, StepCommand, VolumePath
+from llm_deploy.runners.command import (
+    NO_GPU, RUNNER_IMAGE_ENV, CommandFailed, GpuRequest, Runner, StepCommand, VolumePath,
+)
 from llm_deploy.spec import DeploySpec
 from llm_deploy.steps.registry import STEPS
 
@@ -71,6 +74,8 @@ def run_python_step(
     """Run the step on ``runner``; return its XCom record or raise what the step raised."""
     command = python_step_command(step, spec, *inputs, python=runner.python, run_id=run_id,
                                   secret_env=secret_env, timeout_s=timeout_s)
+    if getattr(runner, "image", ""):
+        command = replace(command, env={**command.env, RUNNER_IMAGE_ENV: runner.image})
     try:
         result = runner.run(command)
         lines = result.lines

@@ -5,8 +5,9 @@ inflight_batcher_llm templates (tests/fixtures/upstream) and, at each script pat
 table names, a stand-in whose argparse is built from that script's recorded flag set
 (tests/data/upstream). ``make_toolbox`` makes what the image has on PATH: python3 from a
 throwaway venv (so the pip installs our commands make land there, not in the test's venv), a
-stand-in ``trtllm-build``, an ``mpirun`` that starts -n copies with OMPI rank variables, and a
-file standing for /opt/tritonserver/bin/tritonserver.
+stand-in ``trtllm-build``, an ``mpirun`` that starts -n copies with OMPI rank variables, an
+``nvidia-smi`` that lists the GPUs ``STANDIN_GPUS`` names, and a file standing for
+/opt/tritonserver/bin/tritonserver.
 """
 
 from __future__ import annotations
@@ -63,6 +64,23 @@ sys.exit(max(p.wait() for p in procs))
 """
 
 
+# nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader [--id=I,J]: the GPUs of this
+# "host", from STANDIN_GPUS ("name, cap" per GPU, ";"-separated; default two H200s), so a test
+# moves the engine to a host of another GPU type by changing it.
+STANDIN_GPUS_ENV = "STANDIN_GPUS"
+_NVIDIA_SMI = """\
+#!{python}
+import os, sys
+gpus = os.environ.get({env!r}, "NVIDIA H200, 9.0;NVIDIA H200, 9.0").split(";")
+args = sys.argv[1:]
+if "--query-gpu=name,compute_cap" not in args or "--format=csv,noheader" not in args:
+    sys.exit("stand-in nvidia-smi answers only --query-gpu=name,compute_cap --format=csv,noheader")
+ids = [a.split("=", 1)[1] for a in args if a.startswith("--id=")]
+picked = [gpus[int(i)] for i in ids[0].split(",")] if ids else gpus
+print("\\n".join(g.strip() for g in picked))
+"""
+
+
 @dataclass(frozen=True)
 class Toolbox:
     bin_dir: Path
@@ -109,6 +127,7 @@ def make_toolbox(root: Path, releases: tuple[str, ...] = tuple(RELEASES)) -> Too
     calls = root / "calls.jsonl"
     python = str(venv / "bin" / "python")
     _executable(bin_dir / "mpirun", _MPIRUN.format(python=python))
+    _executable(bin_dir / "nvidia-smi", _NVIDIA_SMI.format(python=python, env=STANDIN_GPUS_ENV))
     wheelhouse = root / "wheelhouse"
     sys.path.insert(0, str(HERE))
     try:

@@ -241,3 +241,83 @@ def test_the_llmapi_flow_is_refused_by_a_release_before_1_0(spec_for, worker):
                                                 r"choose a release that has it \(1\.0\.0, 1\.1\.0"):
         build_wheel(spec_for("0.21.0", triton_flow="llmapi"))
     assert worker.calls_made() == []
+
+
+# --- version safety: an engine is served only where it was built for ----------------------------
+
+
+def test_the_engine_records_what_it_was_built_for(spec_for, worker, monkeypatch):
+    monkeypatch.setenv("STANDIN_GPUS", "NVIDIA H100 80GB HBM3, 9.0")
+    spec = spec_for("1.2.1")
+    weights = download_weights(spec, None).to_xcom()
+    build_wheel(spec)
+    engine = build_engine(spec, weights)
+    target = volume.read_manifest(Path(engine.engine_dir))["engine_config"]["build_target"]
+    # A local worker is its own image (no NGC version variable here), so no image is named.
+    assert target == {"runtime": "tensorrt_llm 1.2.1", "image": "", "gpu": "NVIDIA H100 80GB HBM3",
+                      "compute_capability": "9.0"}
+
+
+def test_an_engine_built_for_another_gpu_is_refused_before_tritonserver_starts(spec_for, worker, monkeypatch):
+    monkeypatch.setenv("STANDIN_GPUS", "NVIDIA H100 80GB HBM3, 9.0")
+    spec = spec_for("1.2.1")
+    weights = download_weights(spec, None).to_xcom()
+    build_wheel(spec)
+    engine = build_engine(spec, weights).to_xcom()
+    verify_engine(spec, engine, weights)
+    repo = render_model_repo(spec, engine, weights).to_xcom()
+
+    # The serving task lands on a host of another GPU type.
+    monkeypatch.setenv("STANDIN_GPUS", "NVIDIA L40S, 8.9")
+    worker.calls.unlink(missing_ok=True)
+    with pytest.raises(NonRetryableError) as refused:
+        start_server(spec, repo, "manual__1")
+    message = str(refused.value)
+    assert "NVIDIA H100 80GB HBM3 (compute capability 9.0)" in message
+    assert "NVIDIA L40S (compute capability 8.9)" in message
+    assert "another GPU" in message and "Rebuild it for this host" in message
+    assert not [c for c in worker.calls_made() if c["script"] == "launch_triton_server.py"]
+    assert not list(Path(engine["engine_dir"]).glob("lease-*.json"))
+
+    # On that host the same spec finds no cached engine, and build_engine builds its own beside it.
+    from llm_deploy.engine_cache import find_cached
+
+    assert find_cached(spec, None) is None
+    own = build_engine(spec, weights).to_xcom()
+    assert own["engine_dir"] != engine["engine_dir"]
+    assert Path(own["engine_dir"]).parent == Path(engine["engine_dir"]).parent
+
+
+def test_gpus_of_mixed_types_are_refused_with_the_remedy(spec_for, worker, monkeypatch):
+    monkeypatch.setenv("STANDIN_GPUS", "NVIDIA H200, 9.0;NVIDIA L40S, 8.9")
+    spec = spec_for("1.2.1", world_size=2)
+    weights = download_weights(spec, None).to_xcom()
+    build_wheel(spec)
+    with pytest.raises(NonRetryableError, match="different types.*set gpu_device_ids"):
+        build_engine(spec, weights)
+
+
+def test_an_image_carrying_another_release_is_refused_naming_both(spec_for, worker):
+    # The worker's image has 1.2.0's wheel (build_wheel of 1.2.0 installed it); the spec says 1.2.1.
+    older = spec_for("1.2.0")
+    build_wheel(older)
+    spec = older.model_copy(update={"trtllm_release": "1.2.1"})
+    weights = download_weights(spec, None).to_xcom()
+    with pytest.raises(NonRetryableError, match=r"carries tensorrt_llm 1\.2\.0, but trtllm_release is 1\.2\.1"):
+        build_engine(spec, weights)
+    # The cache lookup (before build_wheel could install the right wheel) only finds nothing.
+    from llm_deploy.engine_cache import find_cached
+
+    assert find_cached(spec, None) is None
+
+
+def test_a_local_worker_in_an_ngc_image_names_that_image(spec_for, worker, monkeypatch):
+    # Every NGC Triton image sets NVIDIA_TRITON_SERVER_VERSION: an engine built by a local worker
+    # in it names the same image a docker-runner build in that image would.
+    monkeypatch.setenv("NVIDIA_TRITON_SERVER_VERSION", "26.04")
+    spec = spec_for("1.2.1")
+    build_wheel(spec)
+    from llm_deploy.backends.registry import backend_for
+
+    target = backend_for(spec).build_target(spec, "build_engine")
+    assert target.image == RELEASES["1.2.1"].container_image

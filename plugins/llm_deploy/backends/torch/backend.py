@@ -10,14 +10,15 @@ import os
 from pathlib import Path
 
 from llm_deploy.backends.base import Backend
-from llm_deploy.backends.torch import build_engine, serve, verify_engine
+from llm_deploy.backends.torch import build_engine, build_target, serve, verify_engine
+from llm_deploy.backends.torch.build_target import TORCH_IMAGE_ENV
+from llm_deploy.build_target import BuildTarget
 from llm_deploy.errors import NonRetryableError, SkipStep
 from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
 from llm_deploy.runners.command import NO_GPU, GpuRequest
 from llm_deploy.spec import DeploySpec
 
-# The docker runner's image for the twin's steps: one that carries torch and llm_deploy.
-TORCH_IMAGE_ENV = "LLM_DEPLOY_TORCH_IMAGE"
+__all__ = ["TORCH_IMAGE_ENV", "TorchBackend"]
 
 
 class TorchBackend(Backend):
@@ -47,6 +48,9 @@ class TorchBackend(Backend):
 
     def parallelism(self, spec: DeploySpec) -> tuple[int, int]:
         return build_engine.parallelism(spec)
+
+    def build_target(self, spec: DeploySpec, step: str) -> BuildTarget:
+        return build_target.build_target(spec, step)
 
     def build_engine(self, spec: DeploySpec, checkpoint: dict, out_dir: Path, config: dict) -> None:
         build_engine.build_engine(spec, checkpoint, out_dir, config)

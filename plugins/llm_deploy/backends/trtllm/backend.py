@@ -10,9 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from llm_deploy.backends.base import Backend
-from llm_deploy.backends.trtllm import build_engine, build_wheel, llmapi_repo, serve, validation, verify_engine
+from llm_deploy.backends.trtllm import (
+    build_engine, build_target, build_wheel, llmapi_repo, serve, validation, verify_engine,
+)
 from llm_deploy.backends.trtllm.execution import backend_dir
 from llm_deploy.backends.trtllm.model_repo import render_upstream_repository, template_dir
+from llm_deploy.build_target import BuildTarget
 from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
 from llm_deploy.spec import DeploySpec
 
@@ -34,6 +37,9 @@ class TrtllmBackend(Backend):
             return None
         return (f"triton_flow='llmapi': TensorRT-LLM {spec.trtllm_release}'s LLM API (PyTorch backend) serves "
                 "the Hugging Face checkpoint itself, so no engine is built")
+
+    def build_target(self, spec: DeploySpec, step: str) -> BuildTarget:
+        return build_target.build_target(spec, step)
 
     def build_engine(self, spec: DeploySpec, checkpoint: dict, out_dir: Path, config: dict) -> None:
         build_engine.build_engine(spec, checkpoint, out_dir)
