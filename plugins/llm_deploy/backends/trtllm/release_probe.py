@@ -52,13 +52,13 @@ from llm_deploy.backends.trtllm.releases import (
     release_to_json,
 )
 from llm_deploy.errors import NonRetryableError, StepError
+from llm_deploy.release_watch import DEFAULT_TRTLLM_COMMIT_API, DEFAULT_TRTLLM_RAW_FILES
 from llm_deploy.spec import DeploySpec
 
-RAW_FILES = "https://raw.githubusercontent.com/NVIDIA/TensorRT-LLM/{ref}/{path}"
-COMMIT_API = "https://api.github.com/repos/NVIDIA/TensorRT-LLM/commits/{ref}"
-# As the watch's feeds: a site behind a mirror (or a test serving local files) sets these.
-DEFAULT_RAW_FILES = os.environ.get("LLM_DEPLOY_TRTLLM_RAW_URL") or RAW_FILES
-DEFAULT_COMMIT_API = os.environ.get("LLM_DEPLOY_TRTLLM_COMMIT_URL") or COMMIT_API
+# As the watch's feeds, LLM_DEPLOY_TRTLLM_RAW_URL / LLM_DEPLOY_TRTLLM_COMMIT_URL point these at a
+# mirror (or a test's local server).
+DEFAULT_RAW_FILES = DEFAULT_TRTLLM_RAW_FILES
+DEFAULT_COMMIT_API = DEFAULT_TRTLLM_COMMIT_API
 REPO = "NVIDIA/TensorRT-LLM"
 PROBES_DIR = "release_probes"  # every probe's report, compatible or not: <root>/release_probes/<X>/
 INFLIGHT_MODELS = ("ensemble", "preprocessing", "postprocessing", "tensorrt_llm", "tensorrt_llm_bls")
