@@ -53,7 +53,7 @@ from llm_deploy.spec import DEFAULT_ENGINES_ROOT
         "trtllm_commit_url": Param(DEFAULT_TRTLLM_COMMIT_API, type="string",
                                    description="A tag's commit, GitHub API shape; {ref} is replaced (default: "
                                    "LLM_DEPLOY_TRTLLM_COMMIT_URL, else api.github.com)."),
-        "container_image": Param("", type="string",
+        "container_image": Param(None, type=["null", "string"],
                                  description="Image of a derived release; empty = the newest row's image. "
                                  "Upstream's tag does not name the NGC image that ships it, so a probe "
                                  "report calls it unconfirmed either way."),
@@ -99,7 +99,7 @@ def watch_trtllm_releases():
             return conf
         upstream = release_probe.Upstream(params["trtllm_raw_files_url"], params["trtllm_commit_url"])
         try:
-            result = release_probe.probe(release, upstream, container_image=params["container_image"])
+            result = release_probe.probe(release, upstream, container_image=params["container_image"] or "")
         finally:
             upstream.close()
         where = release_probe.write_report(root, result.report)

@@ -164,3 +164,15 @@ def test_the_flags_we_use_come_from_the_generated_commands():
     assert set(used[TRTLLM_BUILD]) >= {"--max_seq_len", "--gemm_plugin", "--workers"}
     assert used[TRTLLM_BUILD]["--gemm_plugin"] == {"float16", "bfloat16", "float32"}
     assert {"--no-mpi", "--trtllm_llmapi_launch", "--world_size"} <= set(used["launch_triton_server.py"])
+
+
+def test_a_broken_derived_record_is_refused_saying_what_to_do(tmp_path):
+    from llm_deploy.backends.trtllm.validation import release_row
+
+    (tmp_path / "releases" / "1.3.0").mkdir(parents=True)
+    (tmp_path / "releases" / "1.3.0" / "release.json").write_text('{"kind": "llm-deploy derived trtllm release", "name": "1.3.0"}')
+    with pytest.raises(NonRetryableError, match="missing keys .*re-derive it with the release watch or remove it"):
+        release_row("1.3.0", tmp_path)
+    with pytest.raises(NonRetryableError, match=r"allowed: 0.5.0, .*1.2.1, or a release watch_trtllm_releases derived"):
+        release_row("1.4.0", tmp_path)
+    assert find("../../etc", tmp_path) is None, "only a version names a directory on the volume"
