@@ -6,53 +6,22 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from llm_deploy import release_watch as rw
+from tests.support.release_feeds import Feeds
+from tests.support.synthetic_upstream import SyntheticRelease
 
-
-class Feeds:
-    """A local stand-in for PyPI's JSON API and the backend's releases feed."""
-
-    def __init__(self) -> None:
-        self.wheel, self.backend, self.hits = "0.5.0", "v0.5.0", 0
-        feeds = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's naming
-                feeds.hits += 1
-                if self.path == "/pypi/tensorrt_llm/json":
-                    body = {"info": {"version": feeds.wheel}}
-                elif self.path == "/repos/triton-inference-server/tensorrtllm_backend/releases/latest":
-                    body = {"tag_name": feeds.backend}
-                else:
-                    self.send_error(404)
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{self.server.server_port}"
-        self.pypi = base + "/pypi/{package}/json"
-        self.releases = base + "/repos/triton-inference-server/tensorrtllm_backend/releases/latest"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def feeds():
     f = Feeds()
     yield f
-    f.server.shutdown()
+    f.close()
 
 
 def test_feeds_are_read_over_http(feeds):
@@ -100,8 +69,25 @@ def test_unsupported_release_is_reported_not_triggered(tmp_path):
     assert not rw.decide(rw.Latest("9.9.9", "9.9.9"), rw.load_state(tmp_path), ("0.5.0",)).unsupported
 
 
+def _env(airflow_home) -> dict:
+    # This checkout's package first: the venv's editable install may point at another one.
+    return {**os.environ, "AIRFLOW_HOME": str(airflow_home),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_a_new_release_without_a_row_is_probed_and_its_verdict_recorded_once(tmp_path):
+    decision = rw.decide(rw.Latest("1.3.0", "1.0.0"), {}, ("1.2.1",), probe=True)
+    assert decision.release is None and decision.probe and "probing upstream's files at v1.3.0" in decision.reason
+    rw.record_check(tmp_path, decision)
+    assert "unsupported_seen" not in rw.load_state(tmp_path), "a probe that failed to run is retried next tick"
+    rw.record_incompatible(tmp_path, "1.3.0", ["trtllm-build: --max_seq_len: not a flag of trtllm-build"])
+    again = rw.decide(rw.Latest("1.3.0", "1.0.0"), rw.load_state(tmp_path), ("1.2.1",), probe=True)
+    assert again.release is None and not again.probe
+    assert rw.decide(rw.Latest("1.3.0", "1.0.0"), {}, ("1.2.1", "1.3.0"), probe=True).release == "1.3.0"
+
+
 def _airflow(args, airflow_home):
-    env = {**os.environ, "AIRFLOW_HOME": str(airflow_home)}
+    env = _env(airflow_home)
     return subprocess.run([sys.executable, "-m", "airflow", *args], env=env, capture_output=True, text=True)
 
 
@@ -111,25 +97,51 @@ def _deploy_runs(airflow_home) -> list[dict]:
         "with create_session() as s:\n"
         "    print(json.dumps([r.conf for r in s.query(DagRun).filter(DagRun.dag_id == 'deploy_llm')]))\n"
     )
-    env = {**os.environ, "AIRFLOW_HOME": str(airflow_home)}
+    env = _env(airflow_home)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.e2e
 def test_the_dag_triggers_deploy_once_per_new_release(feeds, tmp_path):
-    home = tmp_path / "airflow"
+    """Table release, nothing new, then two releases without a row: one our commands still fit
+    (derived and triggered), one that removed a flag we pass (reported, nothing triggered)."""
+    home, engines = tmp_path / "airflow", tmp_path / "engines"
     assert _airflow(["db", "migrate"], home).returncode == 0
     assert _airflow(["dags", "reserialize"], home).returncode == 0
     conf = json.dumps({"pypi_json_url": feeds.pypi, "backend_releases_url": feeds.releases,
-                       "engines_root": str(tmp_path / "engines")})
+                       "trtllm_raw_files_url": feeds.raw_files, "trtllm_commit_url": feeds.commit_api,
+                       "engines_root": str(engines)})
 
-    first = _airflow(["dags", "test", "watch_trtllm_releases", "--conf", conf], home)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    def tick():
+        run = _airflow(["dags", "test", "watch_trtllm_releases", "--conf", conf], home)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        return run
+
+    tick()
     runs = _deploy_runs(home)
     assert runs == [{"backend": "trtllm", "trtllm_release": "0.5.0"}]
 
-    second = _airflow(["dags", "test", "watch_trtllm_releases", "--conf", conf], home)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    tick()
     assert len(_deploy_runs(home)) == 1, "a tick with nothing new triggers nothing"
     assert feeds.hits == 4  # both feeds asked on each tick
+
+    feeds.publish("v1.2.1", SyntheticRelease.from_recorded("1.2.1"))
+    feeds.publish("v1.3.0", SyntheticRelease.from_recorded("1.2.1"))
+    incompatible = SyntheticRelease.from_recorded("1.2.1")
+    incompatible.remove_flag("launch_triton_server.py", "--world_size")
+    feeds.publish("v1.3.1", incompatible)
+
+    feeds.wheel = "1.3.0"
+    tick()
+    assert _deploy_runs(home)[1:] == [{"backend": "trtllm", "trtllm_release": "1.3.0", "engines_root": str(engines)}]
+    assert json.loads((engines / "releases" / "1.3.0" / "release.json").read_text())["derived_from"] == "1.2.1"
+
+    feeds.wheel = "1.3.1"
+    tick()
+    assert len(_deploy_runs(home)) == 2, "an incompatible release triggers nothing"
+    state = rw.load_state(engines)
+    assert state["unsupported_seen"] == "1.3.1" and state["deployed"] == "1.3.0"
+    assert any("--world_size: not a flag of launch_triton_server.py" in f for f in state["incompatible"]["findings"])
+    assert "--world_size" in (engines / "release_probes" / "1.3.1" / "report.md").read_text()
+    assert not (engines / "releases" / "1.3.1").exists()

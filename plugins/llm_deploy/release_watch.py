@@ -28,6 +28,12 @@ GITHUB_LATEST = "https://api.github.com/repos/triton-inference-server/tensorrtll
 # (or a test serving local feeds) sets these, as LLM_DEPLOY_ENGINES_ROOT sets the volume.
 DEFAULT_PYPI_JSON = os.environ.get("LLM_DEPLOY_PYPI_JSON_URL") or PYPI_JSON
 DEFAULT_BACKEND_RELEASES = os.environ.get("LLM_DEPLOY_BACKEND_RELEASES_URL") or GITHUB_LATEST
+# Where the release probe reads NVIDIA/TensorRT-LLM's files at a tag, and the tag's commit
+# (backends/trtllm/release_probe.py); here so the DAG's params do not import the probe at parse.
+TRTLLM_RAW_FILES = "https://raw.githubusercontent.com/NVIDIA/TensorRT-LLM/{ref}/{path}"
+TRTLLM_COMMIT_API = "https://api.github.com/repos/NVIDIA/TensorRT-LLM/commits/{ref}"
+DEFAULT_TRTLLM_RAW_FILES = os.environ.get("LLM_DEPLOY_TRTLLM_RAW_URL") or TRTLLM_RAW_FILES
+DEFAULT_TRTLLM_COMMIT_API = os.environ.get("LLM_DEPLOY_TRTLLM_COMMIT_URL") or TRTLLM_COMMIT_API
 STATE_FILE = "release_watch.json"
 _VERSION = re.compile(r"^v?(\d+(\.\d+){1,3}([a-z]+\d*)?)$")
 
@@ -48,6 +54,7 @@ class Decision:
     reason: str
     latest: Latest
     unsupported: bool = False  # upstream published a release we have no command table for
+    probe: bool = False  # ...and the probe should see whether the newest row still fits it
 
 
 def normalise(tag: str) -> str:
@@ -71,17 +78,25 @@ def latest_backend(url: str = GITHUB_LATEST, timeout_s: float = 20) -> str:
     return normalise(str(response.json()["tag_name"]))
 
 
-def decide(latest: Latest, state: dict, supported: tuple[str, ...]) -> Decision:
+def decide(latest: Latest, state: dict, supported: tuple[str, ...], *, probe: bool = False) -> Decision:
     """Deploy the newest tensorrt_llm release on the package index when it is new to us and we
     know how to build it. The wheel's version names the release: from 0.20 the Triton backend is
     TensorRT-LLM's own, and the backend repository no longer tags every release (1.1 and 1.2 are
-    commits on its branches), so its feed is kept for the record only."""
+    commits on its branches), so its feed is kept for the record only.
+
+    ``supported``: the table's releases and those derived onto the volume. With ``probe``, a new
+    release outside them is handed to the release probe (which derives its row or reports why
+    not) instead of being only reported; either way it is reported once."""
     release = latest.tensorrt_llm
     if state.get("deployed") == release:
         return Decision(None, f"release {release} was already deployed", latest)
     if release not in supported:
         if state.get("unsupported_seen") == release:
             return Decision(None, f"release {release} is still not in the release table", latest)
+        if probe:
+            return Decision(None, f"new release {release} is not in llm-deploy's release table "
+                                  f"({', '.join(supported)}); probing upstream's files at v{release}",
+                            latest, unsupported=True, probe=True)
         return Decision(None, f"new release {release} is not in llm-deploy's release table "
                               f"({', '.join(supported)}); add its row to build it", latest, unsupported=True)
     return Decision(release, f"new release {release} (tensorrtllm_backend's latest tag: "
@@ -99,8 +114,16 @@ def record_check(root: Path, decision: Decision) -> dict:
     """Remember what the feeds said, and an unsupported release so it is reported only once."""
     state = load_state(root)
     state["latest"] = asdict(decision.latest)
-    if decision.unsupported:
+    if decision.unsupported and not decision.probe:  # a probed one is recorded by its verdict
         state["unsupported_seen"] = decision.latest.tensorrt_llm
+    return _write_state(root, state)
+
+
+def record_incompatible(root: Path, release: str, findings: list[str]) -> dict:
+    """The probe found the release changed what our commands use: report it once, keep why."""
+    state = load_state(root)
+    state["unsupported_seen"] = release
+    state["incompatible"] = {"release": release, "findings": findings}
     return _write_state(root, state)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from llm_deploy.backends.trtllm import releases as _trtllm_releases
 from llm_deploy.errors import NonRetryableError
@@ -321,10 +322,27 @@ class DeploySpec(BaseModel):
 
     @field_validator("trtllm_release")
     @classmethod
-    def _known_release(cls, value: str) -> str:
-        if value not in SUPPORTED_TRTLLM_RELEASES:
+    def _release_name(cls, value: str) -> str:
+        # Only a version names a release; whether it is one we can drive needs engines_root
+        # (a derived release lives on the volume), so that is checked in _known_release.
+        if value not in SUPPORTED_TRTLLM_RELEASES and not _trtllm_releases.RELEASE_NAME.match(value):
             raise ValueError(f"{value!r} is not a supported release")
         return value
+
+    @model_validator(mode="after")
+    def _known_release(self) -> DeploySpec:
+        try:
+            known = _trtllm_releases.find(self.trtllm_release, self.engines_root) is not None
+            problem = (f"{self.trtllm_release!r} is not in the release table, and "
+                       f"{self.root / _trtllm_releases.DERIVED_DIR} holds no release of that name")
+        except _trtllm_releases.DerivedReleaseError as exc:
+            known, problem = False, str(exc)
+        if not known:
+            # Raised as the field's own error, so the message names trtllm_release like any other.
+            raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
+                type=PydanticCustomError("value_error", problem), loc=("trtllm_release",),
+                input=self.trtllm_release)])
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> DeploySpec:
@@ -460,7 +478,7 @@ def _allowed(name: str) -> str:
     if "enum" in schema:
         return ", ".join(map(str, schema["enum"]))
     if name == "trtllm_release":
-        return ", ".join(SUPPORTED_TRTLLM_RELEASES)
+        return ", ".join(SUPPORTED_TRTLLM_RELEASES) + ", or one watch_trtllm_releases derived onto the volume"
     if "minimum" in schema or "maximum" in schema:
         return f"integers {schema.get('minimum', '-inf')}..{schema.get('maximum', 'inf')}"
     if "pattern" in schema:

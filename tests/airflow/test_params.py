@@ -55,7 +55,7 @@ def test_a_list_of_choices_is_a_multi_select():
 
 @pytest.mark.parametrize(("name", "bad"), [("dtype", "int4"), ("world_size", 0), ("http_port", 80),
                                            ("model_id", "a b/c"), ("model_id", "org/x;rm"),
-                                           ("trtllm_release", "99.0"), ("docker_image", "Bad Image"),
+                                           ("trtllm_release", "latest"), ("docker_image", "Bad Image"),
                                            ("gpu_device_ids", "0;1")])
 def test_airflow_refuses_what_the_spec_refuses(name, bad):
     from airflow.sdk.definitions.param import ParamValidationError

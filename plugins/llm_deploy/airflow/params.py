@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llm_deploy.backends.trtllm.releases import RELEASE_NAME
 from llm_deploy.spec import SUPPORTED_TRTLLM_RELEASES, DeploySpec
 
 SECTIONS = {
@@ -50,7 +51,11 @@ def param_schemas() -> dict[str, dict[str, Any]]:
         field = DeploySpec.model_fields[name]
         schema = {key: prop[key] for key in _SCHEMA_KEYS if key in prop}
         if name == "trtllm_release":
-            schema["enum"] = list(SUPPORTED_TRTLLM_RELEASES)
+            # The table's releases as proposals, not an enum: a release the watch derived onto the
+            # volume (release_probe) arrives in the trigger's conf, and Airflow validates conf
+            # against this schema before any task runs. DeploySpec refuses a name with no row.
+            schema["examples"] = list(SUPPORTED_TRTLLM_RELEASES)
+            schema["pattern"] = RELEASE_NAME.pattern
         if schema.get("type") == "array" and "enum" in schema.get("items", {}):
             # The form renders an array with top-level examples as a multi-select of them.
             schema["examples"] = list(schema["items"]["enum"])

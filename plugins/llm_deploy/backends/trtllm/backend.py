@@ -24,7 +24,7 @@ class TrtllmBackend(Backend):
     name = "trtllm"
 
     def default_image(self, spec: DeploySpec) -> str:
-        return validation.release_row(spec.trtllm_release).container_image
+        return validation.release_of(spec).container_image
 
     def build_wheel(self, spec: DeploySpec) -> WheelRecord:
         return build_wheel.build_wheel(spec)
@@ -50,7 +50,7 @@ class TrtllmBackend(Backend):
         return verify_engine.verify_engine(spec, engine, checkpoint)
 
     def model_repo_source(self, spec: DeploySpec) -> str:
-        release = validation.release_row(spec.trtllm_release)
+        release = validation.release_of(spec)
         source = f"tensorrtllm_backend@{release.backend_commit}"
         return f"{source}:{release.llmapi_templates}" if spec.triton_flow == "llmapi" else source
 

@@ -18,7 +18,7 @@ def build_engine(spec: DeploySpec, checkpoint: dict, out_dir: Path) -> None:
     """Build the engine for ``spec`` from ``checkpoint`` into ``out_dir``, one *.engine per rank."""
     on = runner(spec)
     preflight(spec, on, "build_engine")
-    validation.require_backend_clone(backend_dir(spec), validation.release_row(spec.trtllm_release))
+    validation.require_backend_clone(backend_dir(spec), validation.release_of(spec))
     prefix = wheel_prefix(spec)
     # Releases that convert first write the converted checkpoint beside the engine, never in it.
     converted = out_dir.parent / f".tmp-converted-{out_dir.name}-{uuid.uuid4().hex[:8]}"

@@ -52,7 +52,7 @@ def build_wheel(spec: DeploySpec) -> WheelRecord:
 def _ensure_clone(spec: DeploySpec, on: Runner, clone: Path) -> bool:
     if spec.backend_repo_dir:
         # The user's own clone: used as it is, never replaced (and never fetched over).
-        validation.require_backend_clone(clone, validation.release_row(spec.trtllm_release))
+        validation.require_backend_clone(clone, validation.release_of(spec))
         return True
     if volume.is_published(clone):
         log.info("tensorrtllm_backend %s already cloned: %s", spec.trtllm_release, clone)

@@ -24,6 +24,7 @@ from llm_deploy.backends.trtllm.releases import (
     LAUNCH_SERVER,
     LEGACY_BUILD,
     RUN,
+    TRTLLM_REPO_URL,
     Release,
 )
 from llm_deploy.backends.trtllm.validation import parallelism, validate_spec
@@ -56,7 +57,20 @@ def clone_backend(spec: DeploySpec, paths: TrtllmPaths) -> list[Argv]:
         # Before the submodule checkout, so LFS files arrive as content rather than pointers.
         ["git", "-C", clone, "lfs", "install"],
         ["git", "-C", clone, "submodule", "update", "--init", "--recursive"],
+        *_derived_submodule(release, paths),
         ["git", "-C", paths.trtllm_dir, "lfs", "pull"],
+    ]
+
+
+def _derived_submodule(release: Release, paths: TrtllmPaths) -> list[Argv]:
+    """A derived release (release_probe) reuses its base row's backend commit, whose submodule pins
+    the base's TensorRT-LLM: move the submodule to the new release's tag and commit."""
+    if not release.derived:
+        return []
+    return [
+        ["git", "-C", paths.trtllm_dir, "fetch", "--depth", "1", "--", TRTLLM_REPO_URL, f"refs/tags/{release.trtllm_tag}"],
+        ["git", "-C", paths.trtllm_dir, "checkout", "--quiet", "--detach", release.trtllm_commit],
+        ["git", "-C", paths.trtllm_dir, "submodule", "update", "--init", "--recursive"],
     ]
 
 

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def runner(spec: DeploySpec) -> Runner:
     """The spec's runner; with docker, the release's NGC image unless the spec names another."""
-    return runner_for(spec, default_image=validation.release_row(spec.trtllm_release).container_image)
+    return runner_for(spec, default_image=validation.release_of(spec).container_image)
 
 
 def backend_dir(spec: DeploySpec) -> Path:
@@ -56,7 +56,7 @@ def preflight(spec: DeploySpec, runner: Runner, step: str) -> Release:
 
 def wheel_prefix(spec: DeploySpec) -> list[list[str]]:
     """Commands that make the built wheel importable in a fresh container (0.5.0 only)."""
-    release = validation.release_row(spec.trtllm_release)
+    release = validation.release_of(spec)
     if release.wheel.kind == "pip":
         return []  # the release's NGC image (or the worker, after build_wheel) carries it
     wheels = wheel_dir(spec)

@@ -13,12 +13,12 @@ and compares path-like ones against both "" and "${name}". An empty string is th
 
 from __future__ import annotations
 
-import re
 import shutil
 import string
 from collections.abc import Mapping
 from pathlib import Path
 
+from llm_deploy.backends.trtllm.flag_extractor import PLACEHOLDER
 from llm_deploy.backends.trtllm.releases import Release
 from llm_deploy.model_config import CONFIG, ModelRepoError, parse_model_config
 from llm_deploy.spec import DeploySpec
@@ -40,7 +40,7 @@ class _PbtxtTemplate(string.Template):
     """
 
 
-_PLACEHOLDER = re.compile(r"\$\{([_a-zA-Z][_a-zA-Z0-9]*)\}")
+_PLACEHOLDER = PLACEHOLDER  # the release probe reads new templates' placeholders with the same pattern
 
 
 def fill_values(

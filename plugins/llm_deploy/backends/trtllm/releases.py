@@ -4,14 +4,23 @@ Adding a release = one ``Release`` row below + its recorded flag sets under
 ``tests/data/upstream/<name>/`` (``tests/tools/extract_flags.py`` writes them from upstream's
 source). The tests check every command we generate for the row against those flag sets.
 
+A release that is not in the table can still be driven when the release watch derived it: its
+probe found every flag and placeholder our commands use unchanged at the new tag, and wrote the
+newest row under the new name to ``<engines_root>/releases/<name>/release.json`` (``find`` reads
+it back; ``derived_from`` names the row it copies). Promoting one = adding its row here.
+
 Kept free of imports beyond the standard library: ``llm_deploy.spec`` reads the release names
 from here, and the Airflow scheduler imports spec on every parse.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
 
 BACKEND_REPO_URL = "https://github.com/triton-inference-server/tensorrtllm_backend.git"
 TRTLLM_REPO_URL = "https://github.com/NVIDIA/TensorRT-LLM.git"
@@ -92,6 +101,12 @@ class Release:
     flows: tuple[TritonFlow, ...] = ("engine",)
     # The llmapi model repository, inside the backend clone (releases whose flows have "llmapi").
     llmapi_templates: str = ""
+    # A derived row (written by the release watch, not in the table): the table row it copies.
+    derived_from: str = ""
+
+    @property
+    def derived(self) -> bool:
+        return bool(self.derived_from)
 
     @property
     def default_flow(self) -> TritonFlow:
@@ -215,3 +230,74 @@ RELEASES: dict[str, Release] = {
 }
 
 SUPPORTED = tuple(RELEASES)  # oldest first; the last one is the default release
+
+
+# --- derived rows, on the engines volume ----------------------------------------------------------
+
+DERIVED_DIR = "releases"
+RELEASE_FILE = "release.json"
+RECORD_KIND = "llm-deploy derived trtllm release"
+# A release name is a version (it names a directory on the volume): nothing else is looked up.
+RELEASE_NAME = re.compile(r"^\d+(\.\d+){1,3}([a-z]+\d*)?$")
+
+
+class DerivedReleaseError(ValueError):
+    """A derived release's record on the volume cannot be read as a release row."""
+
+
+def derived_dir(engines_root: str | os.PathLike, name: str) -> Path:
+    if not RELEASE_NAME.match(name):
+        raise DerivedReleaseError(f"{name!r} is not a release version like 1.3.0")
+    return Path(engines_root) / DERIVED_DIR / name
+
+
+def find(name: str, engines_root: str | os.PathLike | None = None) -> Release | None:
+    """The table's row, else the derived row on the volume under engines_root, else None."""
+    if name in RELEASES:
+        return RELEASES[name]
+    if engines_root is None or not RELEASE_NAME.match(name):
+        return None
+    path = derived_dir(engines_root, name) / RELEASE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DerivedReleaseError(f"{path}: cannot read the derived release: {exc}") from None
+    row = release_from_json(data, where=str(path))
+    if row.name != name:
+        raise DerivedReleaseError(f"{path} describes release {row.name!r}, not {name!r}")
+    return row
+
+
+def derived_names(engines_root: str | os.PathLike) -> list[str]:
+    """Releases the watch derived onto the volume (names only; ``find`` reads each)."""
+    root = Path(engines_root) / DERIVED_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if RELEASE_NAME.match(p.name) and (p / RELEASE_FILE).is_file())
+
+
+def release_to_json(row: Release) -> dict[str, Any]:
+    data = asdict(row)
+    data["tuning_params"] = sorted(row.tuning_params)
+    return {"kind": RECORD_KIND, **data}
+
+
+def release_from_json(data: Any, *, where: str = "release record") -> Release:
+    if not isinstance(data, dict) or data.get("kind") != RECORD_KIND:
+        raise DerivedReleaseError(f"{where} is not a derived release record (kind {RECORD_KIND!r})")
+    known = {f.name for f in fields(Release)}
+    values = {key: value for key, value in data.items() if key != "kind"}
+    unknown, missing = set(values) - known, {"name", "wheel", "container_image", "derived_from"} - set(values)
+    if unknown or missing:
+        raise DerivedReleaseError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; "
+                                  "re-derive it with the release watch or remove it")
+    try:
+        values["wheel"] = WheelSource(**values["wheel"])
+        for key, kind in (("dtypes", tuple), ("flows", tuple), ("tuning_params", frozenset)):
+            if key in values:
+                values[key] = kind(values[key])
+        return Release(**values)
+    except TypeError as exc:
+        raise DerivedReleaseError(f"{where}: {exc}") from None

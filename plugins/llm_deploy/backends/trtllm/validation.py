@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from llm_deploy.backends.trtllm.layout import TRTLLM_SUBMODULE
+from llm_deploy.backends.trtllm import releases
 from llm_deploy.backends.trtllm.releases import LAUNCH_SERVER, RELEASES, TUNING_PARAMS, Release
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.spec import DeploySpec
@@ -20,14 +21,24 @@ DEFAULT_PORTS = {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002}
 ENGINE_CONFIG = "config.json"
 
 
-def release_row(name: str) -> Release:
+def release_row(name: str, engines_root: str | os.PathLike | None = None) -> Release:
+    """The table's row, or the row the release watch derived onto the engines volume."""
     try:
-        return RELEASES[name]
-    except KeyError:
+        row = releases.find(name, engines_root)
+    except releases.DerivedReleaseError as exc:
+        raise NonRetryableError(f"trtllm_release={name!r}: {exc}") from None
+    if row is None:
         raise NonRetryableError(
             f"trtllm_release={name!r} is not in the trtllm release table; "
             f"allowed: {', '.join(RELEASES)}"
-        ) from None
+            + (f", or a release watch_trtllm_releases derived into {Path(engines_root) / releases.DERIVED_DIR}"
+               f" (none named {name!r} there)" if engines_root is not None else "")
+        )
+    return row
+
+
+def release_of(spec: DeploySpec) -> Release:
+    return release_row(spec.trtllm_release, spec.engines_root)
 
 
 def parallelism(spec: DeploySpec) -> tuple[int, int]:
@@ -46,7 +57,7 @@ def parallelism(spec: DeploySpec) -> tuple[int, int]:
 
 def validate_spec(spec: DeploySpec) -> Release:
     """Everything about the spec itself that the release table can refuse; returns the row."""
-    release = release_row(spec.trtllm_release)
+    release = release_of(spec)
     if spec.dtype not in release.dtypes:
         raise NonRetryableError(
             f"dtype={spec.dtype!r} is not supported by trtllm release {release.name}; "
