@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 
-from llm_deploy.backends.trtllm import commands, target_probe, validation
+from llm_deploy.backends.trtllm import commands, target_probe
 from llm_deploy.backends.trtllm.execution import gpus, preflight, runner
 from llm_deploy.build_target import BuildTarget, RuntimeMismatch, gpu_of
 from llm_deploy.errors import NonRetryableError
@@ -22,9 +22,8 @@ PROBE_TIMEOUT_S = 300  # a container start and nvidia-smi; only stops a hung dri
 
 
 def build_target(spec: DeploySpec, step: str) -> BuildTarget:
-    release = validation.validate_spec(spec)
     on = runner(spec)
-    preflight(spec, on, step)
+    release = preflight(spec, on, step)  # validates the spec against its release row
     image = getattr(on, "image", "")
     found = _probe(on, spec)
     installed = found["tensorrt_llm"]
