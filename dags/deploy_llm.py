@@ -1,7 +1,14 @@
 """Deploy an LLM with TensorRT-LLM and Triton, the tutorial's steps as one retryable pipeline.
 
     find_cached_engine → download_weights → build_wheel → build_engine → verify_engine (run.py)
-        → render_model_repo → start_server (setup) → benchmark → stop_server (teardown)
+        → render_model_repo → start_server (setup) → benchmark → compare_with_live
+        → stop_server (teardown) → promote
+
+start_server, benchmark and stop_server qualify the candidate on a server of its own (http_port,
+grpc_port); compare_with_live measures it against the deployment's live version on the same load,
+and promote loads it into the long-running deployment server (deployment_http_port ...) as its
+next version without downtime, unless it is slower beyond promotion_max_slowdown_pct. That
+server outlives the run; DAGs rollback_llm_deployment and stop_llm_deployment act on it.
 
 Trigger it from the UI form or with ``--conf``; every param is described there. ``backend=torch``
 runs the PyTorch twin (CPU here, CUDA on a GPU worker); ``backend=trtllm`` is the production path.
@@ -12,9 +19,10 @@ This module only declares the DAG: all work, and every heavy import, happens ins
 from __future__ import annotations
 
 from airflow.sdk import dag, setup, task, teardown
+from llm_deploy.airflow.assets import DEPLOYMENTS
 from llm_deploy.airflow.params import deploy_params
 from llm_deploy.airflow.task_policy import ON_GPU_HOST, RETRIES, placement
-from llm_deploy.airflow.tasks import run_step, skip_if_cached
+from llm_deploy.airflow.tasks import announce_deployment, run_step, skip_if_cached
 
 
 @dag(
@@ -76,10 +84,20 @@ def deploy_llm():
     def benchmark(server: dict) -> dict:
         return run_step("benchmark", server)
 
+    # The gate: candidate and live version alternately, on the benchmark's own requests.
+    @task(**placement("compare_with_live"))
+    def compare_with_live(server: dict) -> dict:
+        return run_step("compare_with_live", server)
+
     @teardown
     @task(**placement("stop_server"))
     def stop_server(server: dict) -> bool:
         return run_step("stop_server", server)
+
+    # After the candidate's own server is gone (on a GPU, its memory is free again).
+    @task(outlets=[DEPLOYMENTS], **placement("promote"))
+    def promote(repo: dict, comparison: dict) -> dict:
+        return announce_deployment(run_step("promote", repo, comparison))
 
     cached = find_cached_engine()
     weights = download_weights(cached)
@@ -88,7 +106,8 @@ def deploy_llm():
     verified = verify_engine(engine, weights, cached)
     repo = render_model_repo(verified, weights, cached)
     server = start_server(repo)
-    benchmark(server) >> stop_server(server)
+    comparison = compare_with_live(server)
+    benchmark(server) >> comparison >> stop_server(server) >> promote(repo, comparison)
 
 
 deploy_llm()

@@ -72,7 +72,7 @@ def test_engine_hash_covers_what_the_engine_depends_on_and_nothing_else():
     assert spec(dtype="bfloat16").engine_hash != base.engine_hash
     assert spec(max_batch_size=16).engine_hash != base.engine_hash
     # Serving and benchmark settings do not change the engine's bytes.
-    assert spec(http_port=9000, grpc_port=9001, metrics_port=9002).engine_hash == base.engine_hash
+    assert spec(http_port=8100, grpc_port=8101, metrics_port=8102).engine_hash == base.engine_hash
     assert spec(benchmark_requests=99).engine_hash == base.engine_hash
     assert len(base.engine_hash) == 16
 

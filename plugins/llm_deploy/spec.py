@@ -162,6 +162,28 @@ class DeploySpec(BaseModel):
     http_port: int = Field(8000, ge=1024, le=65535, description="Triton HTTP port.")
     grpc_port: int = Field(8001, ge=1024, le=65535, description="Triton gRPC port.")
     metrics_port: int = Field(8002, ge=1024, le=65535, description="Triton metrics port.")
+    # --- the long-running deployment the run promotes into ---------------------------------
+    promote: bool = Field(
+        True,
+        description="After the candidate qualifies (verified, benchmarked on http_port/grpc_port), "
+        "compare it with the deployment's live version on the same load and, unless it is slower "
+        "beyond promotion_max_slowdown_pct, load it into the long-running deployment server as its "
+        "next version without downtime. Off: the run only qualifies the engine.",
+    )
+    deployment_name: str = Field(
+        "",
+        pattern=r"^$|^[a-z0-9][a-z0-9._-]{0,62}$",
+        description="The deployment (one long-running server and its versions) to promote into; "
+        "empty = the model's name, e.g. smollm2-135m-instruct.",
+    )
+    deployment_http_port: int = Field(9000, ge=1024, le=65535, description="The deployment server's HTTP port (what clients query).")
+    deployment_grpc_port: int = Field(9001, ge=1024, le=65535, description="The deployment server's gRPC port.")
+    deployment_metrics_port: int = Field(9002, ge=1024, le=65535, description="The deployment server's metrics port.")
+    promotion_max_slowdown_pct: float = Field(
+        10.0, ge=0.0, le=100.0,
+        description="Refuse a candidate whose output tok/s at the top benchmark concurrency is more "
+        "than this many percent below the live version's, measured alternately in the same run.",
+    )
     server_start_timeout_s: int = Field(
         600, ge=10, le=7200, description="How long start_server waits for every model to be ready."
     )
@@ -348,6 +370,13 @@ class DeploySpec(BaseModel):
     def _consistent(self) -> DeploySpec:
         if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
             raise ValueError("http_port, grpc_port and metrics_port must be three different ports")
+        if self.promote and self.backend == "torch":
+            ports = {self.http_port, self.grpc_port, self.metrics_port, self.deployment_http_port,
+                     self.deployment_grpc_port, self.deployment_metrics_port}
+            if len(ports) != 6:
+                raise ValueError("the deployment's ports (deployment_http_port, deployment_grpc_port, "
+                                 "deployment_metrics_port) must differ from each other and from the "
+                                 "qualification server's http_port, grpc_port and metrics_port")
         if self.model_source == "local":
             if not self.model_local_dir:
                 raise ValueError("model_local_dir is required when model_source is 'local'")
@@ -395,6 +424,14 @@ class DeploySpec(BaseModel):
 
     def local_model_path(self) -> Path:
         return inside_volume(self.root, self.model_local_dir, param="model_local_dir")
+
+    @property
+    def deployment(self) -> str:
+        """The deployment's name: deployment_name, or the model's name (lowercase, '-' for the rest)."""
+        if self.deployment_name:
+            return self.deployment_name
+        name = re.sub(r"[^a-z0-9._-]+", "-", self.model_id.split("/")[-1].lower()).strip("-._")
+        return name[:63] or "llm"
 
     @property
     def model_slug(self) -> str:

@@ -22,7 +22,7 @@ def dagbag():
 
 def test_every_dag_has_a_form_that_opens_valid(dagbag):
     assert set(dagbag.dag_ids) == {"deploy_llm", "build_llm_engines", "benchmark_llm_engines",
-                                   "watch_trtllm_releases"}
+                                   "watch_trtllm_releases", "rollback_llm_deployment", "stop_llm_deployment"}
     for dag_id, dag in dagbag.dags.items():
         for name, param in dag.params.items():
             schema = {k: v for k, v in param.schema.items() if k != "section"}

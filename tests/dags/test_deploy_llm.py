@@ -9,6 +9,7 @@ import pytest
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 TUTORIAL_ORDER = ["download_weights", "build_wheel", "build_engine", "verify_engine",
                   "render_model_repo", "start_server", "benchmark", "stop_server"]
+PROMOTION = ["compare_with_live", "promote"]
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +34,25 @@ def test_importing_the_dag_does_no_heavy_work():
 
 
 def test_tasks_follow_the_tutorial(dag):
-    assert set(dag.task_ids) == {"find_cached_engine", *TUTORIAL_ORDER}
+    assert set(dag.task_ids) == {"find_cached_engine", *TUTORIAL_ORDER, *PROMOTION}
     t = dag.task_dict
     assert t["download_weights"].downstream_task_ids >= {"build_engine"}
     assert t["build_wheel"].downstream_task_ids == {"build_engine"}
     assert "verify_engine" in t["build_engine"].downstream_task_ids
     assert "render_model_repo" in t["verify_engine"].downstream_task_ids
-    assert t["render_model_repo"].downstream_task_ids == {"start_server"}
+    assert t["render_model_repo"].downstream_task_ids == {"start_server", "promote"}
     assert "benchmark" in t["start_server"].downstream_task_ids
-    assert t["benchmark"].downstream_task_ids == {"stop_server"}
+    assert t["benchmark"].downstream_task_ids == {"compare_with_live"}
+
+
+def test_the_gate_runs_beside_the_candidate_and_promotion_after_its_server_is_gone(dag):
+    t = dag.task_dict
+    # Inside the setup/teardown scope: the candidate's server is still up while it is compared.
+    assert t["compare_with_live"].upstream_task_ids == {"start_server", "benchmark"}
+    assert t["compare_with_live"].downstream_task_ids == {"stop_server", "promote"}
+    assert t["promote"].upstream_task_ids == {"render_model_repo", "compare_with_live", "stop_server"}
+    assert t["promote"].trigger_rule == "all_success"  # a failed benchmark or gate promotes nothing
+    assert [outlet.name for outlet in t["promote"].outlets] == ["llm_deployments"]
 
 
 def test_server_is_a_setup_and_always_torn_down(dag):

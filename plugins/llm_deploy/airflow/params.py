@@ -28,6 +28,8 @@ SECTIONS = {
                "batch_scheduler_policy", "max_queue_delay_microseconds", "decoupled_mode",
                "exclude_input_in_output", "kv_cache_free_gpu_mem_fraction", "max_tokens_in_paged_kv_cache",
                "enable_kv_cache_reuse", "enable_chunked_context"),
+    "Deployment": ("promote", "deployment_name", "deployment_http_port", "deployment_grpc_port",
+                   "deployment_metrics_port", "promotion_max_slowdown_pct"),
     "Benchmark": ("benchmark_prompt", "benchmark_concurrency_levels", "benchmark_requests",
                   "benchmark_duration_s", "benchmark_warmup_requests", "benchmark_max_tokens",
                   "benchmark_input_len_mean", "benchmark_input_len_spread",

@@ -108,3 +108,30 @@ def hf_token(spec: DeploySpec) -> str | None:
     from llm_deploy.airflow.hf_hook import HuggingFaceTokenHook
 
     return HuggingFaceTokenHook(hf_conn_id=spec.hf_conn_id).get_token()
+
+
+def announce_deployment(result: dict) -> dict:
+    """Put a promotion's or rollback's outcome in the deployments Asset event's extra."""
+    from airflow.sdk import get_current_context
+
+    from llm_deploy.airflow.assets import DEPLOYMENTS
+
+    get_current_context()["outlet_events"][DEPLOYMENTS].extra = {
+        key: result[key] for key in ("deployment", "action", "live_version", "previous_version", "http_url")}
+    return result
+
+
+def deployment_spec(context: dict[str, Any] | None = None) -> DeploySpec:
+    """The spec of a DAG that acts on a deployment by name (rollback, stop): only the params
+    that name it are read, everything else keeps its default."""
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowFailException
+
+    params = (context or get_current_context())["params"]
+    try:
+        return DeploySpec.from_params({key: params[key] for key in DEPLOYMENT_PARAMS if key in params})
+    except SpecError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+DEPLOYMENT_PARAMS = ("engines_root", "deployment_name")

@@ -52,6 +52,10 @@ def _runs(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:
     return [spec.root / "runs" / spec.engine_hash]
 
 
+def _deployment(spec: DeploySpec, inputs: Sequence[dict]) -> list[Path]:
+    return [spec.root / "deployments" / spec.deployment]
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -96,4 +100,13 @@ STEPS: dict[str, Step] = {step.name: step for step in (
     Step("benchmark", "llm_deploy.steps.benchmark:benchmark", _runs, network_host=True, needs_run_id=True,
          portable=False),
     Step("stop_server", "llm_deploy.steps.serve:stop_server", network_host=True, portable=False),
+    # The deployment's long-running server lives on the worker, next to the qualification server.
+    Step("compare_with_live", "llm_deploy.steps.promote:compare_with_live", network_host=True, needs_run_id=True,
+         portable=False),
+    Step("promote", "llm_deploy.steps.promote:promote", _deployment, network_host=True, needs_run_id=True,
+         portable=False),
+    Step("rollback", "llm_deploy.steps.promote:rollback", _deployment, network_host=True, needs_run_id=True,
+         portable=False),
+    Step("stop_deployment", "llm_deploy.steps.promote:stop_deployment", _deployment, network_host=True,
+         needs_run_id=True, portable=False),
 )}

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 CANCELLED = "cancelled"
 STOPPED = "the in-flight batcher stopped before this request finished"
+# A fault to inject: this many milliseconds added to every decode step, which makes a server
+# measurably slower with the same tokens (the promotion gate's tests refuse such a candidate).
+STEP_DELAY_ENV = "LLM_DEPLOY_TWIN_STEP_DELAY_MS"
 
 
 @dataclass
@@ -93,6 +98,9 @@ class InflightBatcher:
         self.max_batch_size = max_batch_size
         self.max_input_len = max_input_len
         self.max_output_len = max_output_len
+        self._step_delay_s = float(os.environ.get(STEP_DELAY_ENV) or 0) / 1000
+        if self._step_delay_s:
+            logger.warning("%s=%s: every decode step is delayed on purpose", STEP_DELAY_ENV, os.environ[STEP_DELAY_ENV])
 
         # One lock for everything other threads touch; callbacks and engine calls run outside it.
         self._cond = threading.Condition()
@@ -273,6 +281,8 @@ class InflightBatcher:
         self._emit(seq, _greedy(logits[None])[0])
 
     def _decode_step(self) -> None:
+        if self._step_delay_s:
+            time.sleep(self._step_delay_s)
         with self._cond:
             # Slot order keeps a full batch's cache rows consecutive, which the engine reads as a view.
             batch = sorted(self._active.values(), key=lambda seq: seq.slot)
