@@ -10,9 +10,10 @@ the deployment again.
 from __future__ import annotations
 
 from airflow.sdk import dag, task
+from llm_deploy.airflow.assets import DEPLOYMENTS
 from llm_deploy.airflow.params import deploy_params
 from llm_deploy.airflow.task_policy import RETRIES, placement
-from llm_deploy.airflow.tasks import DEPLOYMENT_PARAMS
+from llm_deploy.airflow.tasks import DEPLOYMENT_PARAMS, announce_deployment
 
 
 @dag(
@@ -25,11 +26,11 @@ from llm_deploy.airflow.tasks import DEPLOYMENT_PARAMS
     doc_md=__doc__,
 )
 def stop_llm_deployment():
-    @task(**placement("stop_deployment"))
+    @task(outlets=[DEPLOYMENTS], **placement("stop_deployment"))
     def stop_deployment() -> dict:
         from llm_deploy.airflow.tasks import deployment_spec, run_step
 
-        return run_step("stop_deployment", spec=deployment_spec())
+        return announce_deployment(run_step("stop_deployment", spec=deployment_spec()))
 
     stop_deployment()
 

@@ -112,3 +112,14 @@ def test_the_llmapi_flow_is_trtllms_and_takes_text_targets_only():
     # A different flow serves from a different place: its runs do not mix with the engine flow's.
     assert llmapi.engine_hash != spec(backend="trtllm", trtllm_release="1.2.1").engine_hash
     assert "triton_flow" not in spec(backend="trtllm").engine_inputs()  # engine-flow hashes unchanged
+
+
+def test_the_deployments_ports_must_not_collide_with_the_qualification_servers():
+    with pytest.raises(SpecError, match="deployment's ports .* must differ"):
+        spec(deployment_http_port=8000)
+    assert spec(deployment_http_port=8000, promote=False).deployment_http_port == 8000  # nothing to collide with
+
+
+def test_a_deployment_name_that_is_not_a_directory_name_is_refused():
+    with pytest.raises(SpecError, match="deployment_name"):
+        spec(deployment_name="../../etc")

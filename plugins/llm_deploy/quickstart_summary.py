@@ -70,7 +70,32 @@ def latest_run_summary(log_path: Path, engines_root: Path, started_unix: float) 
     print(f"report: {reports[-1]}")
     for extra in [report["artifacts"]["summary_md"], *report["artifacts"]["plots"]]:
         print(f"        {extra}")
+    print_deployments(engines_root)
     return 0
+
+
+def print_deployments(engines_root: Path) -> None:
+    """What serves now: each deployment's live version, where it answers, and how to stop it."""
+    from llm_deploy.deployment import record, server
+
+    for path in sorted(engines_root.glob(f"deployments/*/{record.RECORD}")):
+        deployment = record.read(path.parent)
+        if deployment is None or not deployment.live:
+            continue
+        last = next((e for e in reversed(deployment.history) if e["action"] in ("refused", "promoted", "started",
+                                                                                   "rolled_back")), {})
+        if not server.running(deployment):
+            print(f"\ndeployment {deployment.name}: stopped (version {deployment.live} is kept)")
+            continue
+        print(f"\ndeployment {deployment.name} serves version {deployment.live} at {deployment.http_url} "
+              f"(gRPC {deployment.grpc_url}); it stays up after this run")
+        if last.get("action") == "refused":
+            print(f"  this run's candidate was not promoted: {last['reason']}")
+        print(f"  try:  curl -s -X POST {deployment.http_url}/v2/models/{deployment.ensemble}/generate "
+              "-d '{\"text_input\": \"What is machine learning?\", \"max_tokens\": 20, \"bad_words\": \"\", "
+              "\"stop_words\": \"\"}'")
+        print(f"  stop: airflow dags test stop_llm_deployment --conf '{{\"deployment_name\": \"{deployment.name}\"}}'"
+              "   (with scripts/airflow-env.sh sourced)")
 
 
 def _p50(block: dict | None) -> float:

@@ -39,6 +39,7 @@ SMALL_RUN = {
     "benchmark_warmup_requests": 1,
     "benchmark_max_tokens": 16,
     "benchmark_hf_baseline": False,
+    "promote": False,  # these runs test the pipeline; the deployment's lifecycle has tests of its own
 }
 
 

@@ -14,6 +14,7 @@ field is left, and checks a pattern when Trigger is pressed, refusing the run wi
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / ".cache" / "test-output" / "trigger_forms"
-DAG_IDS = ("deploy_llm", "build_llm_engines", "benchmark_llm_engines", "watch_trtllm_releases")
+DAG_IDS = ("deploy_llm", "build_llm_engines", "benchmark_llm_engines", "watch_trtllm_releases",
+           "rollback_llm_deployment", "stop_llm_deployment")
 # What a person would change in the form for a short run on a 2-core CPU (each a number field).
 SHORT_RUN = {"benchmark_requests": "4", "benchmark_duration_s": "5", "benchmark_warmup_requests": "1",
              "benchmark_max_tokens": "16"}
@@ -118,10 +120,14 @@ def assert_succeeded(stack, ui, dag_id: str, run_id: str, timeout_s: float = 600
     assert badge.inner_text().strip().lower() == "success"
 
 
-def fill_short_run(form, ports: dict[str, int]) -> None:
+def fill_short_run(form, ports: dict[str, int], deployment_ports: dict[str, int] | None = None) -> None:
     form.open_section("Server")
     for name, port in ports.items():
         assert form.type_into(name, str(port)) == str(port)
+    if deployment_ports:
+        form.open_section("Deployment")
+        for name, port in deployment_ports.items():
+            assert form.type_into(f"deployment_{name}", str(port)) == str(port)
     form.open_section("Benchmark")
     for name, value in SHORT_RUN.items():
         assert form.type_into(name, value) == value
@@ -185,17 +191,29 @@ def test_an_emptied_required_field_is_flagged_and_keeps_trigger_disabled(ui):
     assert form.trigger_button.is_enabled()
 
 
-def test_deploy_llm_triggered_from_its_form_runs_to_success(ui, stack, free_ports):
+def test_deploy_llm_triggered_from_its_form_leaves_a_deployment_that_its_stop_form_ends(
+        ui, stack, free_ports, free_ports_factory):
+    live = free_ports_factory()
     before = run_ids(stack, "deploy_llm")
     form = ui.trigger_form("deploy_llm")
-    fill_short_run(form, free_ports)
+    fill_short_run(form, free_ports, live)
 
     form.submit()
 
     run = new_run(stack, "deploy_llm", before)
     assert run["conf"]["benchmark_requests"] == 4 and run["conf"]["http_port"] == free_ports["http_port"]
     assert run["conf"]["docker_image"] is None  # left empty: the image is chosen at run time
-    assert_succeeded(stack, ui, "deploy_llm", run["dag_run_id"])
+    try:
+        assert_succeeded(stack, ui, "deploy_llm", run["dag_run_id"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{live['http_port']}/v2/health/ready") as ready:
+            assert ready.status == 200  # the run is over; its deployment serves on
+    finally:
+        stops = run_ids(stack, "stop_llm_deployment")
+        ui.trigger_form("stop_llm_deployment").submit()  # its defaults name the run's deployment
+        stop = new_run(stack, "stop_llm_deployment", stops)
+        assert_succeeded(stack, ui, "stop_llm_deployment", stop["dag_run_id"], timeout_s=180)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{live['http_port']}/v2/health/ready", timeout=5)
 
 
 def test_the_release_watch_triggered_from_its_form_reads_the_feeds_it_is_given(ui, stack, feeds, tmp_path):

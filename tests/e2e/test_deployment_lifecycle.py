@@ -22,11 +22,11 @@ from llm_deploy import processes
 from llm_deploy.backends.torch.inflight import STEP_DELAY_ENV
 from llm_deploy.backends.torch.model_repo import render_repository
 from llm_deploy.bench import stream_client
+from llm_deploy.bench.steady_load import StreamingLoad
 from llm_deploy.deployment import comparison, lifecycle, record, server
 from llm_deploy.deployment.lifecycle import Settings
 from llm_deploy.server import tritonserver
 from llm_deploy.spec import DeploySpec
-from tests.support.live_load import StreamingLoad
 
 pytestmark = pytest.mark.e2e
 

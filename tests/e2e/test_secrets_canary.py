@@ -50,6 +50,7 @@ def test_the_token_never_leaks(tmp_path, tiny_llama_checkpoint, free_ports):
             "model_source": "huggingface", "model_id": "acme/tiny-llama", "engines_root": str(engines),
             "max_input_len": 64, "max_output_len": 32, "benchmark_max_tokens": 8,
             "benchmark_requests": 2, "benchmark_concurrency_levels": [2], "benchmark_hf_baseline": False,
+            "promote": False,  # a deployment's server would outlive the test
             **free_ports,
         }
         for args in (["db", "migrate"], ["pools", "set", "gpu", "1", "gpu"]):

@@ -22,12 +22,14 @@ from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
 
-ROUNDS = 2  # per side; each round is a warm-up and one level
+ROUNDS = 2  # per side; each round is one level (the first also warms the server up)
 
 
 @dataclass(frozen=True)
 class Comparison(Record):
-    verdict: str  # promote | refuse | first (no live version to compare with)
+    # promote | refuse | first (no live version to compare with) | unchanged (the live version
+    # serves this very model repository)
+    verdict: str
     reason: str
     deployment: str
     live_version: int = 0
@@ -52,9 +54,12 @@ def compare(spec: DeploySpec, candidate: dict, live: dict, *, deployment: str, l
         max_input_len=spec.max_input_len, max_output_len=spec.max_output_len, seed=spec.benchmark_seed)
     target = spec.benchmark_targets[0]
     figures: dict[str, list[float]] = {"candidate": [], "live": []}
+    warm = level.model_copy(update={"benchmark_warmup_requests": 0})
     for round_ in range(ROUNDS):
         for side, server in (("candidate", candidate), ("live", live)):
-            entry = sweep_target(target, server, requests, level, tokenizer)[0]
+            # Warmed up once per side: the live server serves users meanwhile, so the gate adds
+            # no more load to it than the measurement needs.
+            entry = sweep_target(target, server, requests, level if round_ == 0 else warm, tokenizer)[0]
             if entry["errors"]:
                 raise_failed(side, entry, server)
             figures[side].append(round(entry["output_token_throughput_per_s"] or 0.0, 2))

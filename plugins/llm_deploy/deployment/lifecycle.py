@@ -153,6 +153,7 @@ def note_refusal(directory: Path, *, run_id: str, reason: str) -> None:
 def _switch(directory: Path, deployment: Deployment, *, to: Version, run_id: str, action: str) -> None:
     api = RepositoryApi(deployment.http_url, timeout_s=deployment.load_timeout_s)
     old = deployment.live_version()
+    _unload_strays(api, deployment, keep=set(old.models.values()) if old else set())
     loaded: list[str] = []
     try:
         for name in to.models.values():
@@ -177,7 +178,7 @@ def _switch(directory: Path, deployment: Deployment, *, to: Version, run_id: str
         api.close()
         raise
     with record.updating(directory) as current:
-        current.live = to.version
+        current.live, current.live_since_unix, current.live_run_id = to.version, round(time.time(), 3), run_id
         current.event(action, run_id=run_id, version=to.version, previous=old.version if old else 0)
     log.info("%s: %s now routes to version %d", deployment.name, deployment.ensemble, to.version)
     if old is not None and old.version != to.version:
@@ -191,6 +192,16 @@ def _switch(directory: Path, deployment: Deployment, *, to: Version, run_id: str
     api.close()
 
 
+def _unload_strays(api: RepositoryApi, deployment: Deployment, *, keep: set[str]) -> None:
+    """Unload what an interrupted switch left loaded besides the live version: a killed promote
+    task may have loaded a version that never went live, and would hold its memory for good."""
+    strays = [name for name, state in api.states().items()
+              if state == "READY" and name != deployment.ensemble and name not in keep]
+    for name in strays:
+        log.warning("%s: unloading %s, loaded by a switch that did not finish", deployment.name, name)
+        api.unload(name)
+
+
 def _start(directory: Path, number: int, settings: Settings, *, run_id: str, action: str = "started") -> None:
     with record.updating(directory) as current:
         live_repository.route_ensemble(directory, current.ensemble, number, current.version(number).models)
@@ -202,6 +213,7 @@ def _start(directory: Path, number: int, settings: Settings, *, run_id: str, act
     with record.updating(directory) as current:
         current.state = "serving"
         current.supervisor = service.to_xcom()
+        current.live_since_unix, current.live_run_id = round(time.time(), 3), run_id
         current.event(action, run_id=run_id, version=number, supervisor_pid=service.pid)
 
 

@@ -61,6 +61,8 @@ class Deployment:
     ensemble: str = "ensemble"  # the endpoint clients call; routed to the live version
     load_timeout_s: float = 600.0  # how long one model's load may take (the run's server_start_timeout_s)
     live: int = 0  # the version the ensemble routes to; 0: none yet
+    live_since_unix: float = 0.0  # when it started to serve (a rollback restarts the clock)
+    live_run_id: str = ""  # the run that put it live (a promotion, a rollback)
     state: str = "new"  # new | serving | stopped
     versions: list[Version] = field(default_factory=list)
     supervisor: dict[str, Any] = field(default_factory=dict)  # runners.Service of the supervisor

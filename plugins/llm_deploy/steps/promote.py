@@ -34,6 +34,11 @@ def compare_with_live(spec: DeploySpec, candidate: dict, run_id: str) -> Compari
                   "version without a comparison")
         log.info("promotion gate: %s", reason)
         return Comparison(verdict="first", reason=reason, deployment=spec.deployment)
+    if deployment.live_version().source_repo == candidate["model_repo"]:
+        reason = (f"version {deployment.live} of {spec.deployment} already serves this model repository "
+                  f"({candidate['model_repo']}): nothing new to promote")
+        log.info("promotion gate: %s", reason)
+        return Comparison(verdict="unchanged", reason=reason, deployment=spec.deployment, live_version=deployment.live)
     live = {"grpc_url": deployment.grpc_url, "http_url": deployment.http_url,
             "log_path": str(directory / server.LOG), "model_repo": candidate["model_repo"]}
     return compare(spec, candidate, live, deployment=spec.deployment, live_version=deployment.live)
@@ -42,6 +47,8 @@ def compare_with_live(spec: DeploySpec, candidate: dict, run_id: str) -> Compari
 def promote(spec: DeploySpec, repo: dict, comparison: dict, run_id: str) -> DeploymentRecord:
     _require_promotion(spec)
     directory = deployment_dir(spec)
+    if comparison["verdict"] == "unchanged":
+        raise SkipStep(comparison["reason"])
     if comparison["verdict"] == "refuse":
         lifecycle.note_refusal(directory, run_id=run_id, reason=comparison["reason"])
         deployment = record.read(directory)

@@ -1,8 +1,10 @@
-"""Streaming requests kept in flight against a server while something else happens to it.
+"""Streaming requests kept in flight against a server while something else happens to it
+(a promotion, a rollback, a restart): what clients saw meanwhile.
 
 ``StreamingLoad`` sends gRPC streaming requests through the ensemble, ``concurrency`` at a time,
 one after another, in a thread of its own, until stopped; then it tells how many were sent,
-how many failed and the longest silence between any two responses (across all streams).
+how many failed and the longest silence between any two responses across all streams, over the
+whole load or over a window of it.
 """
 
 from __future__ import annotations
@@ -52,10 +54,15 @@ class StreamingLoad:
         self._stop.set()
         self._thread.join(timeout=120)
 
-    def outcome(self) -> LoadOutcome:
-        arrivals = sorted(t for timing in self.timings for t in [timing.sent, *timing.response_times])
+    def outcome(self, window: tuple[float, float] | None = None) -> LoadOutcome:
+        """Over the whole load, or over requests that overlap ``window`` (perf_counter times)."""
+        timings = self.timings
+        if window:
+            start, end = window
+            timings = [t for t in timings if t.sent <= end and (t.response_times[-1] if t.response_times else t.sent) >= start]
+        arrivals = sorted(t for timing in timings for t in [timing.sent, *timing.response_times])
         gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-        errors = [t.error for t in self.timings if t.error]
-        return LoadOutcome(sent=len(self.timings), failed=len(errors), errors=errors[:5],
+        errors = [t.error for t in timings if t.error]
+        return LoadOutcome(sent=len(timings), failed=len(errors), errors=errors[:5],
                            longest_gap_s=round(max(gaps, default=0.0), 3),
-                           responses=sum(len(t.response_times) for t in self.timings))
+                           responses=sum(len(t.response_times) for t in timings))
