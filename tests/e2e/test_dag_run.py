@@ -89,6 +89,7 @@ def test_whole_dag_twice_on_cpu(tmp_path):
         # Identical engines on 2 shared cores: the gate's refusal is tested on a slowed server.
         "promotion_max_slowdown_pct": 60,
         "benchmark_requests": 6, "benchmark_concurrency_levels": [3], "benchmark_max_tokens": MAX_TOKENS,
+        "benchmark_warmup_requests": 1,
     }
     try:
         whole_dag_twice(conf, airflow_home, live_http)

@@ -25,6 +25,7 @@ from llm_deploy.bench import stream_client
 from llm_deploy.bench.steady_load import StreamingLoad
 from llm_deploy.deployment import comparison, lifecycle, record, server
 from llm_deploy.deployment.lifecycle import Settings
+from llm_deploy.deployment.repository_api import RepositoryApi, RepositoryApiError
 from llm_deploy.server import tritonserver
 from llm_deploy.spec import DeploySpec
 
@@ -92,6 +93,23 @@ def test_a_second_promotion_swaps_versions_with_no_failed_request(world):
     assert served_version(deployment) == ["2"]
     assert deployment.live_version().max_batch_size == 2
     assert deployment.server_pid == before.server_pid  # the same server: no restart, no downtime
+
+
+def test_a_candidate_that_fails_to_load_leaves_the_live_version_serving(world):
+    repo = candidate(world, "broken", max_batch_size=2)
+    model = repo / "tensorrt_llm" / "1" / "model.py"
+    model.write_text(model.read_text() + '\nraise RuntimeError("broken on purpose")\n')
+
+    with pytest.raises(RepositoryApiError, match="refused to load tensorrt_llm_v3: .*broken on purpose"):
+        lifecycle.promote(world["directory"], world["settings"], repo, run_id="run-broken", qualification={})
+
+    deployment = record.read(world["directory"])
+    assert deployment.live == 2 and [v.version for v in deployment.versions] == [1, 2]
+    assert served_version(deployment) == ["2"] and generate(deployment)
+    states = RepositoryApi(deployment.http_url).states()
+    assert states.get("preprocessing_v3") != "READY"  # what loaded of it was unloaded again
+    assert not (world["directory"] / "repository" / "tensorrt_llm_v3").exists()
+    assert deployment.history[-1]["action"] == "not_promoted"
 
 
 def test_a_slower_candidate_is_refused_and_the_live_version_stays(world, monkeypatch, free_ports):

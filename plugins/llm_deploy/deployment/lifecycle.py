@@ -85,12 +85,15 @@ def promote(directory: Path, settings: Settings, candidate_repo: Path, *, run_id
             current.ensemble = ensemble
             current.versions.append(version)
             deployment = current
-        if server.running(deployment):
-            _switch(directory, deployment, to=version, run_id=run_id, action="promoted")
-            action = "promoted"
-        else:
-            _start(directory, number, settings, run_id=run_id)
-            action = "started"
+        action = "promoted" if server.running(deployment) else "started"
+        try:
+            if action == "promoted":
+                _switch(directory, deployment, to=version, run_id=run_id, action=action)
+            else:
+                _start(directory, number, settings, run_id=run_id)
+        except BaseException:
+            _forget(directory, version, live=previous)
+            raise
         deployment = _retain(directory)
         return _result(directory, deployment, action, previous)
 
@@ -190,6 +193,16 @@ def _switch(directory: Path, deployment: Deployment, *, to: Version, run_id: str
         else:
             log.info("%s: version %d unloaded", deployment.name, old.version)
     api.close()
+
+
+def _forget(directory: Path, version: Version, *, live: int) -> None:
+    """Drop a version that never went live (its switch or start failed), so that it is neither
+    kept as the rollback target nor left on disk; the live version stays what it was."""
+    with record.updating(directory) as current:
+        current.versions = [v for v in current.versions if v.version != version.version]
+        current.live = live
+        live_repository.remove_version(directory, current.ensemble, version.version, version.models)
+        current.event("not_promoted", version=version.version, run_id=version.run_id)
 
 
 def _unload_strays(api: RepositoryApi, deployment: Deployment, *, keep: set[str]) -> None:
