@@ -30,7 +30,8 @@ from llm_deploy.runners.command import Service
 
 log = logging.getLogger(__name__)
 
-# The live version and the one a rollback returns to; older versions' files are removed.
+# The live version and the one a rollback returns to (the one live before it); the other
+# versions' files are removed.
 KEPT_VERSIONS = 2
 
 
@@ -80,7 +81,7 @@ def promote(directory: Path, settings: Settings, candidate_repo: Path, *, run_id
                           engine_id=Path(engine_dir).name if engine_dir else "",
                           source_repo=str(candidate_repo), run_id=run_id, promoted_unix=round(time.time(), 3),
                           max_batch_size=_max_batch_size(directory, number), qualification=qualification)
-        previous = deployment.live
+        previous, before_previous = deployment.live, deployment.previous
         with record.updating(directory) as current:
             current.ensemble = ensemble
             current.versions.append(version)
@@ -92,7 +93,7 @@ def promote(directory: Path, settings: Settings, candidate_repo: Path, *, run_id
             else:
                 _start(directory, number, settings, run_id=run_id)
         except BaseException:
-            _forget(directory, version, live=previous)
+            _forget(directory, version, live=previous, previous=before_previous)
             raise
         deployment = _retain(directory)
         return _result(directory, deployment, action, previous)
@@ -181,6 +182,8 @@ def _switch(directory: Path, deployment: Deployment, *, to: Version, run_id: str
         api.close()
         raise
     with record.updating(directory) as current:
+        if old is not None and old.version != to.version:
+            current.previous = old.version
         current.live, current.live_since_unix, current.live_run_id = to.version, round(time.time(), 3), run_id
         current.event(action, run_id=run_id, version=to.version, previous=old.version if old else 0)
     log.info("%s: %s now routes to version %d", deployment.name, deployment.ensemble, to.version)
@@ -195,12 +198,12 @@ def _switch(directory: Path, deployment: Deployment, *, to: Version, run_id: str
     api.close()
 
 
-def _forget(directory: Path, version: Version, *, live: int) -> None:
+def _forget(directory: Path, version: Version, *, live: int, previous: int) -> None:
     """Drop a version that never went live (its switch or start failed), so that it is neither
     kept as the rollback target nor left on disk; the live version stays what it was."""
     with record.updating(directory) as current:
         current.versions = [v for v in current.versions if v.version != version.version]
-        current.live = live
+        current.live, current.previous = live, previous
         live_repository.remove_version(directory, current.ensemble, version.version, version.models)
         current.event("not_promoted", version=version.version, run_id=version.run_id)
 
@@ -218,6 +221,8 @@ def _unload_strays(api: RepositoryApi, deployment: Deployment, *, keep: set[str]
 def _start(directory: Path, number: int, settings: Settings, *, run_id: str, action: str = "started") -> None:
     with record.updating(directory) as current:
         live_repository.route_ensemble(directory, current.ensemble, number, current.version(number).models)
+        if current.live and current.live != number:
+            current.previous = current.live
         current.live = number
         current.host, current.http_port, current.grpc_port, current.metrics_port = (
             settings.host, settings.http_port, settings.grpc_port, settings.metrics_port)
@@ -265,19 +270,22 @@ def _settings_of(deployment: Deployment) -> Settings:
 
 
 def _previous(deployment: Deployment) -> Version:
+    """The version that was live before the live one (not merely the newest other one: after a
+    rollback and a new promotion, that would be the version rolled away from)."""
     others = [v for v in deployment.versions if v.version != deployment.live]
     if not others:
         raise NonRetryableError(f"deployment {deployment.name} keeps no version besides {deployment.live}: "
                                 "nothing to roll back to")
-    return max(others, key=lambda v: v.promoted_unix)
+    return next((v for v in others if v.version == deployment.previous), max(others, key=lambda v: v.promoted_unix))
 
 
 def _retain(directory: Path) -> Deployment:
     """Keep the live version and the latest other one; lease their engines, drop the rest."""
     with record.updating(directory) as current:
         live = current.live_version()
+        # The rollback target first, then the newest others.
         others = sorted((v for v in current.versions if v.version != current.live),
-                        key=lambda v: v.promoted_unix, reverse=True)
+                        key=lambda v: (v.version == current.previous, v.promoted_unix), reverse=True)
         kept = ([live] if live else []) + others[:KEPT_VERSIONS - (1 if live else 0)]
         dropped = [v for v in current.versions if v not in kept]
         current.versions = sorted(kept, key=lambda v: v.version)

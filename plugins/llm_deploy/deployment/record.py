@@ -63,6 +63,7 @@ class Deployment:
     live: int = 0  # the version the ensemble routes to; 0: none yet
     live_since_unix: float = 0.0  # when it started to serve (a rollback restarts the clock)
     live_run_id: str = ""  # the run that put it live (a promotion, a rollback)
+    previous: int = 0  # the version live before it: what a rollback returns to, and retention keeps
     state: str = "new"  # new | serving | stopped
     versions: list[Version] = field(default_factory=list)
     supervisor: dict[str, Any] = field(default_factory=dict)  # runners.Service of the supervisor
