@@ -49,6 +49,15 @@ def build_requests(tokenizer, n: int, *, prompt: str, input_len_mean: int, input
     return requests
 
 
+def spec_requests(spec, tokenizer) -> list[BenchRequest]:
+    """The benchmark's requests for a DeploySpec: its prompt, lengths and seed."""
+    return build_requests(
+        tokenizer, spec.benchmark_requests, prompt=spec.benchmark_prompt,
+        input_len_mean=spec.benchmark_input_len_mean, input_len_spread=spec.benchmark_input_len_spread,
+        max_tokens=spec.benchmark_max_tokens, output_len_spread=spec.benchmark_output_len_spread,
+        max_input_len=spec.max_input_len, max_output_len=spec.max_output_len, seed=spec.benchmark_seed)
+
+
 def _ordinary_token_ids(tokenizer) -> np.ndarray:
     special = set(tokenizer.all_special_ids)
     return np.array([i for i in range(len(tokenizer)) if i not in special])

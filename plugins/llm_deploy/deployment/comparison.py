@@ -47,11 +47,7 @@ def compare(spec: DeploySpec, candidate: dict, live: dict, *, deployment: str, l
     tokenizer = AutoTokenizer.from_pretrained(workload.tokenizer_dir_of(Path(candidate["model_repo"])))
     concurrency = max(spec.benchmark_concurrency_levels)
     level = spec.model_copy(update={"benchmark_concurrency_levels": [concurrency]})
-    requests = workload.build_requests(
-        tokenizer, spec.benchmark_requests, prompt=spec.benchmark_prompt,
-        input_len_mean=spec.benchmark_input_len_mean, input_len_spread=spec.benchmark_input_len_spread,
-        max_tokens=spec.benchmark_max_tokens, output_len_spread=spec.benchmark_output_len_spread,
-        max_input_len=spec.max_input_len, max_output_len=spec.max_output_len, seed=spec.benchmark_seed)
+    requests = workload.spec_requests(spec, tokenizer)
     target = spec.benchmark_targets[0]
     figures: dict[str, list[float]] = {"candidate": [], "live": []}
     warm = level.model_copy(update={"benchmark_warmup_requests": 0})

@@ -59,7 +59,7 @@ def benchmark(spec: DeploySpec, server: dict, run_id: str) -> BenchmarkSummary:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    requests = _build_workload(spec, tokenizer)
+    requests = workload.spec_requests(spec, tokenizer)
     load = _describe_load(spec)
     sweep = sweep_targets(spec, server, requests, tokenizer)
     generate = _generate_check(spec, server)
@@ -80,14 +80,6 @@ def benchmark(spec: DeploySpec, server: dict, run_id: str) -> BenchmarkSummary:
         regressions=regressions,
         generate_text=generate["text_output"][:200],
     )
-
-
-def _build_workload(spec: DeploySpec, tokenizer) -> list[workload.BenchRequest]:
-    return workload.build_requests(
-        tokenizer, spec.benchmark_requests, prompt=spec.benchmark_prompt,
-        input_len_mean=spec.benchmark_input_len_mean, input_len_spread=spec.benchmark_input_len_spread,
-        max_tokens=spec.benchmark_max_tokens, output_len_spread=spec.benchmark_output_len_spread,
-        max_input_len=spec.max_input_len, max_output_len=spec.max_output_len, seed=spec.benchmark_seed)
 
 
 def _describe_load(spec: DeploySpec) -> dict:
