@@ -247,21 +247,18 @@ def _open(directory: Path, settings: Settings) -> Deployment:
                                  http_port=settings.http_port, grpc_port=settings.grpc_port,
                                  metrics_port=settings.metrics_port)
             current.event("created")
-            record.write(directory, current)
-        deployment = current
-    if deployment.backend != settings.backend:
-        raise NonRetryableError(f"deployment {deployment.name} serves backend {deployment.backend}; this run "
-                                f"builds for {settings.backend}: name another deployment (deployment_name)")
-    wanted = (settings.host, settings.http_port, settings.grpc_port, settings.metrics_port)
-    serving = (deployment.host, deployment.http_port, deployment.grpc_port, deployment.metrics_port)
-    if server.running(deployment) and wanted != serving:
-        raise NonRetryableError(
-            f"deployment {deployment.name} serves on {deployment.host} ports {serving[1:]}; this run asks for "
-            f"{settings.host} ports {wanted[1:]}: use its ports, or stop it first (DAG stop_llm_deployment)")
-    with record.updating(directory) as current:
+        if current.backend != settings.backend:
+            raise NonRetryableError(f"deployment {current.name} serves backend {current.backend}; this run "
+                                    f"builds for {settings.backend}: name another deployment (deployment_name)")
+        wanted = (settings.host, settings.http_port, settings.grpc_port, settings.metrics_port)
+        serving = (current.host, current.http_port, current.grpc_port, current.metrics_port)
+        if server.running(current) and wanted != serving:
+            raise NonRetryableError(
+                f"deployment {current.name} serves on {current.host} ports {serving[1:]}; this run asks for "
+                f"{settings.host} ports {wanted[1:]}: use its ports, or stop it first (DAG stop_llm_deployment)")
         current.load_timeout_s = settings.load_timeout_s
-        deployment = current
-    return deployment
+        record.write(directory, current)  # under the lock; a new record has nothing to write it back
+        return current
 
 
 def _settings_of(deployment: Deployment) -> Settings:
@@ -272,20 +269,24 @@ def _settings_of(deployment: Deployment) -> Settings:
 def _previous(deployment: Deployment) -> Version:
     """The version that was live before the live one (not merely the newest other one: after a
     rollback and a new promotion, that would be the version rolled away from)."""
-    others = [v for v in deployment.versions if v.version != deployment.live]
+    others = _others_in_rollback_order(deployment)
     if not others:
         raise NonRetryableError(f"deployment {deployment.name} keeps no version besides {deployment.live}: "
                                 "nothing to roll back to")
-    return next((v for v in others if v.version == deployment.previous), max(others, key=lambda v: v.promoted_unix))
+    return others[0]
+
+
+def _others_in_rollback_order(deployment: Deployment) -> list[Version]:
+    """The versions besides the live one: the one live before it first, then the newest."""
+    return sorted((v for v in deployment.versions if v.version != deployment.live),
+                  key=lambda v: (v.version == deployment.previous, v.promoted_unix), reverse=True)
 
 
 def _retain(directory: Path) -> Deployment:
-    """Keep the live version and the latest other one; lease their engines, drop the rest."""
+    """Keep the live version and the rollback target; lease their engines, drop the rest."""
     with record.updating(directory) as current:
         live = current.live_version()
-        # The rollback target first, then the newest others.
-        others = sorted((v for v in current.versions if v.version != current.live),
-                        key=lambda v: (v.version == current.previous, v.promoted_unix), reverse=True)
+        others = _others_in_rollback_order(current)
         kept = ([live] if live else []) + others[:KEPT_VERSIONS - (1 if live else 0)]
         dropped = [v for v in current.versions if v not in kept]
         current.versions = sorted(kept, key=lambda v: v.version)

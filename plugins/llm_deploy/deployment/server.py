@@ -21,7 +21,7 @@ from llm_deploy.deployment.record import Deployment
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.runners.command import Service, StepCommand
 from llm_deploy.runners.local_runner import LocalRunner
-from llm_deploy.server import pytriton_install, readiness, tritonserver
+from llm_deploy.server import readiness, tritonserver
 from llm_deploy.server.ports import check_ports_free
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,7 @@ def start(directory: Path, deployment: Deployment, ensemble: str, *, timeout_s: 
     require_loopback(deployment.host)
     check_ports_free(deployment.host, {"http": deployment.http_port, "grpc": deployment.grpc_port,
                                        "metrics": deployment.metrics_port})
-    paths = pytriton_install.find_triton()
-    stub = pytriton_install.stub_python()
-    pytriton_install.check_stub_python(stub)
-    pytriton_install.ensure_python_stub(paths, stub.version)
+    paths, server_env = tritonserver.prepare()
     repo = repository_dir(directory)
     argv = tritonserver.server_command(paths, repo, host=deployment.host, http_port=deployment.http_port,
                                        grpc_port=deployment.grpc_port, metrics_port=deployment.metrics_port)
@@ -64,8 +61,7 @@ def start(directory: Path, deployment: Deployment, ensemble: str, *, timeout_s: 
     argv.append("--model-control-mode=explicit")
     # Only what the server needs on top of the worker's environment goes on the volume: the
     # worker's own variables (its secrets among them) reach the supervisor as its environment.
-    env = {key: value for key, value in pytriton_install.server_env(paths, stub).items()
-           if os.environ.get(key) != value}
+    env = {key: value for key, value in server_env.items() if os.environ.get(key) != value}
     (Path(directory) / supervisor.SERVER_SPEC).write_text(json.dumps({
         "argv": argv, "env": env, "workdir": str(repo),
         "ensemble": ensemble, "http_url": deployment.http_url}, indent=2))

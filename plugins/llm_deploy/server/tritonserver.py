@@ -75,6 +75,16 @@ def server_command(paths: TritonPaths, repo: Path, *, host: str, http_port: int,
     ]
 
 
+def prepare() -> tuple[TritonPaths, dict[str, str]]:
+    """The runnable tritonserver (its python-backend stub built for this venv's Python) and the
+    environment it and its stubs need."""
+    paths = pytriton_install.find_triton()
+    stub = pytriton_install.stub_python()
+    pytriton_install.check_stub_python(stub)
+    pytriton_install.ensure_python_stub(paths, stub.version)
+    return paths, pytriton_install.server_env(paths, stub)
+
+
 def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int = 8002, log_path: Path, timeout_s: float = 600) -> StartedServer:
     """Start tritonserver on ``repo`` and return once the server and every model in it are ready.
@@ -87,15 +97,12 @@ def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_po
     if not models:
         raise ServerStartError(f"{repo} holds no model (no */config.pbtxt)")
     check_ports_free(host, {"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
-    paths = pytriton_install.find_triton()
-    stub = pytriton_install.stub_python()
-    pytriton_install.check_stub_python(stub)
-    pytriton_install.ensure_python_stub(paths, stub.version)
+    paths, env = prepare()
     command = StepCommand(
         name=BINARY_NAME,
         argv=tuple(server_command(paths, repo, host=host, http_port=http_port, grpc_port=grpc_port,
                                   metrics_port=metrics_port)),
-        env=pytriton_install.server_env(paths, stub),
+        env=env,
         workdir=str(repo),
     )
     runner = LocalRunner(stop_grace_s=STOP_GRACE_S)
