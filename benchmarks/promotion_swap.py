@@ -43,16 +43,19 @@ def main() -> None:
     from pathlib import Path
 
     from llm_deploy import processes
+    from llm_deploy.backends.torch import deployment_server
     from llm_deploy.bench.steady_load import StreamingLoad
-    from llm_deploy.deployment import lifecycle, record
+    from llm_deploy.deployment import lifecycle, record, server
     from llm_deploy.deployment.lifecycle import Settings
 
     first, second = bench_spec(max_batch_size=8), bench_spec(max_batch_size=16)
     repos = [candidate_repo(first), candidate_repo(second)]
     ports = free_ports()
-    settings = Settings(backend="torch", host="127.0.0.1", http_port=ports["http_port"],
-                        grpc_port=ports["grpc_port"], metrics_port=ports["metrics_port"], load_timeout_s=600)
     directory = record.deployment_dir(Path(first.engines_root), f"swap-benchmark-{int(time.time())}")
+    deployed = first.model_copy(update={f"deployment_{name}": port for name, port in ports.items()})
+    settings = Settings(backend="torch", host="127.0.0.1", http_port=ports["http_port"],
+                        grpc_port=ports["grpc_port"], metrics_port=ports["metrics_port"], load_timeout_s=600,
+                        launch=deployment_server.launch(deployed, server.repository_dir(directory)))
     load_before = os.getloadavg()[0]
     lifecycle.promote(directory, settings, Path(repos[0]), run_id="bench-1", qualification={})
     deployment = record.read(directory)

@@ -118,13 +118,18 @@ def find_cached(spec: DeploySpec, token: str | None, *, endpoint: str | None = N
 # --- leases -------------------------------------------------------------------------------------
 
 
-def take_lease(engine_dir: str | Path, *, run_id: str, pid: int = 0, container_id: str = "") -> Path:
-    """Mark ``engine_dir`` as served by this run's server until ``release_lease``."""
+def take_lease(engine_dir: str | Path, *, run_id: str, pid: int = 0, container_id: str = "",
+               until_released: bool = False) -> Path:
+    """Mark ``engine_dir`` as served by this run's server until ``release_lease``.
+
+    ``until_released``: the lease holds until released, whatever its age (a deployment's
+    container, which Docker restarts, and whose record releases its leases when it stops)."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)[:100] or "run"
     path = Path(engine_dir) / f"lease-{name}.json"
     server = ProcessIdentity.of(pid) if pid else ProcessIdentity(0, None)
     lease = {"host": socket.gethostname(), **server.to_dict(),
-             "container_id": container_id, "run_id": run_id, "created_unix": time.time()}
+             "container_id": container_id, "run_id": run_id, "created_unix": time.time(),
+             **({"until_released": True} if until_released else {})}
     path.write_text(json.dumps(lease, indent=2))
     return path
 
@@ -153,6 +158,8 @@ def live_leases(engine_dir: str | Path) -> list[dict]:
 
 
 def _lease_alive(lease: dict) -> bool:
+    if lease.get("until_released"):
+        return True
     if lease.get("host") == socket.gethostname() and lease.get("pid"):
         if "create_time" not in lease:  # written before leases named the process for good
             return processes.is_alive(int(lease["pid"]))

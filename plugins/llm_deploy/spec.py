@@ -45,6 +45,12 @@ Runner = Literal["local", "docker"]
 SchedulerPolicy = Literal["max_utilization", "guaranteed_no_evict"]
 TritonFlow = _trtllm_releases.TritonFlow
 BenchmarkTarget = Literal["grpc_ensemble", "grpc_tensorrt_llm", "http_generate_stream", "http_generate"]
+# With promote, two versions share the GPUs: the live one beside the candidate's qualification
+# server, then beside the candidate while it loads. Each takes its share of the memory left free
+# *after* its weights, so at the runtime's 0.9 the second could not even load its weights; 0.4
+# leaves the second 60% of what the first left.
+SHARED_GPU_KV_CACHE_FRACTION = 0.4
+MAX_SHARED_GPU_KV_CACHE_FRACTION = 0.5
 STREAMING_TARGETS = frozenset({"grpc_ensemble", "grpc_tensorrt_llm", "http_generate_stream"})
 
 
@@ -370,13 +376,20 @@ class DeploySpec(BaseModel):
     def _consistent(self) -> DeploySpec:
         if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
             raise ValueError("http_port, grpc_port and metrics_port must be three different ports")
-        if self.promote and self.backend == "torch":
+        if self.promote:
             ports = {self.http_port, self.grpc_port, self.metrics_port, self.deployment_http_port,
                      self.deployment_grpc_port, self.deployment_metrics_port}
             if len(ports) != 6:
                 raise ValueError("the deployment's ports (deployment_http_port, deployment_grpc_port, "
                                  "deployment_metrics_port) must differ from each other and from the "
                                  "qualification server's http_port, grpc_port and metrics_port")
+            if self.backend == "trtllm" and self.kv_cache_free_gpu_mem_fraction > MAX_SHARED_GPU_KV_CACHE_FRACTION:
+                raise ValueError(
+                    f"kv_cache_free_gpu_mem_fraction={self.kv_cache_free_gpu_mem_fraction} with promote: the live "
+                    "version and the candidate share the GPUs while they are compared and swapped, and each "
+                    "takes that share of the memory left after its weights, so the second would not fit; set "
+                    f"it to {MAX_SHARED_GPU_KV_CACHE_FRACTION} or less (0 = {SHARED_GPU_KV_CACHE_FRACTION} with "
+                    "promote), or promote=false")
         if self.model_source == "local":
             if not self.model_local_dir:
                 raise ValueError("model_local_dir is required when model_source is 'local'")
@@ -424,6 +437,13 @@ class DeploySpec(BaseModel):
 
     def local_model_path(self) -> Path:
         return inside_volume(self.root, self.model_local_dir, param="model_local_dir")
+
+    @property
+    def served_kv_cache_fraction(self) -> float:
+        """The KV cache's share of free GPU memory the served config gets; 0 = the runtime's own."""
+        if self.kv_cache_free_gpu_mem_fraction or not (self.promote and self.backend == "trtllm"):
+            return self.kv_cache_free_gpu_mem_fraction
+        return SHARED_GPU_KV_CACHE_FRACTION
 
     @property
     def deployment(self) -> str:

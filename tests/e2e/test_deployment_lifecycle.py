@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from llm_deploy import processes
+from llm_deploy.backends.torch import deployment_server
 from llm_deploy.backends.torch.inflight import STEP_DELAY_ENV
 from llm_deploy.backends.torch.model_repo import render_repository
 from llm_deploy.bench import stream_client
@@ -38,9 +39,12 @@ PROMPT = "How do I count to ten in French?"
 def world(tiny_engine_dir, tiny_llama_checkpoint, tmp_path_factory, free_ports_factory):
     root = tmp_path_factory.mktemp("deployment")
     ports = free_ports_factory()
-    settings = Settings(backend="torch", host="127.0.0.1", http_port=ports["http_port"], grpc_port=ports["grpc_port"],
-                        metrics_port=ports["metrics_port"], load_timeout_s=180)
     directory = record.deployment_dir(root, "tiny")
+    deployed = DeploySpec(engines_root=str(root), deployment_http_port=ports["http_port"],
+                          deployment_grpc_port=ports["grpc_port"], deployment_metrics_port=ports["metrics_port"])
+    settings = Settings(backend="torch", host="127.0.0.1", http_port=ports["http_port"], grpc_port=ports["grpc_port"],
+                        metrics_port=ports["metrics_port"], load_timeout_s=180,
+                        launch=deployment_server.launch(deployed, server.repository_dir(directory)))
     yield {"root": root, "settings": settings, "directory": directory, "engine": tiny_engine_dir,
            "tokenizer": tiny_llama_checkpoint}
     deployment = record.read(directory)

@@ -71,7 +71,8 @@ def test_a_live_version_that_changed_since_the_comparison_stops_the_promotion(sp
 
 @pytest.mark.parametrize(("change", "reason"), [
     ({"promote": False}, "promote=false"),
-    ({"backend": "trtllm"}, "built for backend 'torch' so far"),
+    ({"runner": "docker"}, "the twin's deployment server is a process of the worker"),
+    ({"backend": "trtllm", "world_size": 2}, "world_size=2: a deployment swaps versions through one tritonserver"),
 ])
 def test_a_run_that_does_not_promote_skips_both_steps_saying_why(spec, change, reason):
     other = spec.model_copy(update=change)

@@ -21,6 +21,7 @@ from llm_deploy.spec import DeploySpec
 
 if TYPE_CHECKING:  # records import volume and spec only; this keeps the interface import-light
     from llm_deploy.build_target import BuildTarget
+    from llm_deploy.deployment.launch import ServerLaunch
     from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
 
 
@@ -100,3 +101,15 @@ class Backend(ABC):
         stopped = service_runner(service).stop(service)
         log.info("tritonserver %s; its log: %s", "stopped" if stopped else "was not running", server["log_path"])
         return stopped
+
+    # --- the long-running deployment -------------------------------------------------------------
+
+    def deployment_refusal(self, spec: DeploySpec) -> str | None:
+        """Why this spec's candidate cannot be promoted into a long-running server (the run then
+        qualifies it and skips the promotion, saying so), or None."""
+        return None
+
+    @abstractmethod
+    def deployment_launch(self, spec: DeploySpec, repository: Path) -> ServerLaunch:
+        """How the deployment's tritonserver runs on ``repository`` (the live one), on the spec's
+        deployment ports, in explicit model-control mode."""

@@ -9,6 +9,8 @@ the same way; stop ends the deployment on purpose.
 
 On the engines volume, ``deployments/<name>/`` holds the deployment's record (``record``), its
 Triton model repository (``live_repository``: one set of composing models per version, one
-ensemble that routes to the live set), the server's log, and the supervisor's (``supervisor``),
-which restarts the server if it dies, with the live version.
+ensemble that routes to the live set), how its server runs (``launch``: ``server.json``), and
+the server's log. The server runs under our supervisor (``supervisor``), or as a container that
+Docker's restart policy keeps up (``container_entry``); either restarts it, if it dies, on the
+version live at that moment.
 """

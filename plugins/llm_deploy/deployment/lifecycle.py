@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_deploy import engine_cache, processes, volume
+from llm_deploy.deployment import launch as server_launch
 from llm_deploy.deployment import live_repository, record, server
+from llm_deploy.deployment.launch import ServerLaunch
 from llm_deploy.deployment.record import Deployment, Version
 from llm_deploy.deployment.repository_api import RepositoryApi
 from llm_deploy.errors import NonRetryableError
@@ -58,6 +60,8 @@ class Settings:
     grpc_port: int
     metrics_port: int
     load_timeout_s: float
+    # How the server runs (the backend's answer for the run's spec); None: as it last started.
+    launch: ServerLaunch | None = None
 
 
 def lease_name(name: str) -> str:
@@ -127,9 +131,9 @@ def stop(directory: Path, *, run_id: str) -> DeploymentRecord:
         if deployment is None:
             raise NonRetryableError(f"{directory}: no deployment there to stop")
         stopped = server.stop(deployment)
-        left = _left_in_group(deployment)
+        left = _left_running(deployment)
         if left:
-            raise NonRetryableError(f"deployment {deployment.name}: processes {left} outlived the stop; "
+            raise NonRetryableError(f"deployment {deployment.name}: {left} outlived the stop; "
                                     "they hold its ports: end them by hand")
         for version in deployment.versions:
             if version.engine_dir:
@@ -227,7 +231,11 @@ def _start(directory: Path, number: int, settings: Settings, *, run_id: str, act
         current.host, current.http_port, current.grpc_port, current.metrics_port = (
             settings.host, settings.http_port, settings.grpc_port, settings.metrics_port)
         deployment = current
-    service = server.start(directory, deployment, deployment.ensemble, timeout_s=settings.load_timeout_s)
+    launch = settings.launch or server_launch.read(directory)
+    if launch is None:
+        raise NonRetryableError(f"deployment {deployment.name} never started, so nothing says how its server "
+                                "runs: promote a candidate with deploy_llm first")
+    service = server.start(directory, deployment, launch, deployment.ensemble, timeout_s=settings.load_timeout_s)
     with record.updating(directory) as current:
         current.state = "serving"
         current.supervisor = service.to_xcom()
@@ -300,7 +308,9 @@ def _retain(directory: Path) -> Deployment:
         if supervisor is not None:
             for version in current.versions:
                 if version.engine_dir and Path(version.engine_dir).is_dir():
-                    engine_cache.take_lease(version.engine_dir, run_id=lease_name(current.name), pid=supervisor.pid)
+                    engine_cache.take_lease(version.engine_dir, run_id=lease_name(current.name), pid=supervisor.pid,
+                                           container_id=supervisor.container_id,
+                                           until_released=supervisor.runner == "docker")
         deployment = current
     return deployment
 
@@ -316,7 +326,12 @@ def _max_batch_size(directory: Path, number: int) -> int:
     return int(config.max_batch_size)
 
 
-def _left_in_group(deployment: Deployment) -> list[int]:
+def _left_running(deployment: Deployment) -> str:
+    """What of the stopped server still runs: processes of the supervisor's group, or its container."""
     if not deployment.supervisor:
-        return []
-    return processes.group_members(int(deployment.supervisor.get("pgid") or 0))
+        return ""
+    service = Service.from_xcom(deployment.supervisor)
+    if service.runner == "docker":
+        return f"container {service.container_id[:12]}" if server.running(deployment) else ""
+    left = processes.group_members(service.pgid)
+    return f"processes {left}" if left else ""

@@ -1,4 +1,5 @@
-"""Start and stop a deployment's long-running tritonserver, under its supervisor.
+"""Start and stop a deployment's long-running tritonserver: under its supervisor, or as a
+container with a restart policy (``launch``).
 
 The server runs in explicit model-control mode, so that versions are loaded and unloaded through
 the repository API while it serves; it binds the deployment's own ports, which are not the
@@ -9,25 +10,30 @@ only, unless a later setting guards it (a non-loopback host is refused here).
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 
-from llm_deploy.deployment import supervisor
+from llm_deploy.deployment import container_entry
+from llm_deploy.deployment import launch as server_launch
+from llm_deploy.deployment.launch import ServerLaunch
 from llm_deploy.deployment.live_repository import REPOSITORY
 from llm_deploy.deployment.record import Deployment
 from llm_deploy.errors import NonRetryableError
-from llm_deploy.runners.command import Service, StepCommand
+from llm_deploy.runners import service_runner
+from llm_deploy.runners.command import Runner, Service, StepCommand, VolumePath
+from llm_deploy.runners.docker_runner import DockerRunner
 from llm_deploy.runners.local_runner import LocalRunner
-from llm_deploy.server import readiness, tritonserver
+from llm_deploy.server import readiness
 from llm_deploy.server.ports import check_ports_free
 
 log = logging.getLogger(__name__)
 
 LOG = "server.log"
 STOP_GRACE_S = 45.0  # above the supervisor's own grace for tritonserver
+# Docker restarts a container that exits (tritonserver died), with its own growing delay, but not
+# one stopped on purpose (docker stop), nor after the daemon restarts if it was stopped.
+RESTART_POLICY = "unless-stopped"
 
 
 def repository_dir(directory: Path) -> Path:
@@ -45,57 +51,86 @@ def require_loopback(host: str) -> None:
             "so it listens on loopback only (127.0.0.1); put a proxy in front of it for other hosts")
 
 
-def start(directory: Path, deployment: Deployment, ensemble: str, *, timeout_s: float) -> Service:
-    """Start the supervisor and its tritonserver on the live version; return once it is ready.
+def start(directory: Path, deployment: Deployment, launch: ServerLaunch, ensemble: str, *,
+          timeout_s: float) -> Service:
+    """Start the deployment's server as ``launch`` says, on the live version; return once it is ready.
 
-    On failure the supervisor's whole process group is stopped before the error is raised.
+    ``local``: our supervisor, detached, restarting tritonserver itself. ``docker``: one container
+    with a restart policy, whose entry serves the live version at each start. On failure whatever
+    was started is stopped before the error is raised.
     """
     require_loopback(deployment.host)
     check_ports_free(deployment.host, {"http": deployment.http_port, "grpc": deployment.grpc_port,
                                        "metrics": deployment.metrics_port})
-    paths, server_env = tritonserver.prepare()
-    repo = repository_dir(directory)
-    argv = tritonserver.server_command(paths, repo, host=deployment.host, http_port=deployment.http_port,
-                                       grpc_port=deployment.grpc_port, metrics_port=deployment.metrics_port)
-    # Explicit mode: the supervisor names the live version's models; the rest wait on disk.
-    argv.append("--model-control-mode=explicit")
-    # Only what the server needs on top of the worker's environment goes on the volume: the
-    # worker's own variables (its secrets among them) reach the supervisor as its environment.
-    env = {key: value for key, value in server_env.items() if os.environ.get(key) != value}
-    (Path(directory) / supervisor.SERVER_SPEC).write_text(json.dumps({
-        "argv": argv, "env": env, "workdir": str(repo),
-        "ensemble": ensemble, "http_url": deployment.http_url}, indent=2))
-    command = StepCommand(name="llm-deploy-supervisor",
-                          argv=(sys.executable, "-m", "llm_deploy.deployment.supervisor", str(directory)),
-                          workdir=str(directory))
-    runner = LocalRunner(stop_grace_s=STOP_GRACE_S)
+    server_launch.write(directory, launch, ensemble=ensemble, http_url=deployment.http_url)
+    runner, command = _command(directory, deployment, launch)
     service = runner.start(command, Path(directory) / LOG)
     live = deployment.live_version()
     models = [*live.models.values(), ensemble] if live else []
     try:
-        readiness.wait_ready(deployment.http_url, models, alive=lambda: runner.alive(service),
+        readiness.wait_ready(deployment.http_url, models, alive=lambda: _first_start_alive(runner, service),
                              output=lambda: runner.logs(service), timeout_s=timeout_s,
                              log_path=str(Path(directory) / LOG))
     except BaseException:
         runner.stop(service, grace_s=0)
         raise
-    log.info("deployment %s serving version %d at %s (supervisor pid %d); log: %s", deployment.name,
-             deployment.live, deployment.http_url, service.pid, Path(directory) / LOG)
+    log.info("deployment %s serving version %d at %s (%s); log: %s", deployment.name, deployment.live,
+             deployment.http_url, _describe(service), Path(directory) / LOG if service.runner == "local"
+             else f"docker logs {service.container_id[:12]}")
     return service
 
 
+def _command(directory: Path, deployment: Deployment, launch: ServerLaunch) -> tuple[Runner, StepCommand]:
+    if launch.runner == "docker":
+        runner = DockerRunner(launch.image, engines_root=launch.engines_root,
+                              engines_volume=launch.engines_volume or None)
+        return runner, StepCommand(
+            name=f"deployment-{deployment.name}",
+            argv=("python3", "-c", container_entry.source(), str(directory)),
+            env={"PYTHONUNBUFFERED": "1"},
+            # The entry reads the record and the live repository; nothing in the container writes.
+            volume_paths=(VolumePath(launch.engines_root, writable=False),),
+            gpus=launch.gpus,
+            network_host=True,
+            restart_policy=RESTART_POLICY,
+        )
+    return LocalRunner(stop_grace_s=STOP_GRACE_S), StepCommand(
+        name="llm-deploy-supervisor",
+        argv=(sys.executable, "-m", "llm_deploy.deployment.supervisor", str(directory)),
+        workdir=str(directory))
+
+
+def _first_start_alive(runner: Runner, service: Service) -> bool:
+    """Alive and not restarted yet: a server that fails before it is ready fails the start at once,
+    instead of Docker's restarts keeping it "alive" until the timeout."""
+    if service.runner == "docker":
+        return runner.alive(service) and runner.restart_count(service) == 0
+    return runner.alive(service)
+
+
+def _describe(service: Service) -> str:
+    if service.runner == "docker":
+        return f"container {service.container_id[:12]}, restart policy {RESTART_POLICY}"
+    return f"supervisor pid {service.pid}"
+
+
 def running(deployment: Deployment) -> bool:
-    """Whether the deployment's supervisor still runs (its server may be restarting)."""
+    """Whether the deployment's server runs (its supervisor or container; it may be restarting)."""
     if not deployment.supervisor:
         return False
-    return LocalRunner().alive(Service.from_xcom(deployment.supervisor))
+    service = Service.from_xcom(deployment.supervisor)
+    return service_runner(service).alive(service)
 
 
 def stop(deployment: Deployment) -> bool:
-    """Stop the supervisor and its server (SIGTERM to the group, SIGKILL after the grace period)."""
+    """Stop the server: the supervisor's group (SIGTERM, SIGKILL after the grace period), or the
+    container (``docker stop``, which its restart policy obeys, then removed)."""
     if not deployment.supervisor:
         return False
-    return LocalRunner(stop_grace_s=STOP_GRACE_S).stop(Service.from_xcom(deployment.supervisor))
+    service = Service.from_xcom(deployment.supervisor)
+    if service.runner == "docker":
+        return service_runner(service).stop(service, grace_s=STOP_GRACE_S)
+    return LocalRunner(stop_grace_s=STOP_GRACE_S).stop(service)
 
 
 def read_log_tail(directory: Path, lines: int = 40) -> str:

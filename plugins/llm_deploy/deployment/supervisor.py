@@ -1,7 +1,8 @@
 """Keeps a deployment's tritonserver running: ``python -m llm_deploy.deployment.supervisor <dir>``.
 
 Started detached by ``server.start`` (a session of its own, so it outlives the Airflow task), it
-runs tritonserver as its child with the command in ``<dir>/server.json`` plus one
+runs tritonserver as its child with the command in ``<dir>/server.json`` (``launch``, after its
+setup commands) plus one
 ``--load-model`` per model of the version that is live *now* (read from the record at each
 start, so a restart after a promotion or rollback serves what was promoted, not what was first
 started). If the server exits without being asked to (after it was ready once: a first start that fails is
@@ -22,9 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from llm_deploy.deployment import record
+from llm_deploy.deployment import launch, record
 
-SERVER_SPEC = "server.json"
 STOP_GRACE_S = 30.0
 # A server that ran this long was healthy: its next failure starts the backoff from the beginning.
 HEALTHY_AFTER_S = 60.0
@@ -34,12 +34,25 @@ READY_TIMEOUT_S = 900.0
 
 def server_argv(directory: Path) -> tuple[list[str], dict[str, str], str]:
     """The server's command for the live version, its environment and working directory."""
-    spec = json.loads((directory / SERVER_SPEC).read_text())
+    spec = json.loads((directory / launch.SERVER_SPEC).read_text())
+    started = launch.ServerLaunch.from_json(spec["launch"])
     deployment = record.read(directory)
     live = deployment.live_version() if deployment else None
     models = [] if live is None else [*live.models.values(), spec["ensemble"]]
-    env = {**os.environ, **spec["env"]}
-    return spec["argv"] + [f"--load-model={m}" for m in models], env, spec["workdir"]
+    env = {**os.environ, **started.env}
+    return [*started.argv, *(f"--load-model={m}" for m in models)], env, started.workdir or str(directory)
+
+
+def run_setup(directory: Path) -> int:
+    """The launch's setup commands, in order; the first failing one's exit code, else 0."""
+    started = launch.read(directory)
+    env = {**os.environ, **started.env}
+    for command in started.setup:
+        print(f"llm_deploy supervisor: + {' '.join(command)}", flush=True)
+        code = subprocess.call(list(command), env=env, stdin=subprocess.DEVNULL)
+        if code:
+            return code
+    return 0
 
 
 def _note(directory: Path, action: str, **details) -> None:
@@ -74,8 +87,12 @@ def supervise(directory: Path) -> int:
     failures = 0
     first = True
     while not stopping.is_set():
+        code = run_setup(directory)
+        if code:
+            print(f"llm_deploy supervisor: a setup command exited with {code}; giving up", flush=True)
+            return 1
         argv, env, workdir = server_argv(directory)
-        http_url = json.loads((directory / SERVER_SPEC).read_text())["http_url"]
+        http_url = json.loads((directory / launch.SERVER_SPEC).read_text())["http_url"]
         print(f"llm_deploy supervisor: + {' '.join(argv)}", flush=True)
         started = time.monotonic()
         child = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL)

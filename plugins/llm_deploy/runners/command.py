@@ -99,6 +99,8 @@ class StepCommand:
     ulimits: Mapping[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_ULIMITS))
     image: str = ""  # docker runner only; the local runner *is* its image
     timeout_s: float | None = None
+    # docker runner's services only: Docker's restart policy ("unless-stopped"); "" = none.
+    restart_policy: str = ""
 
     def __post_init__(self) -> None:
         if not self.argv or not all(isinstance(arg, str) for arg in self.argv):

@@ -247,6 +247,7 @@ class DockerRunner:
             mounts=settings["mounts"], device_requests=settings["device_requests"],
             shm_size=settings["shm_size"], ulimits=settings["ulimits"],
             network_mode=settings["network_mode"], auto_remove=False,
+            restart_policy={"Name": command.restart_policy} if command.restart_policy else None,
             # An init as PID 1 forwards `docker stop`'s SIGTERM (a server as PID 1 would not get it
             # by default) and reaps the ranks mpirun leaves behind.
             init=True,
@@ -268,9 +269,20 @@ class DockerRunner:
 
         record = Service.of(record)
         try:
-            return bool(self.hook().api_client.inspect_container(record.container_id)["State"]["Running"])
+            state = self.hook().api_client.inspect_container(record.container_id)["State"]
         except NotFound:
             return False
+        # A container its restart policy is about to start again counts as alive.
+        return bool(state["Running"] or state.get("Restarting"))
+
+    def restart_count(self, record: Service | Mapping[str, Any]) -> int:
+        """How often Docker's restart policy restarted the container (0 if it is gone)."""
+        from docker.errors import NotFound
+
+        try:
+            return int(self.hook().api_client.inspect_container(Service.of(record).container_id)["RestartCount"])
+        except NotFound:
+            return 0
 
     def logs(self, record: Service | Mapping[str, Any], tail: int = SERVICE_LOG_TAIL) -> list[str]:
         from docker.errors import NotFound

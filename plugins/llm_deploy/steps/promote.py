@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from llm_deploy.backends.registry import backend_for
 from llm_deploy.deployment import lifecycle, record, server
 from llm_deploy.deployment.comparison import Comparison, compare
 from llm_deploy.deployment.lifecycle import DeploymentRecord, Settings
@@ -63,7 +64,8 @@ def promote(spec: DeploySpec, repo: dict, comparison: dict, run_id: str) -> Depl
             "promotion ran meanwhile): rerun to compare it with what is live")
     settings = Settings(backend=spec.backend, host=spec.server_host, http_port=spec.deployment_http_port,
                         grpc_port=spec.deployment_grpc_port, metrics_port=spec.deployment_metrics_port,
-                        load_timeout_s=spec.server_start_timeout_s)
+                        load_timeout_s=spec.server_start_timeout_s,
+                        launch=backend_for(spec).deployment_launch(spec, server.repository_dir(directory)))
     result = lifecycle.promote(directory, settings, Path(repo["model_repo"]), run_id=run_id,
                                qualification={k: comparison.get(k) for k in (
                                    "verdict", "reason", "concurrency", "candidate_tok_s", "live_tok_s",
@@ -88,6 +90,6 @@ def stop_deployment(spec: DeploySpec, run_id: str) -> DeploymentRecord:
 def _require_promotion(spec: DeploySpec) -> None:
     if not spec.promote:
         raise SkipStep("promote=false: the run qualified the engine and leaves the deployment as it is")
-    if spec.backend != "torch":
-        raise SkipStep(f"promotion into a long-running server is built for backend 'torch' so far; the {spec.backend} "
-                       "engine is qualified, and the README's Production section shows how to serve it")
+    refusal = backend_for(spec).deployment_refusal(spec)
+    if refusal:
+        raise SkipStep(f"not promoted: {refusal}")

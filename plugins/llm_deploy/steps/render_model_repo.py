@@ -36,6 +36,7 @@ def repo_settings(spec: DeploySpec, engine_dir: str, tokenizer_dir: str) -> dict
         "decoupled": spec.decoupled_mode,
         "exclude_input_in_output": spec.exclude_input_in_output,
         **{knob: getattr(spec, knob) for knob in KV_CACHE_KNOBS},
+        "kv_cache_free_gpu_mem_fraction": spec.served_kv_cache_fraction,
     }
 
 

@@ -6,8 +6,8 @@ table names, a stand-in whose argparse is built from that script's recorded flag
 (tests/data/upstream). ``make_toolbox`` makes what the image has on PATH: python3 from a
 throwaway venv (so the pip installs our commands make land there, not in the test's venv), a
 stand-in ``trtllm-build``, an ``mpirun`` that starts -n copies with OMPI rank variables, an
-``nvidia-smi`` that lists the GPUs ``STANDIN_GPUS`` names, and a file standing for
-/opt/tritonserver/bin/tritonserver.
+``nvidia-smi`` that lists the GPUs ``STANDIN_GPUS`` names, and a stand-in
+/opt/tritonserver/bin/tritonserver (``standin_tritonserver.py``: the repository API a deployment uses).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_deploy.backends.trtllm.releases import LAUNCH_SERVER, LLM_API, RELEASES, TRTLLM_BUILD
+from llm_deploy.spec import DeploySpec
 
 HERE = Path(__file__).resolve().parent
 IMPL = HERE / "standin_impl.py"
@@ -51,7 +52,8 @@ def main():
 _MPIRUN = """\
 #!{python}
 # mpirun -n N [--allow-run-as-root] cmd...: N copies of cmd, ranks in OMPI's variables.
-import os, subprocess, sys
+# SIGTERM is passed on to the ranks, as mpirun does.
+import os, signal, subprocess, sys
 args = sys.argv[1:]
 n = 1
 while args and args[0].startswith("-"):
@@ -60,6 +62,7 @@ while args and args[0].startswith("-"):
         n = int(args.pop(0))
 procs = [subprocess.Popen(args, env={{**os.environ, "OMPI_COMM_WORLD_RANK": str(r), "OMPI_COMM_WORLD_SIZE": str(n)}})
          for r in range(n)]
+signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in procs])
 sys.exit(max(p.wait() for p in procs))
 """
 
@@ -98,7 +101,7 @@ class Toolbox:
         """Environment of a worker in the image: its PATH first, pip offline with our wheelhouse."""
         return {"PATH": os.pathsep.join([str(self.bin_dir), str(self.venv_bin), os.environ["PATH"]]), "PIP_NO_INDEX": "1",
                 "PIP_FIND_LINKS": str(self.wheelhouse), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-                "LLM_DEPLOY_NGC_TRITONSERVER": str(self.tritonserver)}
+                "LLM_DEPLOY_NGC_TRITONSERVER": str(self.tritonserver), "STANDIN_CALLS": str(self.calls)}
 
 
 def _executable(path: Path, text: str) -> Path:
@@ -144,7 +147,8 @@ def make_toolbox(root: Path, releases: tuple[str, ...] = tuple(RELEASES)) -> Too
                     "RECORD = None", f"RECORD = {str(FLAG_SETS / release / f'{LLM_API}.json')!r}", 1)
             write_wheel(wheelhouse, RELEASES[release].wheel.version, trtllm_build=build, llm_api=llm_api)
     wheelhouse.mkdir(exist_ok=True)
-    tritonserver = _executable(root / "opt/tritonserver/bin/tritonserver", "#!/bin/sh\nexit 1\n")
+    tritonserver = _executable(root / "opt/tritonserver/bin/tritonserver",
+                               f"#!/bin/sh\nexec {sys.executable} {HERE / 'standin_tritonserver.py'} \"$@\"\n")
     return Toolbox(bin_dir, venv / "bin", wheelhouse, calls, tritonserver)
 
 
@@ -164,6 +168,7 @@ def make_backend_clone(clone: Path, release: str, toolbox: Toolbox) -> Path:
     shutil.copytree(fixture_templates(release), clone / row.templates)
     if row.llmapi_templates:
         shutil.copytree(fixture_templates(release).with_name("llmapi"), clone / row.llmapi_templates)
+    _version_directories(clone / row.templates)
     for key, relative in row.scripts.items():
         path = clone / relative if key == LAUNCH_SERVER else clone / "tensorrt_llm" / relative
         _standin(path, release, key, toolbox.calls, python)
@@ -175,3 +180,31 @@ def make_backend_clone(clone: Path, release: str, toolbox: Toolbox) -> Path:
             echo "{script} $* (stand-in)" >> {toolbox.calls.with_suffix('.sh.log')}
             """))
     return clone
+
+
+def _version_directories(templates: Path) -> None:
+    """Each model's version directory, as upstream's clone has it (the recorded templates keep only
+    the config.pbtxt files): a python-backend model's ``1/model.py``, the others' ``1/.gitkeep``.
+    Triton loads no model without one."""
+    for config in templates.glob("*/config.pbtxt"):
+        version = config.parent / "1"
+        version.mkdir(exist_ok=True)
+        python = 'backend: "python"' in config.read_text()
+        (version / ("model.py" if python else ".gitkeep")).write_text("# stand-in\n" if python else "")
+
+
+CLONE = "src/my-tensorrtllm_backend"
+
+
+def make_spec(root: Path, checkpoint: Path, toolbox: Toolbox, release: str, **params) -> DeploySpec:
+    """The tiny model as a local checkpoint and the user's own backend clone, on one volume."""
+    clone = root / CLONE
+    if not clone.exists():
+        make_backend_clone(clone, release, toolbox)
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    if not (root / "models/tiny-llama").exists():
+        (root / "models/tiny-llama").symlink_to(checkpoint, target_is_directory=True)
+    values = {"engines_root": str(root), "backend": "trtllm", "trtllm_release": release, "dtype": "float16",
+              "model_source": "local", "model_local_dir": "models/tiny-llama", "backend_repo_dir": CLONE,
+              "max_batch_size": 4, "max_input_len": 64, "max_output_len": 32, "benchmark_max_tokens": 16}
+    return DeploySpec(**{**values, **params})

@@ -133,10 +133,11 @@ def test_current_release_converts_then_builds_with_trtllm_build():
 
 
 def test_current_release_launch_passes_the_specs_ports():
-    spec = DeploySpec(backend="trtllm", trtllm_release="0.19.0", http_port=9000, grpc_port=9001, metrics_port=9002)
+    spec = DeploySpec(backend="trtllm", trtllm_release="0.19.0", http_port=8100, grpc_port=8101, metrics_port=8102)
     (launch,) = commands.launch_server(spec, TrtllmPaths("/b", "/hf", "/e", "/repo"))
+    # --force: the launcher would refuse to start beside the deployment's running tritonserver.
     assert launch == ["python3", "/b/scripts/launch_triton_server.py", "--world_size", "1", "--model_repo", "/repo",
-                      "--http_port", "9000", "--grpc_port", "9001", "--metrics_port", "9002"]
+                      "--force", "--http_port", "8100", "--grpc_port", "8101", "--metrics_port", "8102"]
 
 
 def test_convert_flow_needs_a_converted_checkpoint_dir():

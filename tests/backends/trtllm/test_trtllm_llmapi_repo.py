@@ -58,7 +58,7 @@ def test_the_tutorials_non_decoupled_mode_reaches_both_files(release, tmp_path):
     {},
     {"world_size": 4},
     {"kv_cache_free_gpu_mem_fraction": 0.8, "max_tokens_in_paged_kv_cache": 4096, "enable_kv_cache_reuse": True,
-     "enable_chunked_context": True, "batch_scheduler_policy": "guaranteed_no_evict"},
+     "enable_chunked_context": True, "batch_scheduler_policy": "guaranteed_no_evict", "promote": False},
 ])
 def test_every_llm_argument_we_write_is_one_the_release_takes(release, params):
     record = recorded_arguments(release)
@@ -77,8 +77,10 @@ def test_the_tutorial_knobs_map_onto_the_llm_apis_names():
     assert args["kv_cache_config"] == {"free_gpu_memory_fraction": 0.5, "max_tokens": 2048, "enable_block_reuse": False}
     assert args["enable_chunked_prefill"] is True
     assert args["max_seq_len"] == args["max_input_len"] + llmapi_spec("1.2.1").max_output_len
-    # Left at 0: the runtime's own defaults, as the engine flow leaves them.
-    assert llm_args(llmapi_spec("1.2.1"), CHECKPOINT)["kv_cache_config"] == {"enable_block_reuse": False}
+    # Left at 0: the runtime's own defaults, as the engine flow leaves them, unless the run
+    # promotes: then the live version and the candidate share the GPUs.
+    assert llm_args(llmapi_spec("1.2.1", promote=False), CHECKPOINT)["kv_cache_config"] == {"enable_block_reuse": False}
+    assert llm_args(llmapi_spec("1.2.1"), CHECKPOINT)["kv_cache_config"]["free_gpu_memory_fraction"] == 0.4
 
 
 def test_a_template_without_triton_config_is_not_upstreams_model_yaml(tmp_path):

@@ -128,7 +128,17 @@ def test_the_tutorials_own_configuration_is_filled_as_its_fill_template_lines_do
 
 
 def test_kv_cache_sizing_left_unset_is_the_runtimes_choice(tmp_path):
-    render("1.2.1", tmp_path / "repo")
+    render("1.2.1", tmp_path / "repo", promote=False)
     parameters = parse_model_config(tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt").parameters
     assert parameters["kv_cache_free_gpu_mem_fraction"].string_value == ""
     assert parameters["max_tokens_in_paged_kv_cache"].string_value == ""
+
+
+def test_a_promoting_run_leaves_the_kv_cache_room_for_a_second_version_on_the_gpu(tmp_path):
+    # Each version takes its share of the memory left after its weights: at the runtime's 0.9 the
+    # candidate beside the live version could not load its weights.
+    render("1.2.1", tmp_path / "repo")
+    parameters = parse_model_config(tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt").parameters
+    assert parameters["kv_cache_free_gpu_mem_fraction"].string_value == "0.4"
+    with pytest.raises(ValueError, match=r"kv_cache_free_gpu_mem_fraction=0.9 with promote: .* set it to 0.5 or less"):
+        DeploySpec(backend="trtllm", trtllm_release="1.2.1", kv_cache_free_gpu_mem_fraction=0.9)

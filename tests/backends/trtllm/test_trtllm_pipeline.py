@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from llm_deploy import volume
-from llm_deploy.backends.trtllm import commands, execution, serve
+from llm_deploy.backends.trtllm import execution, serve
 from llm_deploy.backends.trtllm.releases import RELEASES
 from llm_deploy.backends.trtllm.validation import DEFAULT_PORTS
 from llm_deploy.bench import stream_client
@@ -33,47 +33,6 @@ from llm_deploy.steps.download_weights import download_weights
 from llm_deploy.steps.render_model_repo import render_model_repo
 from llm_deploy.steps.serve import start_server, stop_server
 from llm_deploy.steps.verify_engine import verify_engine
-
-from tests.backends.trtllm.standins import make_backend_clone, make_toolbox
-
-CLONE = "src/my-tensorrtllm_backend"
-
-
-@pytest.fixture(scope="module")
-def toolbox(tmp_path_factory):
-    return make_toolbox(tmp_path_factory.mktemp("ngc-worker"))
-
-
-@pytest.fixture
-def worker(toolbox, monkeypatch, tmp_path):
-    """This process (and the local runner's subprocesses) as a worker inside the NGC image."""
-    for key, value in toolbox.env().items():
-        monkeypatch.setenv(key, value)
-    # install_cmake.sh's link goes into the image's /usr/local/bin; here into a scratch dir.
-    monkeypatch.setattr(commands, "CMAKE_LINK", str(tmp_path / "cmake-link"))
-    toolbox.calls.unlink(missing_ok=True)
-    return toolbox
-
-
-def make_spec(root, checkpoint, toolbox, release, **params) -> DeploySpec:
-    """The tiny model as a local checkpoint and the user's own backend clone, on one volume."""
-    clone = root / CLONE
-    if not clone.exists():
-        make_backend_clone(clone, release, toolbox)
-    (root / "models").mkdir(parents=True, exist_ok=True)
-    if not (root / "models/tiny-llama").exists():
-        (root / "models/tiny-llama").symlink_to(checkpoint, target_is_directory=True)
-    return DeploySpec(engines_root=str(root), backend="trtllm", trtllm_release=release, dtype="float16",
-                      model_source="local", model_local_dir="models/tiny-llama", backend_repo_dir=CLONE,
-                      max_batch_size=4, max_input_len=64, max_output_len=32, benchmark_max_tokens=16, **params)
-
-
-@pytest.fixture
-def spec_for(worker, tmp_path, tiny_llama_checkpoint):
-    def make(release, **params):
-        return make_spec(tmp_path / "engines", tiny_llama_checkpoint, worker, release, **params)
-
-    return make
 
 
 def scripts_called(toolbox) -> list[tuple[str, int]]:

@@ -45,10 +45,10 @@ def test_a_dtype_the_release_does_not_support_is_refused():
 
 
 def test_ports_the_0_5_0_launcher_cannot_set_are_refused():
-    spec = DeploySpec(backend="trtllm", trtllm_release="0.5.0", http_port=9000)
-    with pytest.raises(NonRetryableError, match=re.escape("http_port=9000") + ".*allowed: http_port=8000"):
+    spec = DeploySpec(backend="trtllm", trtllm_release="0.5.0", http_port=8100)
+    with pytest.raises(NonRetryableError, match=re.escape("http_port=8100") + ".*allowed: http_port=8000"):
         validate_spec(spec)
-    assert validate_spec(DeploySpec(backend="trtllm", trtllm_release="0.19.0", http_port=9000)).name == "0.19.0"
+    assert validate_spec(DeploySpec(backend="trtllm", trtllm_release="0.19.0", http_port=8100)).name == "0.19.0"
 
 
 def test_a_pipeline_size_that_does_not_divide_world_size_is_refused():

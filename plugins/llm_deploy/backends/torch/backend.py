@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 from llm_deploy.backends.base import Backend
-from llm_deploy.backends.torch import build_engine, build_target, serve, verify_engine
+from llm_deploy.backends.torch import build_engine, build_target, deployment_server, serve, verify_engine
 from llm_deploy.backends.torch.build_target import TORCH_IMAGE_ENV
 from llm_deploy.build_target import BuildTarget
+from llm_deploy.deployment.launch import ServerLaunch
 from llm_deploy.errors import NonRetryableError, SkipStep
 from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
 from llm_deploy.runners.command import NO_GPU, GpuRequest
@@ -79,3 +80,9 @@ class TorchBackend(Backend):
 
     def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRecord:
         return serve.start_server(spec, model_repo, log_path)
+
+    def deployment_refusal(self, spec: DeploySpec) -> str | None:
+        return deployment_server.refusal(spec)
+
+    def deployment_launch(self, spec: DeploySpec, repository: Path) -> ServerLaunch:
+        return deployment_server.launch(spec, repository)

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from llm_deploy.backends.base import Backend
 from llm_deploy.backends.trtllm import (
-    build_engine, build_target, build_wheel, llmapi_repo, serve, validation, verify_engine,
+    build_engine, build_target, build_wheel, deployment_server, llmapi_repo, serve, validation, verify_engine,
 )
 from llm_deploy.backends.trtllm.execution import backend_dir
 from llm_deploy.backends.trtllm.model_repo import render_upstream_repository, template_dir
 from llm_deploy.build_target import BuildTarget
+from llm_deploy.deployment.launch import ServerLaunch
 from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
 from llm_deploy.spec import DeploySpec
 
@@ -67,3 +68,9 @@ class TrtllmBackend(Backend):
 
     def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRecord:
         return serve.start_server(spec, model_repo, log_path)
+
+    def deployment_refusal(self, spec: DeploySpec) -> str | None:
+        return deployment_server.refusal(spec)
+
+    def deployment_launch(self, spec: DeploySpec, repository: Path) -> ServerLaunch:
+        return deployment_server.launch(spec, repository)

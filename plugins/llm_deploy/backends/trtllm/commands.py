@@ -233,6 +233,10 @@ def launch_server(spec: DeploySpec, paths: TrtllmPaths) -> list[Argv]:
         # runs tritonserver and the other ranks become the LLM API's workers
         # (trtllm-llmapi-launch), the ranks oversubscribing the CPU slots mpirun counts.
         argv += ["--no-mpi"] if spec.world_size == 1 else ["--trtllm_llmapi_launch", "--oversubscribe"]
+    if release.launch_checks_running_servers:
+        # The launcher refuses to start while any tritonserver runs on the host, and a deployment's
+        # server is meant to be running beside the candidate's; our own check refuses taken ports.
+        argv += ["--force"]
     if release.launch_sets_ports:
         argv += [
             "--http_port", str(spec.http_port),

@@ -35,7 +35,7 @@ def llm_args(spec: DeploySpec, checkpoint_dir: str) -> dict[str, Any]:
     }
     kv_cache = {
         # 0 / off in the spec = the runtime's own default, as in the engine flow's config.pbtxt.
-        "free_gpu_memory_fraction": spec.kv_cache_free_gpu_mem_fraction or None,
+        "free_gpu_memory_fraction": spec.served_kv_cache_fraction or None,
         "max_tokens": spec.max_tokens_in_paged_kv_cache or None,
         # The LLM API reuses KV blocks by default; the spec's knob is off unless asked for, in
         # both flows, so a deployment does not change behaviour with its flow.

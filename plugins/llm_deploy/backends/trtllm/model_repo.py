@@ -72,7 +72,7 @@ def fill_values(
         "max_beam_width": "1",
         "exclude_input_in_output": _bool(spec.exclude_input_in_output),
         # --- the KV cache: the runtime sizes it unless the spec says otherwise -------------------------
-        "kv_cache_free_gpu_mem_fraction": str(spec.kv_cache_free_gpu_mem_fraction or NOT_SET),
+        "kv_cache_free_gpu_mem_fraction": str(spec.served_kv_cache_fraction or NOT_SET),
         "max_tokens_in_paged_kv_cache": str(spec.max_tokens_in_paged_kv_cache or NOT_SET),
         "enable_kv_cache_reuse": _bool(spec.enable_kv_cache_reuse),
         "enable_chunked_context": _bool(spec.enable_chunked_context),

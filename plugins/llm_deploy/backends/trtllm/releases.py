@@ -93,6 +93,9 @@ class Release:
     # Whether launch_triton_server.py takes --http_port/--grpc_port/--metrics_port; without them
     # tritonserver listens on 8000/8001/8002.
     launch_sets_ports: bool = False
+    # Whether launch_triton_server.py refuses to start while any tritonserver process runs on the
+    # host (its pgrep check) unless given --force.
+    launch_checks_running_servers: bool = False
     # The spec's tutorial knobs this release's tensorrt_llm/config.pbtxt has a placeholder for (a
     # test holds it against the recorded templates); setting another one is refused.
     tuning_params: frozenset[str] = TUNING_PARAMS
@@ -146,6 +149,7 @@ def _triton_backend_in_trtllm(name: str, *, backend_ref: str, backend_commit: st
         },
         templates=f"{TRITON_BACKEND_IN_TRTLLM}/all_models/inflight_batcher_llm",
         launch_sets_ports=True,
+        launch_checks_running_servers=True,
         flows=("engine", "llmapi") if llmapi else ("engine",),
         llmapi_templates=f"{TRITON_BACKEND_IN_TRTLLM}/all_models/llmapi" if llmapi else "",
     )
@@ -199,6 +203,7 @@ RELEASES: dict[str, Release] = {
             LAUNCH_SERVER: "scripts/launch_triton_server.py",
         },
         launch_sets_ports=True,
+        launch_checks_running_servers=True,
     ),
     **{row.name: row for row in (
         # From 0.20 on: the backend repository keeps a TensorRT-LLM submodule and its docs; the
