@@ -42,8 +42,10 @@ from llm_deploy.spec import DEFAULT_ENGINES_ROOT
                                       "shape (default: LLM_DEPLOY_BACKEND_RELEASES_URL, else api.github.com)."),
         "engines_root": Param(DEFAULT_ENGINES_ROOT, type="string",
                               description="Where the watch keeps its state, probe reports and derived releases."),
-        "deploy_conf": Param({"backend": "trtllm"}, type="object",
-                             description="Params for the triggered deploy_llm run (the release is added)."),
+        "deploy_conf": Param({"backend": "trtllm", "promote": True}, type="object",
+                             description="Params for the triggered deploy_llm run (the release is added). "
+                             "With promote, the new release's engine replaces the deployment's live version "
+                             "when it is not slower on the same load; promote false only qualifies it."),
         "probe_new_releases": Param(True, type="boolean",
                                     description="Probe a new release that has no row and derive one when "
                                     "our commands still fit it; off = only report it."),

@@ -53,6 +53,17 @@ def test_the_package_index_names_the_release_even_when_the_backend_feed_lags():
     assert decision.release == "1.2.1" and "1.0.0" in decision.reason
 
 
+def test_a_rebuild_the_watch_triggers_ends_in_promotion_on_every_release():
+    """The watch's default conf makes a spec that promotes, and no release refuses it: the run
+    qualifies the new release's engine and, if it wins, serves it from the deployment."""
+    from llm_deploy.backends.registry import backend_for
+    from llm_deploy.spec import SUPPORTED_TRTLLM_RELEASES, DeploySpec
+
+    for release in SUPPORTED_TRTLLM_RELEASES:
+        spec = DeploySpec(backend="trtllm", promote=True, trtllm_release=release)
+        assert spec.promote and backend_for(spec).deployment_refusal(spec) is None, release
+
+
 def test_every_release_in_the_table_is_one_the_watch_triggers():
     from llm_deploy.spec import SUPPORTED_TRTLLM_RELEASES
 
@@ -120,7 +131,7 @@ def test_the_dag_triggers_deploy_once_per_new_release(feeds, tmp_path):
 
     tick()
     runs = _deploy_runs(home)
-    assert runs == [{"backend": "trtllm", "trtllm_release": "0.5.0"}]
+    assert runs == [{"backend": "trtllm", "promote": True, "trtllm_release": "0.5.0"}]
 
     tick()
     assert len(_deploy_runs(home)) == 1, "a tick with nothing new triggers nothing"
@@ -134,7 +145,8 @@ def test_the_dag_triggers_deploy_once_per_new_release(feeds, tmp_path):
 
     feeds.wheel = "1.3.0"
     tick()
-    assert _deploy_runs(home)[1:] == [{"backend": "trtllm", "trtllm_release": "1.3.0", "engines_root": str(engines)}]
+    assert _deploy_runs(home)[1:] == [{"backend": "trtllm", "promote": True, "trtllm_release": "1.3.0",
+                                       "engines_root": str(engines)}]
     assert json.loads((engines / "releases" / "1.3.0" / "release.json").read_text())["derived_from"] == "1.2.1"
 
     feeds.wheel = "1.3.1"
