@@ -10,7 +10,7 @@ policy (with its own growing delay) starts it again; ``docker stop`` ends it for
 
 It runs inside the release's NGC image, where llm_deploy is not installed: standard library only,
 sent as the source of a ``python3 -c`` (``source()``) whose one argument is the deployment's
-directory.
+directory. Our supervisor builds the server's command with the same ``command``.
 """
 
 from __future__ import annotations
@@ -39,10 +39,16 @@ def live_models(directory: str, ensemble: str) -> list[str]:
     return []
 
 
-def command(directory: str) -> tuple[list[list[str]], list[str], dict[str, str]]:
-    """The setup commands, the server's argv for the live version, and its environment."""
+def read_spec(directory: str) -> dict:
+    """``server.json``: the launch, the ensemble clients call, and the server's HTTP URL."""
     with open(os.path.join(directory, SERVER_SPEC), encoding="utf-8") as handle:
-        spec = json.load(handle)
+        return json.load(handle)
+
+
+def command(directory: str, spec: dict | None = None) -> tuple[list[list[str]], list[str], dict[str, str]]:
+    """The setup commands, the server's argv for the live version, and its environment; ``spec``:
+    ``read_spec``'s answer, if the caller has it already."""
+    spec = spec or read_spec(directory)
     launch = spec["launch"]
     argv = list(launch["argv"]) + [f"--load-model={name}" for name in live_models(directory, spec["ensemble"])]
     return [list(c) for c in launch.get("setup", [])], argv, {**os.environ, **launch.get("env", {})}

@@ -18,9 +18,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llm_deploy.deployment.container_entry import SERVER_SPEC
 from llm_deploy.runners.command import GpuRequest
 
-SERVER_SPEC = "server.json"
 RUNNERS = ("local", "docker")
 
 

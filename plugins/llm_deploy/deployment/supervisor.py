@@ -13,8 +13,6 @@ little longer after each quick failure. On SIGTERM (``server.stop``) it stops th
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from llm_deploy.deployment import launch, record
+from llm_deploy.deployment import container_entry, record
 
 STOP_GRACE_S = 30.0
 # A server that ran this long was healthy: its next failure starts the backoff from the beginning.
@@ -32,24 +30,11 @@ BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 READY_TIMEOUT_S = 900.0
 
 
-def server_argv(directory: Path) -> tuple[list[str], dict[str, str], str]:
-    """The server's command for the live version, its environment and working directory."""
-    spec = json.loads((directory / launch.SERVER_SPEC).read_text())
-    started = launch.ServerLaunch.from_json(spec["launch"])
-    deployment = record.read(directory)
-    live = deployment.live_version() if deployment else None
-    models = [] if live is None else [*live.models.values(), spec["ensemble"]]
-    env = {**os.environ, **started.env}
-    return [*started.argv, *(f"--load-model={m}" for m in models)], env, started.workdir or str(directory)
-
-
-def run_setup(directory: Path) -> int:
+def run_setup(setup: list[list[str]], env: dict[str, str]) -> int:
     """The launch's setup commands, in order; the first failing one's exit code, else 0."""
-    started = launch.read(directory)
-    env = {**os.environ, **started.env}
-    for command in started.setup:
+    for command in setup:
         print(f"llm_deploy supervisor: + {' '.join(command)}", flush=True)
-        code = subprocess.call(list(command), env=env, stdin=subprocess.DEVNULL)
+        code = subprocess.call(command, env=env, stdin=subprocess.DEVNULL)
         if code:
             return code
     return 0
@@ -87,12 +72,14 @@ def supervise(directory: Path) -> int:
     failures = 0
     first = True
     while not stopping.is_set():
-        code = run_setup(directory)
+        # Read at each start: the live version, and the launch a later promotion may have rewritten.
+        spec = container_entry.read_spec(str(directory))
+        setup, argv, env = container_entry.command(str(directory), spec)
+        code = run_setup(setup, env)
         if code:
             print(f"llm_deploy supervisor: a setup command exited with {code}; giving up", flush=True)
             return 1
-        argv, env, workdir = server_argv(directory)
-        http_url = json.loads((directory / launch.SERVER_SPEC).read_text())["http_url"]
+        workdir, http_url = spec["launch"].get("workdir") or str(directory), spec["http_url"]
         print(f"llm_deploy supervisor: + {' '.join(argv)}", flush=True)
         started = time.monotonic()
         child = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL)
