@@ -9,6 +9,8 @@ grpc_port); compare_with_live measures it against the deployment's live version 
 and promote loads it into the long-running deployment server (deployment_http_port ...) as its
 next version without downtime, unless it is slower beyond promotion_max_slowdown_pct. That
 server outlives the run; DAGs rollback_llm_deployment and stop_llm_deployment act on it.
+The tasks from benchmark to promote are mapped over start_server's one record, so that with
+several GPU hosts they run on the host that started the server (README, "Scaling out").
 
 Trigger it from the UI form or with ``--conf``; every param is described there. ``backend=torch``
 runs the PyTorch twin (CPU here, CUDA on a GPU worker); ``backend=trtllm`` is the production path.
@@ -22,7 +24,8 @@ from airflow.sdk import dag, setup, task, teardown
 from llm_deploy.airflow.assets import DEPLOYMENTS
 from llm_deploy.airflow.params import deploy_params
 from llm_deploy.airflow.task_policy import ON_GPU_HOST, RETRIES, placement
-from llm_deploy.airflow.tasks import announce_deployment, run_step, skip_if_cached
+from llm_deploy.airflow.locality import with_host
+from llm_deploy.airflow.tasks import ON_HOST, announce_deployment, next_to, run_step, skip_if_cached
 
 
 @dag(
@@ -75,27 +78,29 @@ def deploy_llm():
             engine, weights = cached["engine"], cached["weights"]
         return run_step("render_model_repo", engine, weights)
 
+    # Returns a list of one record: the tasks that use the server are mapped over it, so Airflow
+    # creates them once the server is up and routes them to its host (llm_deploy/airflow/locality.py).
     @setup
     @task(**placement("start_server"))
-    def start_server(repo: dict) -> dict:
-        return run_step("start_server", repo)
+    def start_server(repo: dict) -> list[dict]:
+        return [with_host(run_step("start_server", repo))]
 
-    @task(**placement("benchmark"))
+    @task(map_index_template=ON_HOST, **placement("benchmark"))
     def benchmark(server: dict) -> dict:
-        return run_step("benchmark", server)
+        return run_step("benchmark", next_to(server))
 
     # The gate: candidate and live version alternately, on the benchmark's own requests.
-    @task(**placement("compare_with_live"))
+    @task(map_index_template=ON_HOST, **placement("compare_with_live"))
     def compare_with_live(server: dict) -> dict:
-        return run_step("compare_with_live", server)
+        return run_step("compare_with_live", next_to(server))
 
     @teardown
-    @task(**placement("stop_server"))
+    @task(map_index_template=ON_HOST, **placement("stop_server"))
     def stop_server(server: dict) -> bool:
-        return run_step("stop_server", server)
+        return run_step("stop_server", next_to(server))
 
-    # After the candidate's own server is gone (on a GPU, its memory is free again).
-    @task(outlets=[DEPLOYMENTS], **placement("promote"))
+    # After the candidate's own server is gone (on a GPU, its memory is free again), on its host.
+    @task(outlets=[DEPLOYMENTS], map_index_template=ON_HOST, **placement("promote"))
     def promote(repo: dict, comparison: dict) -> dict:
         return announce_deployment(run_step("promote", repo, comparison))
 
@@ -105,9 +110,10 @@ def deploy_llm():
     build_wheel() >> engine
     verified = verify_engine(engine, weights, cached)
     repo = render_model_repo(verified, weights, cached)
-    server = start_server(repo)
-    comparison = compare_with_live(server)
-    benchmark(server) >> comparison >> stop_server(server) >> promote(repo, comparison)
+    servers = start_server(repo)
+    comparisons = compare_with_live.expand(server=servers)
+    benchmark.expand(server=servers) >> comparisons >> stop_server.expand(server=servers) \
+        >> promote.partial(repo=repo).expand(comparison=comparisons)
 
 
 deploy_llm()

@@ -78,9 +78,14 @@ def test_the_airflow_3_stack_has_every_component(stack):
         assert needs["postgres"]["condition"] == needs["redis"]["condition"] == "service_healthy"
 
 
-def test_a_gpu_worker_serves_the_gpu_queue_with_the_hosts_nvidia_gpus(stack):
+def test_a_gpu_worker_serves_the_gpu_queue_and_its_own_hosts_with_the_hosts_nvidia_gpus(stack):
     gpu = stack["services"]["airflow-worker-gpu"]
-    assert gpu["command"][:2] == ["celery", "worker"] and gpu["command"][gpu["command"].index("--queues") + 1] == "gpu"
+    assert gpu["command"][:2] == ["bash", "-c"]
+    script = gpu["command"][2]
+    assert script.startswith("exec airflow celery worker --queues")
+    # The queue list comes from the same function the locality policy routes by ("$$": compose
+    # config prints the escape that the container's shell receives as one "$").
+    assert '--queues "$$(python -m llm_deploy.airflow.locality gpu)"' in script and gpu["hostname"]
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     default = stack["services"]["airflow-worker"]

@@ -253,21 +253,34 @@ class AirflowStack:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 
+    def map_index(self, dag_id: str, run_id: str, task_id: str) -> int:
+        """-1 for a plain task; the one instance's index for a task mapped over the run's server."""
+        indexes = [ti["map_index"] for ti in self.task_instances(dag_id, run_id) if ti["task_id"] == task_id]
+        return indexes[0] if len(indexes) == 1 else -1
+
     def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict:
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+        # From the run's list: a mapped task's placeholder (-1) turns into its instance 0 when
+        # the scheduler expands it, and the list always shows whichever exists.
+        found = [ti for ti in self.task_instances(dag_id, run_id) if ti["task_id"] == task_id]
+        if len(found) != 1:
+            raise StackError(f"{len(found)} instances of {task_id} in run {run_id}")
+        return found[0]
 
     def tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict]:
-        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries"
+        index = self.map_index(dag_id, run_id, task_id)
+        suffix = f"/{index}" if index >= 0 else ""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}{suffix}/tries"
         return self.api("GET", path)["task_instances"]
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
-        return self.api("GET", path, params={"deserialize": "true"})["value"]
+        params = {"deserialize": "true", "map_index": self.map_index(dag_id, run_id, task_id)}
+        return self.api("GET", path, params=params)["value"]
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
-        content = self.api("GET", path, params={"full_content": "true"},
-                           headers={"Accept": "application/json"})["content"]
+        content = self.api("GET", path, params={"full_content": "true", "map_index": self.map_index(
+                           dag_id, run_id, task_id)}, headers={"Accept": "application/json"})["content"]
         return "\n".join(_log_line(entry) for entry in content)
 
     def task_graph(self, dag_id: str) -> dict[str, list[str]]:

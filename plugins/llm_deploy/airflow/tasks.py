@@ -69,6 +69,20 @@ def task_outcome(call: Callable[[], Any]) -> Any:
         raise
 
 
+# A mapped server task's label in the grid: the host it ran on.
+ON_HOST = "{{ ti.hostname }}"
+
+
+def next_to(server: dict) -> dict:
+    """The server record a task was handed, once it is sure to run on the server's host."""
+    from airflow.sdk import get_current_context
+
+    from llm_deploy.airflow.locality import require_same_host
+
+    task_outcome(lambda: require_same_host(get_current_context()["ti"].task_id, server))
+    return server
+
+
 def find_cached_engine() -> dict | None:
     """The cache lookup task: records of a verified engine for the run's params, or None."""
     from llm_deploy.engine_cache import find_cached

@@ -63,6 +63,9 @@ class Step:
     writes: Writes = field(default=_nothing)  # the volume dirs it publishes into
     gpu: bool = False  # holds a GPU in production (the DAG's "gpu" pool tasks)
     network_host: bool = False  # talks to the server on the worker's loopback
+    # Acts on the server of this run's start_server (or after it, on the deployment beside it):
+    # runs on start_server's host.
+    next_to_server: bool = False
     needs_token: bool = False  # the Hub token, second argument (download_weights)
     needs_run_id: bool = False  # the run id, last argument (steps that write run reports)
     # Whether the dispatcher may send it whole to the runner (``python -m llm_deploy.cli`` in a
@@ -97,14 +100,15 @@ STEPS: dict[str, Step] = {step.name: step for step in (
     Step("start_server", "llm_deploy.steps.serve:start_server", _runs, gpu=True, network_host=True,
          needs_run_id=True, portable=False),
     # In the worker, next to the server it measures, whichever runner built the engine.
-    Step("benchmark", "llm_deploy.steps.benchmark:benchmark", _runs, network_host=True, needs_run_id=True,
+    Step("benchmark", "llm_deploy.steps.benchmark:benchmark", _runs, network_host=True, next_to_server=True,
+         needs_run_id=True, portable=False),
+    Step("stop_server", "llm_deploy.steps.serve:stop_server", network_host=True, next_to_server=True,
          portable=False),
-    Step("stop_server", "llm_deploy.steps.serve:stop_server", network_host=True, portable=False),
     # The deployment's long-running server lives on the worker, next to the qualification server.
-    Step("compare_with_live", "llm_deploy.steps.promote:compare_with_live", network_host=True, needs_run_id=True,
-         portable=False),
-    Step("promote", "llm_deploy.steps.promote:promote", _deployment, network_host=True, needs_run_id=True,
-         portable=False),
+    Step("compare_with_live", "llm_deploy.steps.promote:compare_with_live", network_host=True,
+         next_to_server=True, needs_run_id=True, portable=False),
+    Step("promote", "llm_deploy.steps.promote:promote", _deployment, network_host=True, next_to_server=True,
+         needs_run_id=True, portable=False),
     Step("rollback", "llm_deploy.steps.promote:rollback", _deployment, network_host=True, needs_run_id=True,
          portable=False),
     Step("stop_deployment", "llm_deploy.steps.promote:stop_deployment", _deployment, network_host=True,
