@@ -230,10 +230,10 @@ class KubernetesRunner:
     def run(self, command: StepCommand) -> CommandResult:
         from airflow.providers.common.compat.sdk import AirflowException
 
-        prepare_volume_paths(command.volume_paths)
         context = _current_context()
         if context is None:
             raise NonRetryableError(f"{command.name}: the kubernetes runner runs commands from inside an Airflow task")
+        prepare_volume_paths(command.volume_paths)
         output = _kept_lines()
         operator = self.operator(command, callbacks=output)
         log.info("running in a pod of %s: %s", operator.image, command.describe())
