@@ -21,7 +21,10 @@ from kubernetes.client.exceptions import ApiException
 from llm_deploy.backends.trtllm.execution import runner as trtllm_runner
 from llm_deploy.backends.trtllm.serve import launch_command
 from llm_deploy.errors import NonRetryableError
-from llm_deploy.runners import GpuRequest, KubernetesRunner, Service, StepCommand, VolumePath, runner_for, service_runner
+from llm_deploy.runners import (
+    CommandFailed, CommandTimedOut, GpuRequest, KubernetesRunner, Service, StepCommand, VolumePath, runner_for,
+    service_runner,
+)
 from llm_deploy.runners.kubernetes_runner import HF_SECRET_ENV, LABEL_INSTANCE, exit_code
 from llm_deploy.spec import DeploySpec
 
@@ -313,3 +316,48 @@ def test_what_is_not_built_for_kubernetes_yet_is_refused_by_name():
     twin = DeploySpec.from_params({"engines_root": "/engines", "runner": "kubernetes"})
     assert "runner='kubernetes'" in backend_for(twin).deployment_refusal(twin)
     assert backend_for(twin).runs_python_steps_in_runner(twin), "the twin's steps run whole in pods of its image"
+
+
+LAST_LINE = "[TensorRT-LLM] Engine written to /engines/engines/llama"
+
+
+def finished_pod(phase: str, *, reason: str | None = None, code: int | None = None):
+    from kubernetes.client import models as k8s
+
+    state = k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=code)) if code is not None else None
+    return k8s.V1Pod(status=k8s.V1PodStatus(phase=phase, reason=reason, container_statuses=[k8s.V1ContainerStatus(
+        name="base", image=IMAGE, image_id="", ready=False, restart_count=0, state=state)]))
+
+
+@pytest.mark.parametrize(("pod", "raised", "message"), [
+    (finished_pod("Succeeded", code=0), None, ""),
+    (finished_pod("Failed", code=3), CommandFailed, "exited with code 3"),
+    (finished_pod("Failed", reason="DeadlineExceeded"), CommandTimedOut, "ran past its 60s timeout and was killed"),
+])
+def test_how_the_pod_ended_is_how_the_command_fails(runner, monkeypatch, tmp_path, pod, raised, message):
+    """What the operator's execute would meet on a cluster, stood in for: it follows the log
+    (each line through the callbacks), then fails on the pod's end, as its cleanup does."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    from llm_deploy.runners import kubernetes_runner
+
+    def execute(operator, context):
+        for callback in operator.callbacks:
+            callback.progress_callback(line=LAST_LINE, client=None, mode="sync",
+                                       container_name="base", timestamp=None, pod=None)
+        operator.remote_pod = pod
+        if pod.status.phase != "Succeeded":
+            raise AirflowException(f"Pod {operator.name} returned a failure.")
+
+    monkeypatch.setattr(KubernetesPodOperator, "execute", execute)
+    monkeypatch.setattr(kubernetes_runner, "_current_context", lambda: {"ti": None})
+    runner.engines_root = str(tmp_path)
+    command = StepCommand(name="build_engine", argv=("trtllm-build",), timeout_s=60,
+                          volume_paths=(VolumePath(str(tmp_path)),))
+    if raised is None:
+        assert runner.run(command).lines == [LAST_LINE], "the output comes back (a Python step reports its outcome last)"
+        return
+    with pytest.raises(raised, match=message) as failure:
+        runner.run(command)
+    assert failure.value.lines == [LAST_LINE], "the command's last lines travel with its failure"
