@@ -361,3 +361,14 @@ def test_how_the_pod_ended_is_how_the_command_fails(runner, monkeypatch, tmp_pat
     with pytest.raises(raised, match=message) as failure:
         runner.run(command)
     assert failure.value.lines == [LAST_LINE], "the command's last lines travel with its failure"
+
+
+def test_importing_the_runners_loads_neither_the_provider_nor_the_client():
+    import subprocess
+    import sys
+
+    probe = ("import sys, llm_deploy.runners; "
+             "print([m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'kubernetes_asyncio') "
+             "or m.startswith('airflow.providers.cncf')])")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
