@@ -93,6 +93,14 @@ def test_runner_params():
         spec(docker_image="nvcr.io/x:1 --privileged")
     with pytest.raises(SpecError, match="outside the engines volume"):
         spec(backend_repo_dir="/opt/tensorrtllm_backend")
+    with pytest.raises(SpecError, match="- runner: .*'local', 'docker' or 'kubernetes'"):
+        spec(runner="slurm")
+
+
+def test_the_kubernetes_runner_leaves_picking_gpus_to_the_device_plugin():
+    assert spec(runner="kubernetes", backend="trtllm", world_size=2).runner == "kubernetes"
+    with pytest.raises(SpecError, match="with runner 'kubernetes' the device plugin picks world_size GPUs"):
+        spec(runner="kubernetes", backend="trtllm", world_size=2, gpu_device_ids="0,1")
 
 
 def test_the_tutorials_decoupled_mode_false_is_benchmarked_without_streaming():

@@ -41,7 +41,7 @@ _GLOB = r"^[A-Za-z0-9*?._/\[\]-]{1,128}$"
 ModelSource = Literal["builtin", "huggingface", "local"]
 Backend = Literal["torch", "trtllm"]
 DType = Literal["float32", "float16", "bfloat16"]
-Runner = Literal["local", "docker"]
+Runner = Literal["local", "docker", "kubernetes"]
 SchedulerPolicy = Literal["max_utilization", "guaranteed_no_evict"]
 TritonFlow = _trtllm_releases.TritonFlow
 BenchmarkTarget = Literal["grpc_ensemble", "grpc_tensorrt_llm", "http_generate_stream", "http_generate"]
@@ -127,12 +127,14 @@ class DeploySpec(BaseModel):
         "local",
         description="Where step commands run: 'local' = on the worker itself (e.g. a worker inside "
         "the NGC TensorRT-LLM image, or the embedded CPU run), 'docker' = in a container per "
-        "step through DockerOperator, with GPUs, volumes and the HF token passed in.",
+        "step through DockerOperator, with GPUs, volumes and the HF token passed in, "
+        "'kubernetes' = in a pod per step through KubernetesPodOperator (GPUs from the device "
+        "plugin, the engines volume from a PersistentVolumeClaim, the HF token from a Secret).",
     )
     docker_image: str = Field(
         "",
         pattern=r"^([a-z0-9][a-z0-9._/:@-]{0,254})?$",
-        description="Image for the docker runner; empty = the image the release table names "
+        description="Image for the docker and kubernetes runners; empty = the image the release table names "
         "(the NGC tritonserver:<yy.mm>-trtllm-python-py3 image for trtllm).",
     )
     gpu_device_ids: str = Field(
@@ -396,6 +398,11 @@ class DeploySpec(BaseModel):
             self.local_model_path()  # raises when outside the volume
         if self.backend_repo_dir:
             inside_volume(self.root, self.backend_repo_dir, param="backend_repo_dir")
+        if self.gpu_device_ids and self.runner == "kubernetes":
+            raise ValueError(
+                "gpu_device_ids names GPUs of one host; with runner 'kubernetes' the device plugin "
+                "picks world_size GPUs on the node the pod lands on: leave gpu_device_ids empty"
+            )
         if self.gpu_device_ids and len(self.gpu_device_ids.split(",")) != self.world_size:
             raise ValueError(
                 f"gpu_device_ids lists {len(self.gpu_device_ids.split(','))} GPUs but world_size "

@@ -1,6 +1,6 @@
 """A step's command as data: what to run, with which environment, paths, GPUs and limits.
 
-Steps describe *what* runs; a runner (``local`` or ``docker``) decides *where*. Keeping the
+Steps describe *what* runs; a runner (``local``, ``docker`` or ``kubernetes``) decides *where*. Keeping the
 description plain data means one step works on either runner, tests can read exactly what would
 run, and nothing is ever put through a shell: ``argv`` is a list, always.
 
@@ -101,6 +101,9 @@ class StepCommand:
     timeout_s: float | None = None
     # docker runner's services only: Docker's restart policy ("unless-stopped"); "" = none.
     restart_policy: str = ""
+    # Services: the ports the command listens on, by name ({"http": 8000}). The kubernetes
+    # runner publishes them through the server's Service; host networking needs no list.
+    ports: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.argv or not all(isinstance(arg, str) for arg in self.argv):
@@ -129,14 +132,18 @@ class CommandResult:
 @dataclass(frozen=True)
 class Service:
     """A runner's record of a background command (the server) that outlives the task that
-    started it: a process group (local) or a container (docker); XCom-safe."""
+    started it: a process group (local), a container (docker) or a pod behind a Service
+    (kubernetes); XCom-safe."""
 
-    runner: str  # "local" | "docker"
+    runner: str  # "local" | "docker" | "kubernetes"
     name: str
     pid: int = 0  # local: the group's leader
     pgid: int = 0  # local
     create_time: float | None = None  # local: with pid, names the leader for good (pids get reused)
     container_id: str = ""  # docker
+    pod_name: str = ""  # kubernetes: the pod, and the Service of the same name
+    namespace: str = ""  # kubernetes
+    address: str = ""  # kubernetes: the Service's DNS name, where clients reach the server
     log_path: str = ""
     log_offset: int = 0  # local: where this start's output begins in log_path (it is appended to)
 
@@ -202,7 +209,7 @@ TAIL_LINES = 30
 
 
 class Runner(Protocol):
-    """What the local and docker runners both offer (``llm_deploy.runners.runner_for``)."""
+    """What the local, docker and kubernetes runners all offer (``llm_deploy.runners.runner_for``)."""
 
     name: str
     python: str  # the interpreter that runs llm_deploy.cli where the runner runs commands

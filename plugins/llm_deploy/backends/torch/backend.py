@@ -27,8 +27,8 @@ class TorchBackend(Backend):
     compares_with_hf_generate = True
 
     def runs_python_steps_in_runner(self, spec: DeploySpec) -> bool:
-        # The twin's steps are our Python: with the docker runner they run whole in its image.
-        return spec.runner == "docker"
+        # The twin's steps are our Python: with the docker or kubernetes runner they run whole in its image.
+        return spec.runner in ("docker", "kubernetes")
 
     def gpus(self, spec: DeploySpec) -> GpuRequest:
         # The twin runs on CPU unless pointed at GPUs.

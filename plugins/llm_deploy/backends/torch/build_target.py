@@ -14,13 +14,13 @@ from llm_deploy.build_target import CPU, BuildTarget, gpu_of
 from llm_deploy.runners.command import RUNNER_IMAGE_ENV
 from llm_deploy.spec import DeploySpec
 
-# The docker runner's image for the twin's steps: one that carries torch and llm_deploy.
+# The docker and kubernetes runners' image for the twin's steps: one that carries torch and llm_deploy.
 TORCH_IMAGE_ENV = "LLM_DEPLOY_TORCH_IMAGE"
 
 
 def build_target(spec: DeploySpec, step: str) -> BuildTarget:
     image = ""
-    if spec.runner == "docker":  # in its container the step is told the image; outside it, the spec's
+    if spec.runner in ("docker", "kubernetes"):  # in its container the step is told the image; outside it, the spec's
         image = os.environ.get(RUNNER_IMAGE_ENV) or spec.docker_image or os.environ.get(TORCH_IMAGE_ENV, "")
     runtime = f"torch {importlib.metadata.version('torch')}"
     if not spec.gpu_device_ids:  # the twin runs on CPU unless pointed at GPUs

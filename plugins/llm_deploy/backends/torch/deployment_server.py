@@ -12,10 +12,10 @@ from llm_deploy.spec import DeploySpec
 
 
 def refusal(spec: DeploySpec) -> str | None:
-    if spec.runner == "docker":
-        # Its Python steps run in one-shot containers; a server started from one would end with it.
-        return ("the twin's deployment server is a process of the worker, and with runner='docker' the "
-                "twin's steps run in one-shot containers: promote with runner='local'")
+    if spec.runner in ("docker", "kubernetes"):
+        # Its Python steps run in one-shot containers (pods); a server started from one would end with it.
+        return ("the twin's deployment server is a process of the worker, and with "
+                f"runner={spec.runner!r} the twin's steps run in one-shot containers: promote with runner='local'")
     return None
 
 

@@ -26,6 +26,10 @@ from llm_deploy.spec import DeploySpec
 
 
 def refusal(spec: DeploySpec) -> str | None:
+    if spec.runner == "kubernetes":
+        return ("runner='kubernetes': the deployment's long-running server is a supervised process or a "
+                "container Docker restarts, both on the worker's host; as a Kubernetes workload (a "
+                "Deployment and its Service) it is not built yet, so the engine is qualified and not promoted")
     if spec.triton_flow == "llmapi":
         return ("triton_flow='llmapi' serves its tensorrt_llm model with no ensemble in front, and a deployment "
                 "swaps versions behind its ensemble; promoting the llmapi flow is not built yet, so the "

@@ -32,6 +32,8 @@ def launch_command(spec: DeploySpec, model_repo: str) -> StepCommand:
         volume_paths=(VolumePath(str(spec.root), writable=False),),
         gpus=gpus(spec),
         network_host=True,
+        # What a Service publishes where the runner has no host network to share (kubernetes).
+        ports={"http": spec.http_port, "grpc": spec.grpc_port, "metrics": spec.metrics_port},
     )
 
 
@@ -47,10 +49,12 @@ def start_server(spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRe
     settings = (volume.read_manifest(model_repo) or {}).get("settings", {})
     if settings.get("engine_dir"):  # none in the llmapi flow
         validation.check_engine_world_size(spec, settings["engine_dir"])
-    check_ports_free(spec.server_host, {"http": spec.http_port, "grpc": spec.grpc_port, "metrics": spec.metrics_port})
-    host = client_host(spec.server_host)
-    http_url = f"http://{host}:{spec.http_port}"
+    if on.name != "kubernetes":  # a pod's ports are its own, behind a Service of its own
+        check_ports_free(spec.server_host, {"http": spec.http_port, "grpc": spec.grpc_port,
+                                            "metrics": spec.metrics_port})
     service = on.start(launch_command(spec, str(model_repo)), str(log_path))
+    host = service.address or client_host(spec.server_host)
+    http_url = f"http://{host}:{spec.http_port}"
     try:
         readiness.wait_ready(http_url, readiness.repository_models(model_repo), alive=lambda: on.alive(service),
                              output=lambda: on.logs(service), timeout_s=spec.server_start_timeout_s,
