@@ -65,6 +65,9 @@ class Step:
     network_host: bool = False  # talks to the server on the worker's loopback
     needs_token: bool = False  # the Hub token, second argument (download_weights)
     needs_run_id: bool = False  # the run id, last argument (steps that write run reports)
+    # The admin key of a server on a non-loopback server_host (keyword ``admin_key``): for the
+    # steps that start a server or call its admin APIs. Never a param, never in a record.
+    needs_admin_key: bool = False
     # Whether the dispatcher may send it whole to the runner (``python -m llm_deploy.cli`` in a
     # container): the server's start and stop hold the worker's process group, and the benchmark
     # runs beside them, so those stay in the worker.
@@ -76,7 +79,7 @@ class Step:
         return getattr(importlib.import_module(module), name)
 
     def call(self, spec: DeploySpec, inputs: Sequence[Any] = (), *, token: str | None = None,
-             run_id: str | None = None) -> Any:
+             run_id: str | None = None, admin_key: Any = None) -> Any:
         args: list[Any] = [spec]
         if self.needs_token:
             args.append(token)
@@ -85,6 +88,8 @@ class Step:
             if not run_id:
                 raise NonRetryableError(f"{self.name} needs the run id")
             args.append(run_id)
+        if self.needs_admin_key:
+            return self.function(*args, admin_key=admin_key)
         return self.function(*args)
 
 
@@ -95,7 +100,7 @@ STEPS: dict[str, Step] = {step.name: step for step in (
     Step("verify_engine", "llm_deploy.steps.verify_engine:verify_engine", _verified_engines, gpu=True),
     Step("render_model_repo", "llm_deploy.steps.render_model_repo:render_model_repo", _model_repos),
     Step("start_server", "llm_deploy.steps.serve:start_server", _runs, gpu=True, network_host=True,
-         needs_run_id=True, portable=False),
+         needs_run_id=True, needs_admin_key=True, portable=False),
     # In the worker, next to the server it measures, whichever runner built the engine.
     Step("benchmark", "llm_deploy.steps.benchmark:benchmark", _runs, network_host=True, needs_run_id=True,
          portable=False),
