@@ -11,7 +11,6 @@ from llm_deploy.airflow.tasks import triton_admin_key
 from llm_deploy.airflow.triton_admin_hook import TritonAdminKeyHook
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.server.admin_guard import DEFAULT_HEADER, AdminKey
-from llm_deploy.spec import DeploySpec
 
 KEY = "tritonAdminKeyForTheHookTest0001"
 
@@ -57,10 +56,10 @@ def test_a_missing_connection_says_what_to_create(monkeypatch):
 def test_a_loopback_server_needs_no_connection(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_TRITON_ADMIN", raising=False)
 
-    assert triton_admin_key(DeploySpec(server_host="127.0.0.1")) is None
-    assert triton_admin_key(DeploySpec(server_host="localhost")) is None
+    assert triton_admin_key("127.0.0.1", "triton_admin") is None
+    assert triton_admin_key("localhost", "triton_admin") is None
     with pytest.raises(NonRetryableError, match="no Airflow connection 'triton_admin'"):
-        triton_admin_key(DeploySpec(server_host="0.0.0.0"))
+        triton_admin_key("0.0.0.0", "triton_admin")
 
 
 def test_airflow_masks_the_connection_password_by_itself(monkeypatch):

@@ -16,12 +16,15 @@ A loopback server is not guarded: only its own host can reach it.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from llm_deploy.errors import NonRetryableError
 
 KEY_ENV = "LLM_DEPLOY_TRITON_ADMIN_KEY"
+HEADER_ENV = "LLM_DEPLOY_TRITON_ADMIN_HEADER"  # outside Airflow: the header, if not the default
 DEFAULT_HEADER = "triton-admin-key"
 # gRPC metadata keys must be lowercase, and the header goes into a shell word unquoted: keep it plain.
 HEADER_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -87,12 +90,23 @@ def restricted_api_options(header: str) -> list[str]:
             f"--grpc-restricted-protocol={apis}:{header}={value}"]
 
 
+_SHELL_NAME = "llm-deploy-guard"
+
+
 def guarded_argv(argv: list[str] | tuple[str, ...], header: str) -> list[str]:
     """``argv`` run by ``/bin/sh``, which appends the restricted-API options with the key from
     the environment and execs it (same pid, so runners and process checks see tritonserver)."""
     script = "exec \"$@\" " + " ".join(f'"{option}"' for option in restricted_api_options(header))
     # The word after the script is the shell's $0: it names the shell in its own error messages.
-    return ["/bin/sh", "-c", script, "llm-deploy-guard", *argv]
+    return ["/bin/sh", "-c", script, _SHELL_NAME, *unguarded_argv(argv)]
+
+
+def unguarded_argv(argv: list[str] | tuple[str, ...]) -> list[str]:
+    """``argv`` without ``guarded_argv``'s wrapper (a deployment's stored launch may have one)."""
+    argv = list(argv)
+    if argv[:2] == ["/bin/sh", "-c"] and len(argv) > 3 and argv[3] == _SHELL_NAME:
+        return argv[4:]
+    return argv
 
 
 def require_key_beyond_loopback(host: str, key: AdminKey | None, conn_id: str = "triton_admin") -> None:
@@ -105,3 +119,25 @@ def require_key_beyond_loopback(host: str, key: AdminKey | None, conn_id: str = 
             f"{DEFAULT_HEADER!r}), e.g. `airflow connections add {conn_id} --conn-type generic "
             f"--conn-password \"$(openssl rand -hex 24)\"`; outside Airflow set {KEY_ENV}; "
             "or serve on 127.0.0.1")
+
+
+# How a step gets the key of a server it starts or administers: (server host, connection id) ->
+# the key, or None for a loopback host. The Airflow task passes one that reads the connection
+# (llm_deploy.airflow.tasks); a step reads it only once it knows the host (a rollback: from the
+# deployment's record).
+KeyFor = Callable[[str, str], "AdminKey | None"]
+
+
+def key_from_environ(host: str, conn_id: str, environ: Mapping[str, str] = os.environ) -> AdminKey | None:
+    """``KeyFor`` outside Airflow (``python -m llm_deploy.cli``): the key from ``KEY_ENV``."""
+    if is_loopback(host) or not environ.get(KEY_ENV):
+        return None
+    return AdminKey(environ.get(HEADER_ENV) or DEFAULT_HEADER, environ[KEY_ENV].strip())
+
+
+def key_for(host: str, conn_id: str, source: KeyFor | None) -> AdminKey | None:
+    """The key of a server on ``host`` from ``source``; NonRetryableError when one is needed and
+    there is none."""
+    key = None if is_loopback(host) or source is None else source(host, conn_id)
+    require_key_beyond_loopback(host, key, conn_id)
+    return key

@@ -65,8 +65,9 @@ class Step:
     network_host: bool = False  # talks to the server on the worker's loopback
     needs_token: bool = False  # the Hub token, second argument (download_weights)
     needs_run_id: bool = False  # the run id, last argument (steps that write run reports)
-    # The admin key of a server on a non-loopback server_host (keyword ``admin_key``): for the
-    # steps that start a server or call its admin APIs. Never a param, never in a record.
+    # Where the admin key of a server on a non-loopback host comes from (keyword ``admin_key_for``,
+    # an ``admin_guard.KeyFor``): for the steps that start a server or call its admin APIs. The key
+    # is never a param nor in a record, and these steps are never portable: it stays in the worker.
     needs_admin_key: bool = False
     # Whether the dispatcher may send it whole to the runner (``python -m llm_deploy.cli`` in a
     # container): the server's start and stop hold the worker's process group, and the benchmark
@@ -79,7 +80,7 @@ class Step:
         return getattr(importlib.import_module(module), name)
 
     def call(self, spec: DeploySpec, inputs: Sequence[Any] = (), *, token: str | None = None,
-             run_id: str | None = None, admin_key: Any = None) -> Any:
+             run_id: str | None = None, admin_key_for: Any = None) -> Any:
         args: list[Any] = [spec]
         if self.needs_token:
             args.append(token)
@@ -89,7 +90,7 @@ class Step:
                 raise NonRetryableError(f"{self.name} needs the run id")
             args.append(run_id)
         if self.needs_admin_key:
-            return self.function(*args, admin_key=admin_key)
+            return self.function(*args, admin_key_for=admin_key_for)
         return self.function(*args)
 
 
@@ -109,9 +110,9 @@ STEPS: dict[str, Step] = {step.name: step for step in (
     Step("compare_with_live", "llm_deploy.steps.promote:compare_with_live", network_host=True, needs_run_id=True,
          portable=False),
     Step("promote", "llm_deploy.steps.promote:promote", _deployment, network_host=True, needs_run_id=True,
-         portable=False),
+         needs_admin_key=True, portable=False),
     Step("rollback", "llm_deploy.steps.promote:rollback", _deployment, network_host=True, needs_run_id=True,
-         portable=False),
+         needs_admin_key=True, portable=False),
     Step("stop_deployment", "llm_deploy.steps.promote:stop_deployment", _deployment, network_host=True,
          needs_run_id=True, portable=False),
 )}
