@@ -32,7 +32,9 @@ HEADER_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # (model-repository; model-config reads every model's full configuration, paths included),
 # map memory into the server (shared-memory), read the server's internals (statistics, trace) or
 # change what it logs (logging). Left open, because the clients of a served model need them:
-# inference, health (liveness, readiness) and metadata (a model's inputs and outputs).
+# inference, health (liveness, readiness) and metadata (a model's inputs and outputs). So the
+# benchmark, readiness waits and the supervisor's health checks work without the key, which is
+# never sent on the inference path; only the repository API calls (deployment switches) send it.
 RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
 OPEN_APIS = ("health", "metadata", "inference")
 # Triton expects a restricted gRPC call's metadata key with this prefix (its refusal names it).
