@@ -5,7 +5,8 @@
 The docker runner starts this inside a container (the local runner can run it as a subprocess),
 so a step that is plain Python on the worker runs unchanged in an image that carries llm_deploy.
 Inputs are the upstream steps' XCom records, the spec is the run's validated DeploySpec; neither
-holds a secret. The Hugging Face token comes only from the ``HF_TOKEN`` environment variable.
+holds a secret. The Hugging Face token comes only from the ``HF_TOKEN`` environment variable, a
+guarded server's admin key only from ``LLM_DEPLOY_TRITON_ADMIN_KEY``.
 
 The step's logging goes to stderr. The very last line on stdout is the outcome, one JSON object
 after ``OUTCOME_MARKER``: ``{"status": "ok", "result": {...}}`` or ``{"status": "skip" |
@@ -51,11 +52,13 @@ def parse_outcome(lines: list[str]) -> dict[str, Any] | None:
 def run(step_name: str, spec_json: str, inputs: list[Any], run_id: str | None) -> tuple[Outcome, Any]:
     """Call the step; return (status, result or error message)."""
     from llm_deploy.records import to_xcom
+    from llm_deploy.server.admin_guard import key_from_environ
     from llm_deploy.spec import DeploySpec
 
     try:
         spec = DeploySpec.from_params(json.loads(spec_json))
-        result = STEPS[step_name].call(spec, inputs, token=os.environ.get(HF_TOKEN_ENV) or None, run_id=run_id)
+        result = STEPS[step_name].call(spec, inputs, token=os.environ.get(HF_TOKEN_ENV) or None, run_id=run_id,
+                                       admin_key_for=key_from_environ)
     except Exception as exc:  # noqa: BLE001 - every failure is reported; the outcome says whether to retry
         status = outcome_of(exc)
         if status == "failed":

@@ -165,7 +165,14 @@ class DeploySpec(BaseModel):
     server_host: str = Field(
         "127.0.0.1",
         pattern=_HOST,
-        description="Address Triton binds to and clients use; 127.0.0.1 keeps it private.",
+        description="Address Triton binds to and clients use; 127.0.0.1 keeps it private. Any other "
+        "address restricts Triton's admin APIs to requests carrying the key of triton_admin_conn_id.",
+    )
+    triton_admin_conn_id: str = Field(
+        "triton_admin",
+        pattern=r"^[A-Za-z0-9_.-]{1,250}$",
+        description="Airflow connection holding the admin key of a server on a non-loopback server_host: "
+        "password = the key, login = the header that carries it (empty: triton-admin-key).",
     )
     http_port: int = Field(8000, ge=1024, le=65535, description="Triton HTTP port.")
     grpc_port: int = Field(8001, ge=1024, le=65535, description="Triton gRPC port.")

@@ -25,9 +25,18 @@ def test_records_become_small_dicts(context):
 def test_the_run_id_goes_to_the_steps_that_write_run_reports(context, monkeypatch):
     calls = []
     monkeypatch.setattr("llm_deploy.steps.serve.start_server",
-                        lambda spec, repo, run_id: calls.append((repo, run_id)) or {"pid": 1})
+                        lambda spec, repo, run_id, admin_key_for: calls.append((repo, run_id, admin_key_for)) or {"pid": 1})
     assert tasks.run_step("start_server", {"model_repo": "/r"}) == {"pid": 1}
-    assert calls == [({"model_repo": "/r"}, context["run_id"])]
+    # and where a guarded server's admin key comes from: the connection, read by the step itself
+    assert calls == [({"model_repo": "/r"}, context["run_id"], tasks.triton_admin_key)]
+
+
+def test_a_server_beyond_loopback_without_its_connection_fails_the_task_saying_what_to_create(context, monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_TRITON_ADMIN", raising=False)
+    context["params"]["server_host"] = "192.0.2.7"
+    with pytest.raises(AirflowFailException, match="no Airflow connection 'triton_admin'.*airflow connections add "
+                                                   "triton_admin --conn-type generic"):
+        tasks.run_step("start_server", {"model_repo": "/r"})
 
 
 def test_bad_params_fail_the_task_without_retry(context):

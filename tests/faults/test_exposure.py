@@ -85,3 +85,24 @@ def test_the_server_binds_loopback_unless_told_otherwise(spec):
     assert spec.server_host == "127.0.0.1"
     for service in ("http", "grpc", "metrics"):
         assert f"--{service}-address=127.0.0.1" in argv
+
+
+def test_beyond_loopback_every_admin_api_triton_has_is_restricted_and_only_inference_health_metadata_open():
+    """Our split against the real tritonserver's own list: an API group a later Triton adds must
+    be placed on one side or the other before it can be served unguarded."""
+    import re
+    import subprocess
+
+    from llm_deploy.server import tritonserver
+    from llm_deploy.server.admin_guard import OPEN_APIS, RESTRICTED_APIS, guarded_argv
+
+    paths, env = tritonserver.prepare()
+    usage = subprocess.run([str(paths.binary), "--help"], env=env, capture_output=True, text=True).stderr  # usage goes to stderr
+    for flag in ("http-restricted-api", "grpc-restricted-protocol"):
+        allowed = re.search(rf"--{flag} .*?Allowed \w+: ([a-z,\s-]+)", usage, re.S).group(1)
+        assert sorted(RESTRICTED_APIS + OPEN_APIS) == sorted(name.strip() for name in allowed.split(",")), flag
+
+    argv = guarded_argv(["tritonserver", "--http-address=192.0.2.1"], "triton-admin-key")
+    assert (argv[:2], argv[3:]) == (["/bin/sh", "-c"], ["llm-deploy-guard", "tritonserver", "--http-address=192.0.2.1"])
+    assert f'"--http-restricted-api={",".join(RESTRICTED_APIS)}:triton-admin-key=${{' in argv[2]
+    assert f'"--grpc-restricted-protocol={",".join(RESTRICTED_APIS)}:triton-admin-key=${{' in argv[2]

@@ -24,7 +24,7 @@ SECTIONS = {
     "Engine": ("backend", "trtllm_release", "triton_flow", "dtype", "world_size", "max_batch_size",
                "max_input_len", "max_output_len", "engines_root", "keep_engines"),
     "Runner": ("runner", "docker_image", "gpu_device_ids", "backend_repo_dir"),
-    "Server": ("server_host", "http_port", "grpc_port", "metrics_port", "server_start_timeout_s",
+    "Server": ("server_host", "triton_admin_conn_id", "http_port", "grpc_port", "metrics_port", "server_start_timeout_s",
                "batch_scheduler_policy", "max_queue_delay_microseconds", "decoupled_mode",
                "exclude_input_in_output", "kv_cache_free_gpu_mem_fraction", "max_tokens_in_paged_kv_cache",
                "enable_kv_cache_reuse", "enable_chunked_context"),

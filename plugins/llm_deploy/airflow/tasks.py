@@ -48,7 +48,8 @@ def run_step(name: str, *inputs: Any, spec: DeploySpec | None = None) -> Any:
     spec = spec or current_spec(context)
     step = STEPS[name]
     token = hf_token(spec) if step.needs_token else None
-    return task_outcome(lambda: execute(name, spec, *inputs, token=token, run_id=context["run_id"]))
+    return task_outcome(lambda: execute(name, spec, *inputs, token=token, run_id=context["run_id"],
+                                        admin_key_for=triton_admin_key if step.needs_admin_key else None))
 
 
 def task_outcome(call: Callable[[], Any]) -> Any:
@@ -122,6 +123,19 @@ def hf_token(spec: DeploySpec) -> str | None:
     from llm_deploy.airflow.hf_hook import HuggingFaceTokenHook
 
     return HuggingFaceTokenHook(hf_conn_id=spec.hf_conn_id).get_token()
+
+
+def triton_admin_key(host: str, conn_id: str):
+    """``admin_guard.KeyFor`` in a task: the admin key of a server on a non-loopback ``host``,
+    from Airflow connection ``conn_id``; None for loopback, which nothing else can reach. A
+    missing connection: NonRetryableError saying what to create."""
+    from llm_deploy.server.admin_guard import is_loopback
+
+    if is_loopback(host):
+        return None
+    from llm_deploy.airflow.triton_admin_hook import TritonAdminKeyHook
+
+    return TritonAdminKeyHook(triton_admin_conn_id=conn_id).get_key()
 
 
 def announce_deployment(result: dict) -> dict:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # records import volume and spec only; this keeps the interfa
     from llm_deploy.build_target import BuildTarget
     from llm_deploy.deployment.launch import ServerLaunch
     from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
+    from llm_deploy.server.admin_guard import AdminKey
 
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,11 @@ class Backend(ABC):
         an engine) into ``out_dir`` (scratch)."""
 
     @abstractmethod
-    def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRecord:
+    def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path, *,
+                     admin_key: AdminKey | None = None) -> ServerRecord:
         """Start Triton on the repository; return once it and every model are ready, having
-        stopped whatever it started if they are not."""
+        stopped whatever it started if they are not. ``admin_key`` (given for a non-loopback
+        ``server_host``): restrict the admin APIs to requests carrying it (``admin_guard``)."""
 
     def stop_server(self, server: dict) -> bool:
         """Stop the server a start_server record describes, through the runner that started it

@@ -29,6 +29,7 @@ from llm_deploy.deployment.repository_api import RepositoryApi
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.records import Record
 from llm_deploy.runners.command import Service
+from llm_deploy.server.admin_guard import AdminKey, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class Settings:
     load_timeout_s: float
     # How the server runs (the backend's answer for the run's spec); None: as it last started.
     launch: ServerLaunch | None = None
+    # The Airflow connection of the admin key, for a non-loopback host (kept in the record by name).
+    admin_conn_id: str = "triton_admin"
 
 
 def lease_name(name: str) -> str:
@@ -69,11 +72,12 @@ def lease_name(name: str) -> str:
 
 
 def promote(directory: Path, settings: Settings, candidate_repo: Path, *, run_id: str,
-            qualification: dict) -> DeploymentRecord:
+            qualification: dict, admin_key: AdminKey | None = None) -> DeploymentRecord:
     """Make the candidate's repository the deployment's next version, and serve it.
 
     A deployment whose server is not running (a first deploy, or one stopped on purpose) is
-    started on the new version; a running one switches to it without downtime.
+    started on the new version; a running one switches to it without downtime. ``admin_key``:
+    the guard of a server on a non-loopback host (its start and its repository API calls).
     """
     with record.operation(directory, "promote"):
         deployment = _open(directory, settings)
@@ -93,9 +97,9 @@ def promote(directory: Path, settings: Settings, candidate_repo: Path, *, run_id
         action = "promoted" if server.running(deployment) else "started"
         try:
             if action == "promoted":
-                _switch(directory, deployment, to=version, run_id=run_id, action=action)
+                _switch(directory, deployment, to=version, run_id=run_id, action=action, admin_key=admin_key)
             else:
-                _start(directory, number, settings, run_id=run_id)
+                _start(directory, number, settings, run_id=run_id, admin_key=admin_key)
         except BaseException:
             _forget(directory, version, live=previous, previous=before_previous)
             raise
@@ -103,8 +107,10 @@ def promote(directory: Path, settings: Settings, candidate_repo: Path, *, run_id
         return _result(directory, deployment, action, previous)
 
 
-def rollback(directory: Path, settings: Settings | None, *, run_id: str, to_version: int | None = None) -> DeploymentRecord:
-    """Serve an earlier kept version again (the previous one unless ``to_version`` names one)."""
+def rollback(directory: Path, settings: Settings | None, *, run_id: str, to_version: int | None = None,
+             admin_key: AdminKey | None = None) -> DeploymentRecord:
+    """Serve an earlier kept version again (the previous one unless ``to_version`` names one);
+    ``admin_key``: as for ``promote`` (the record's ``admin_conn_id`` says whether one is needed)."""
     with record.operation(directory, "rollback"):
         deployment = record.read(directory)
         if deployment is None or not deployment.versions:
@@ -114,10 +120,10 @@ def rollback(directory: Path, settings: Settings | None, *, run_id: str, to_vers
             raise NonRetryableError(f"deployment {deployment.name} already serves version {target.version}")
         previous = deployment.live
         if server.running(deployment):
-            _switch(directory, deployment, to=target, run_id=run_id, action="rolled_back")
+            _switch(directory, deployment, to=target, run_id=run_id, action="rolled_back", admin_key=admin_key)
         else:
             _start(directory, target.version, settings or _settings_of(deployment), run_id=run_id,
-                   action="rolled_back")
+                   action="rolled_back", admin_key=admin_key)
         return _result(directory, _retain(directory), "rolled_back", previous)
 
 
@@ -158,8 +164,10 @@ def note_refusal(directory: Path, *, run_id: str, reason: str) -> None:
 # --- the switch ------------------------------------------------------------------------------
 
 
-def _switch(directory: Path, deployment: Deployment, *, to: Version, run_id: str, action: str) -> None:
-    api = RepositoryApi(deployment.http_url, timeout_s=deployment.load_timeout_s)
+def _switch(directory: Path, deployment: Deployment, *, to: Version, run_id: str, action: str,
+            admin_key: AdminKey | None = None) -> None:
+    api = RepositoryApi(deployment.http_url, timeout_s=deployment.load_timeout_s,
+                        headers=admin_key.headers if admin_key else None)
     old = deployment.live_version()
     _unload_strays(api, deployment, keep=set(old.models.values()) if old else set())
     loaded: list[str] = []
@@ -222,7 +230,8 @@ def _unload_strays(api: RepositoryApi, deployment: Deployment, *, keep: set[str]
         api.unload(name)
 
 
-def _start(directory: Path, number: int, settings: Settings, *, run_id: str, action: str = "started") -> None:
+def _start(directory: Path, number: int, settings: Settings, *, run_id: str, action: str = "started",
+           admin_key: AdminKey | None = None) -> None:
     with record.updating(directory) as current:
         live_repository.route_ensemble(directory, current.ensemble, number, current.version(number).models)
         if current.live and current.live != number:
@@ -235,7 +244,8 @@ def _start(directory: Path, number: int, settings: Settings, *, run_id: str, act
     if launch is None:
         raise NonRetryableError(f"deployment {deployment.name} never started, so nothing says how its server "
                                 "runs: promote a candidate with deploy_llm first")
-    service = server.start(directory, deployment, launch, deployment.ensemble, timeout_s=settings.load_timeout_s)
+    service = server.start(directory, deployment, launch, deployment.ensemble, timeout_s=settings.load_timeout_s,
+                           admin_key=admin_key)
     with record.updating(directory) as current:
         current.state = "serving"
         current.supervisor = service.to_xcom()
@@ -265,13 +275,15 @@ def _open(directory: Path, settings: Settings) -> Deployment:
                 f"deployment {current.name} serves on {current.host} ports {serving[1:]}; this run asks for "
                 f"{settings.host} ports {wanted[1:]}: use its ports, or stop it first (DAG stop_llm_deployment)")
         current.load_timeout_s = settings.load_timeout_s
+        current.admin_conn_id = "" if is_loopback(settings.host) else settings.admin_conn_id
         record.write(directory, current)  # under the lock; a new record has nothing to write it back
         return current
 
 
 def _settings_of(deployment: Deployment) -> Settings:
     return Settings(deployment.backend, deployment.host, deployment.http_port, deployment.grpc_port,
-                    deployment.metrics_port, deployment.load_timeout_s)
+                    deployment.metrics_port, deployment.load_timeout_s,
+                    admin_conn_id=deployment.admin_conn_id or Settings.admin_conn_id)
 
 
 def _previous(deployment: Deployment) -> Version:

@@ -59,6 +59,9 @@ class Deployment:
     grpc_port: int
     metrics_port: int
     ensemble: str = "ensemble"  # the endpoint clients call; routed to the live version
+    # The Airflow connection whose key guards the admin APIs of a server on a non-loopback host
+    # ("" on loopback: unguarded). Only its name: each rollback or promotion reads the key anew.
+    admin_conn_id: str = ""
     load_timeout_s: float = 600.0  # how long one model's load may take (the run's server_start_timeout_s)
     live: int = 0  # the version the ensemble routes to; 0: none yet
     live_since_unix: float = 0.0  # when it started to serve (a rollback restarts the clock)

@@ -3,15 +3,17 @@ container with a restart policy (``launch``).
 
 The server runs in explicit model-control mode, so that versions are loaded and unloaded through
 the repository API while it serves; it binds the deployment's own ports, which are not the
-qualification server's. The repository API is an admin endpoint: the server listens on loopback
-only, unless a later setting guards it (a non-loopback host is refused here).
+qualification server's. The repository API is an admin endpoint: on a non-loopback host the
+server restricts it, with the other admin APIs, to requests carrying the admin key
+(``server.admin_guard``), which reaches the supervisor or the container as a secret environment
+variable; ``server.json`` names it only as that variable.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from llm_deploy.deployment import container_entry
@@ -19,12 +21,12 @@ from llm_deploy.deployment import launch as server_launch
 from llm_deploy.deployment.launch import ServerLaunch
 from llm_deploy.deployment.live_repository import REPOSITORY
 from llm_deploy.deployment.record import Deployment
-from llm_deploy.errors import NonRetryableError
 from llm_deploy.runners import service_runner
 from llm_deploy.runners.command import Runner, Service, StepCommand, VolumePath
 from llm_deploy.runners.docker_runner import DockerRunner
 from llm_deploy.runners.local_runner import LocalRunner
 from llm_deploy.server import readiness
+from llm_deploy.server.admin_guard import AdminKey, guarded_argv, require_key_beyond_loopback, unguarded_argv
 from llm_deploy.server.ports import check_ports_free
 
 log = logging.getLogger(__name__)
@@ -40,30 +42,22 @@ def repository_dir(directory: Path) -> Path:
     return Path(directory) / REPOSITORY
 
 
-def require_loopback(host: str) -> None:
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
-        raise NonRetryableError(
-            f"server_host={host}: a deployment's server takes model loads and unloads on its HTTP port, "
-            "so it listens on loopback only (127.0.0.1); put a proxy in front of it for other hosts")
-
-
 def start(directory: Path, deployment: Deployment, launch: ServerLaunch, ensemble: str, *,
-          timeout_s: float) -> Service:
+          timeout_s: float, admin_key: AdminKey | None = None) -> Service:
     """Start the deployment's server as ``launch`` says, on the live version; return once it is ready.
 
     ``local``: our supervisor, detached, restarting tritonserver itself. ``docker``: one container
-    with a restart policy, whose entry serves the live version at each start. On failure whatever
-    was started is stopped before the error is raised.
+    with a restart policy, whose entry serves the live version at each start. ``admin_key``:
+    required on a non-loopback host, whose admin APIs it guards. On failure whatever was started
+    is stopped before the error is raised.
     """
-    require_loopback(deployment.host)
+    require_key_beyond_loopback(deployment.host, admin_key, deployment.admin_conn_id or "triton_admin")
     check_ports_free(deployment.host, {"http": deployment.http_port, "grpc": deployment.grpc_port,
                                        "metrics": deployment.metrics_port})
+    argv = unguarded_argv(launch.argv)  # a stored launch was guarded for the key of its own start
+    launch = replace(launch, argv=tuple(guarded_argv(argv, admin_key.header) if admin_key else argv))
     server_launch.write(directory, launch, ensemble=ensemble, http_url=deployment.http_url)
-    runner, command = _command(directory, deployment, launch)
+    runner, command = _command(directory, deployment, launch, admin_key.secret_env if admin_key else {})
     service = runner.start(command, Path(directory) / LOG)
     live = deployment.live_version()
     models = [*live.models.values(), ensemble] if live else []
@@ -80,7 +74,10 @@ def start(directory: Path, deployment: Deployment, launch: ServerLaunch, ensembl
     return service
 
 
-def _command(directory: Path, deployment: Deployment, launch: ServerLaunch) -> tuple[Runner, StepCommand]:
+def _command(directory: Path, deployment: Deployment, launch: ServerLaunch,
+             secret_env: dict[str, str]) -> tuple[Runner, StepCommand]:
+    # The key lives in the supervisor's or the container's environment, so that each restart of
+    # tritonserver (by the supervisor, or Docker re-running the entry) finds it without Airflow.
     if launch.runner == "docker":
         runner = DockerRunner(launch.image, engines_root=launch.engines_root,
                               engines_volume=launch.engines_volume or None)
@@ -88,6 +85,7 @@ def _command(directory: Path, deployment: Deployment, launch: ServerLaunch) -> t
             name=f"deployment-{deployment.name}",
             argv=("python3", "-c", container_entry.source(), str(directory)),
             env={"PYTHONUNBUFFERED": "1"},
+            secret_env=secret_env,
             # The entry reads the record and the live repository; nothing in the container writes.
             volume_paths=(VolumePath(launch.engines_root, writable=False),),
             gpus=launch.gpus,
@@ -97,7 +95,7 @@ def _command(directory: Path, deployment: Deployment, launch: ServerLaunch) -> t
     return LocalRunner(stop_grace_s=STOP_GRACE_S), StepCommand(
         name="llm-deploy-supervisor",
         argv=(sys.executable, "-m", "llm_deploy.deployment.supervisor", str(directory)),
-        workdir=str(directory))
+        secret_env=secret_env, workdir=str(directory))
 
 
 def _first_start_alive(runner: Runner, service: Service) -> bool:

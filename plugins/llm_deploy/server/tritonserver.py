@@ -16,6 +16,7 @@ from llm_deploy import processes
 from llm_deploy.runners.command import Service, StepCommand
 from llm_deploy.runners.local_runner import LocalRunner
 from llm_deploy.server import pytriton_install, readiness
+from llm_deploy.server.admin_guard import AdminKey, guarded_argv, require_key_beyond_loopback
 from llm_deploy.server.errors import ServerStartError
 from llm_deploy.server.ports import check_ports_free, client_host
 from llm_deploy.server.pytriton_install import BINARY_NAME, STUB, TritonPaths
@@ -86,9 +87,12 @@ def prepare() -> tuple[TritonPaths, dict[str, str]]:
 
 
 def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
-          metrics_port: int = 8002, log_path: Path, timeout_s: float = 600) -> StartedServer:
+          metrics_port: int = 8002, log_path: Path, timeout_s: float = 600,
+          admin_key: AdminKey | None = None) -> StartedServer:
     """Start tritonserver on ``repo`` and return once the server and every model in it are ready.
 
+    ``admin_key``: required for a ``host`` other hosts can reach, whose admin APIs it then guards
+    (``admin_guard``); the key reaches the server as a secret environment variable, never argv.
     On any failure the server's process group is killed and ServerStartError (PortInUseError for
     a taken port) is raised with the tail of the server log.
     """
@@ -96,13 +100,15 @@ def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_po
     models = readiness.repository_models(repo)
     if not models:
         raise ServerStartError(f"{repo} holds no model (no */config.pbtxt)")
+    require_key_beyond_loopback(host, admin_key)
     check_ports_free(host, {"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
     paths, env = prepare()
+    argv = server_command(paths, repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
     command = StepCommand(
         name=BINARY_NAME,
-        argv=tuple(server_command(paths, repo, host=host, http_port=http_port, grpc_port=grpc_port,
-                                  metrics_port=metrics_port)),
+        argv=tuple(guarded_argv(argv, admin_key.header) if admin_key else argv),
         env=env,
+        secret_env=admin_key.secret_env if admin_key else {},
         workdir=str(repo),
     )
     runner = LocalRunner(stop_grace_s=STOP_GRACE_S)

@@ -16,6 +16,7 @@ from llm_deploy.deployment import lifecycle, record, server
 from llm_deploy.deployment.comparison import Comparison, compare
 from llm_deploy.deployment.lifecycle import DeploymentRecord, Settings
 from llm_deploy.errors import NonRetryableError, SkipStep
+from llm_deploy.server.admin_guard import KeyFor, key_for
 from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,9 @@ def compare_with_live(spec: DeploySpec, candidate: dict, run_id: str) -> Compari
     return compare(spec, candidate, live, deployment=spec.deployment, live_version=deployment.live)
 
 
-def promote(spec: DeploySpec, repo: dict, comparison: dict, run_id: str) -> DeploymentRecord:
+def promote(spec: DeploySpec, repo: dict, comparison: dict, run_id: str, *,
+            admin_key_for: KeyFor | None = None) -> DeploymentRecord:
+    """``admin_key_for``: the key of a deployment server on a non-loopback ``server_host``."""
     _require_promotion(spec)
     directory = deployment_dir(spec)
     if comparison["verdict"] == "unchanged":
@@ -65,8 +68,10 @@ def promote(spec: DeploySpec, repo: dict, comparison: dict, run_id: str) -> Depl
     settings = Settings(backend=spec.backend, host=spec.server_host, http_port=spec.deployment_http_port,
                         grpc_port=spec.deployment_grpc_port, metrics_port=spec.deployment_metrics_port,
                         load_timeout_s=spec.server_start_timeout_s,
-                        launch=backend_for(spec).deployment_launch(spec, server.repository_dir(directory)))
-    result = lifecycle.promote(directory, settings, Path(repo["model_repo"]), run_id=run_id,
+                        launch=backend_for(spec).deployment_launch(spec, server.repository_dir(directory)),
+                        admin_conn_id=spec.triton_admin_conn_id)
+    admin_key = key_for(spec.server_host, spec.triton_admin_conn_id, admin_key_for)
+    result = lifecycle.promote(directory, settings, Path(repo["model_repo"]), run_id=run_id, admin_key=admin_key,
                                qualification={k: comparison.get(k) for k in (
                                    "verdict", "reason", "concurrency", "candidate_tok_s", "live_tok_s",
                                    "slowdown_pct")})
@@ -77,9 +82,16 @@ def promote(spec: DeploySpec, repo: dict, comparison: dict, run_id: str) -> Depl
     return result
 
 
-def rollback(spec: DeploySpec, to_version: int | None, run_id: str) -> DeploymentRecord:
-    """Serve an earlier kept version of the spec's deployment (None: the previous one)."""
-    return lifecycle.rollback(deployment_dir(spec), None, run_id=run_id, to_version=to_version)
+def rollback(spec: DeploySpec, to_version: int | None, run_id: str, *,
+             admin_key_for: KeyFor | None = None) -> DeploymentRecord:
+    """Serve an earlier kept version of the spec's deployment (None: the previous one). The
+    rollback DAG names only the deployment: whether its server is guarded, and by which
+    connection's key, is in its record."""
+    directory = deployment_dir(spec)
+    deployment = record.read(directory)
+    admin_key = key_for(deployment.host, deployment.admin_conn_id, admin_key_for) \
+        if deployment is not None and deployment.admin_conn_id else None
+    return lifecycle.rollback(directory, None, run_id=run_id, to_version=to_version, admin_key=admin_key)
 
 
 def stop_deployment(spec: DeploySpec, run_id: str) -> DeploymentRecord:

@@ -68,6 +68,10 @@ class Step:
     next_to_server: bool = False
     needs_token: bool = False  # the Hub token, second argument (download_weights)
     needs_run_id: bool = False  # the run id, last argument (steps that write run reports)
+    # Where the admin key of a server on a non-loopback host comes from (keyword ``admin_key_for``,
+    # an ``admin_guard.KeyFor``): for the steps that start a server or call its admin APIs. The key
+    # is never a param nor in a record, and these steps are never portable: it stays in the worker.
+    needs_admin_key: bool = False
     # Whether the dispatcher may send it whole to the runner (``python -m llm_deploy.cli`` in a
     # container): the server's start and stop hold the worker's process group, and the benchmark
     # runs beside them, so those stay in the worker.
@@ -79,7 +83,7 @@ class Step:
         return getattr(importlib.import_module(module), name)
 
     def call(self, spec: DeploySpec, inputs: Sequence[Any] = (), *, token: str | None = None,
-             run_id: str | None = None) -> Any:
+             run_id: str | None = None, admin_key_for: Any = None) -> Any:
         args: list[Any] = [spec]
         if self.needs_token:
             args.append(token)
@@ -88,6 +92,8 @@ class Step:
             if not run_id:
                 raise NonRetryableError(f"{self.name} needs the run id")
             args.append(run_id)
+        if self.needs_admin_key:
+            return self.function(*args, admin_key_for=admin_key_for)
         return self.function(*args)
 
 
@@ -98,7 +104,7 @@ STEPS: dict[str, Step] = {step.name: step for step in (
     Step("verify_engine", "llm_deploy.steps.verify_engine:verify_engine", _verified_engines, gpu=True),
     Step("render_model_repo", "llm_deploy.steps.render_model_repo:render_model_repo", _model_repos),
     Step("start_server", "llm_deploy.steps.serve:start_server", _runs, gpu=True, network_host=True,
-         needs_run_id=True, portable=False),
+         needs_run_id=True, needs_admin_key=True, portable=False),
     # In the worker, next to the server it measures, whichever runner built the engine.
     Step("benchmark", "llm_deploy.steps.benchmark:benchmark", _runs, network_host=True, next_to_server=True,
          needs_run_id=True, portable=False),
@@ -108,9 +114,9 @@ STEPS: dict[str, Step] = {step.name: step for step in (
     Step("compare_with_live", "llm_deploy.steps.promote:compare_with_live", network_host=True,
          next_to_server=True, needs_run_id=True, portable=False),
     Step("promote", "llm_deploy.steps.promote:promote", _deployment, network_host=True, next_to_server=True,
-         needs_run_id=True, portable=False),
+         needs_run_id=True, needs_admin_key=True, portable=False),
     Step("rollback", "llm_deploy.steps.promote:rollback", _deployment, network_host=True, needs_run_id=True,
-         portable=False),
+         needs_admin_key=True, portable=False),
     Step("stop_deployment", "llm_deploy.steps.promote:stop_deployment", _deployment, network_host=True,
          needs_run_id=True, portable=False),
 )}

@@ -19,18 +19,24 @@ from llm_deploy.backends.registry import backend_for
 from llm_deploy.build_target import BuildTarget, require_same_target
 from llm_deploy.errors import NonRetryableError
 from llm_deploy.records import ServerRecord
+from llm_deploy.server.admin_guard import KeyFor, key_for
 from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
 
 
-def start_server(spec: DeploySpec, repo: dict, run_id: str) -> ServerRecord:
+def start_server(spec: DeploySpec, repo: dict, run_id: str, *, admin_key_for: KeyFor | None = None) -> ServerRecord:
+    """``admin_key_for``: where the key of a server on a non-loopback ``server_host`` comes from
+    (the Airflow task: the spec's connection); it reaches the server only as a secret environment
+    variable, and the returned record (XCom) does not hold it."""
+    admin_key = key_for(spec.server_host, spec.triton_admin_conn_id, admin_key_for)
     model_repo = Path(repo["model_repo"])
     check_served_files(spec, model_repo)
     engine_dir = (volume.read_manifest(model_repo) or {}).get("settings", {}).get("engine_dir")
     if engine_dir:  # none in a flow that serves the checkpoint itself
         check_build_target(spec, engine_dir)
-    record = backend_for(spec).start_server(spec, model_repo, volume.run_dir(spec, run_id) / "tritonserver.log")
+    record = backend_for(spec).start_server(spec, model_repo, volume.run_dir(spec, run_id) / "tritonserver.log",
+                                            admin_key=admin_key)
     if not engine_dir:
         return record
     service = record.service or {}

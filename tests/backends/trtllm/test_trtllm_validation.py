@@ -18,6 +18,7 @@ from llm_deploy.backends.trtllm.validation import (
 )
 from llm_deploy.errors import BackendNotAvailable, NonRetryableError
 from llm_deploy.spec import SUPPORTED_TRTLLM_RELEASES, DeploySpec, SpecError
+from tests.backends.trtllm.flagcheck import DATA
 
 PATHS = TrtllmPaths("/b", "/hf", "/e", "/r", converted_checkpoint_dir="/c")
 
@@ -49,6 +50,21 @@ def test_ports_the_0_5_0_launcher_cannot_set_are_refused():
     with pytest.raises(NonRetryableError, match=re.escape("http_port=8100") + ".*allowed: http_port=8000"):
         validate_spec(spec)
     assert validate_spec(DeploySpec(backend="trtllm", trtllm_release="0.19.0", http_port=8100)).name == "0.19.0"
+
+
+@pytest.mark.parametrize("release", SUPPORTED)
+def test_a_non_loopback_server_host_is_refused_since_no_launcher_can_guard_it(release):
+    # The refusal rests on the recorded flag sets: no launcher passes tritonserver an address or
+    # its restricted-API options. A release whose launcher gains one makes this test fail.
+    launcher = json.loads((DATA / release / "launch_triton_server.py.json").read_text())
+    names = {name for flag in launcher["flags"] for name in flag["names"]}
+    assert not {name for name in names if "address" in name or "restricted" in name}, names
+
+    spec = DeploySpec(backend="trtllm", trtllm_release=release, server_host="192.0.2.7")
+    with pytest.raises(NonRetryableError, match=re.escape(
+            f"server_host=192.0.2.7: the trtllm backend serves through launch_triton_server.py, which in release {release}")):
+        validate_spec(spec)
+    assert validate_spec(DeploySpec(backend="trtllm", trtllm_release=release, server_host="127.0.0.1")).name == release
 
 
 def test_a_pipeline_size_that_does_not_divide_world_size_is_refused():

@@ -16,6 +16,7 @@ from llm_deploy.build_target import BuildTarget
 from llm_deploy.deployment.launch import ServerLaunch
 from llm_deploy.errors import NonRetryableError, SkipStep
 from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
+from llm_deploy.server.admin_guard import AdminKey
 from llm_deploy.runners.command import NO_GPU, GpuRequest
 from llm_deploy.spec import DeploySpec
 
@@ -78,8 +79,9 @@ class TorchBackend(Backend):
             exclude_input_in_output=spec.exclude_input_in_output,
         )
 
-    def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRecord:
-        return serve.start_server(spec, model_repo, log_path)
+    def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path, *,
+                     admin_key: AdminKey | None = None) -> ServerRecord:
+        return serve.start_server(spec, model_repo, log_path, admin_key)
 
     def deployment_refusal(self, spec: DeploySpec) -> str | None:
         return deployment_server.refusal(spec)

@@ -7,14 +7,18 @@ from pathlib import Path
 
 from llm_deploy.records import ServerRecord
 from llm_deploy.server import tritonserver
+from llm_deploy.server.admin_guard import AdminKey, RESTRICTED_APIS
 from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
 
 
-def start_server(spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRecord:
+def start_server(spec: DeploySpec, model_repo: Path, log_path: Path, admin_key: AdminKey | None = None) -> ServerRecord:
     log.info("starting tritonserver on %s (HTTP %d, gRPC %d); server log: %s",
              spec.server_host, spec.http_port, spec.grpc_port, log_path)
+    if admin_key:
+        log.info("guarded: %s need the header %r (the key of Airflow connection %r)",
+                 ", ".join(RESTRICTED_APIS), admin_key.header, spec.triton_admin_conn_id)
     server = tritonserver.start(
         model_repo,
         host=spec.server_host,
@@ -23,6 +27,7 @@ def start_server(spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRe
         metrics_port=spec.metrics_port,
         log_path=log_path,
         timeout_s=spec.server_start_timeout_s,
+        admin_key=admin_key,
     )
     log.info("tritonserver ready: pid %d, %s", server.pid, server.http_url)
     return ServerRecord(

@@ -18,6 +18,7 @@ from llm_deploy.backends.trtllm.model_repo import render_upstream_repository, te
 from llm_deploy.build_target import BuildTarget
 from llm_deploy.deployment.launch import ServerLaunch
 from llm_deploy.records import ServerRecord, VerifyRecord, WheelRecord
+from llm_deploy.server.admin_guard import AdminKey
 from llm_deploy.spec import DeploySpec
 
 
@@ -66,7 +67,8 @@ class TrtllmBackend(Backend):
         render_upstream_repository(spec, source=template_dir(clone, release), out_dir=out_dir,
                                    engine_dir=engine["engine_dir"], tokenizer_dir=checkpoint["checkpoint_dir"])
 
-    def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRecord:
+    def start_server(self, spec: DeploySpec, model_repo: Path, log_path: Path, *,
+                     admin_key: AdminKey | None = None) -> ServerRecord:
         return serve.start_server(spec, model_repo, log_path)
 
     def deployment_refusal(self, spec: DeploySpec) -> str | None:

@@ -14,6 +14,7 @@ from llm_deploy.backends.trtllm.layout import TRTLLM_SUBMODULE
 from llm_deploy.backends.trtllm import releases
 from llm_deploy.backends.trtllm.releases import LAUNCH_SERVER, RELEASES, TUNING_PARAMS, Release
 from llm_deploy.errors import NonRetryableError
+from llm_deploy.server.admin_guard import is_loopback
 from llm_deploy.spec import DeploySpec
 
 # tritonserver's ports when launch_triton_server.py cannot set them.
@@ -78,6 +79,15 @@ def validate_spec(spec: DeploySpec) -> Release:
                 f"no {param}; leave it at {default!r} or choose a release that has it "
                 f"({', '.join(name for name, row in RELEASES.items() if param in row.tuning_params)})"
             )
+    if not is_loopback(spec.server_host):
+        # A server other hosts reach must restrict its admin APIs by key, and no release's
+        # launch_triton_server.py (tests/data/upstream/*/launch_triton_server.py.json) passes
+        # tritonserver an address or --http-restricted-api/--grpc-restricted-protocol.
+        raise NonRetryableError(
+            f"server_host={spec.server_host}: the trtllm backend serves through launch_triton_server.py, "
+            f"which in release {release.name} takes no option for tritonserver's address or its "
+            "restricted admin APIs, so it cannot guard a server other hosts reach; use server_host=127.0.0.1 "
+            "and put an authenticating proxy in front of it")
     if not release.launch_sets_ports:
         for param, port in DEFAULT_PORTS.items():
             if getattr(spec, param) != port:
