@@ -43,9 +43,19 @@ def test_an_identity_names_one_process_and_survives_a_round_trip(spawn):
 
 def test_a_pid_with_another_start_time_is_someone_else(spawn):
     sleeper = spawn(["sleep", "60"])
-    recorded = ProcessIdentity(sleeper.pid, ProcessIdentity.of(sleeper.pid).create_time - 1)
+    recorded = ProcessIdentity(sleeper.pid, ProcessIdentity.of(sleeper.pid).create_time - 60)
 
     assert recorded.reused() and not recorded.alive()
+
+
+@pytest.mark.parametrize("btime_step_s", [-1.0, 1.0])
+def test_a_step_of_the_kernels_boot_time_between_two_reads_is_still_the_same_process(spawn, btime_step_s):
+    # psutil's create_time is a start counted from boot plus /proc/stat's btime, which moves by
+    # a second as the clock is disciplined: a server read at start and again at stop.
+    sleeper = spawn(["sleep", "60"])
+    recorded = ProcessIdentity(sleeper.pid, ProcessIdentity.of(sleeper.pid).create_time + btime_step_s)
+
+    assert recorded.alive() and not recorded.reused()
 
 
 def test_a_zombie_is_not_alive_until_reaped_and_then_gone():

@@ -5,7 +5,11 @@ Three facts shape every function here:
 - **A pid names a process only together with its start time.** Pids are reused; a record kept in
   XCom or on the volume (a server, an engine's lease) therefore stores ``ProcessIdentity`` (pid
   and psutil's ``create_time``), and a pid that now has another start time belongs to someone
-  else, who is left alone.
+  else, who is left alone. "Another" means more than ``START_TIME_SLACK_S`` apart: psutil adds the
+  kernel's boot time (``btime``, the wall clock minus the uptime) to a start counted from boot,
+  and ``btime`` moves by a whole second as the clock is disciplined (seen here within 20 s:
+  1796312105, then 1796312106), so one process read twice minutes apart can differ by 1 s. Exact
+  equality once took a live server for "long gone" and left it running.
 - **A zombie is not alive.** A process that exited stays in the table until its parent reaps it;
   ``os.kill(pid, 0)`` and ``killpg(pgid, 0)`` still succeed on it. Here it counts as gone, and
   ``reap`` collects it when it is our child.
@@ -33,7 +37,15 @@ import psutil
 log = logging.getLogger(__name__)
 
 _DEAD = frozenset({psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
+# Two reads of one process's create_time differ by btime's steps; a pid reused within this long
+# of its last owner's start would have to cycle through the whole pid space first.
+START_TIME_SLACK_S = 1.5
 _POLL_S = 0.1
+
+
+def same_start(one: float, other: float) -> bool:
+    """Whether two create_time readings name the same start (see START_TIME_SLACK_S)."""
+    return abs(one - other) <= START_TIME_SLACK_S
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,7 @@ class ProcessIdentity:
             return None
         try:
             process = psutil.Process(self.pid)
-            if process.create_time() != self.create_time or process.status() in _DEAD:
+            if not same_start(process.create_time(), self.create_time) or process.status() in _DEAD:
                 return None
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
@@ -68,7 +80,7 @@ class ProcessIdentity:
     def reused(self) -> bool:
         """The pid now belongs to another process: ours has exited long since, group included."""
         current = ProcessIdentity.of(self.pid).create_time
-        return current is not None and self.create_time is not None and current != self.create_time
+        return current is not None and self.create_time is not None and not same_start(current, self.create_time)
 
     def to_dict(self) -> dict[str, Any]:
         return {"pid": self.pid, "create_time": self.create_time}

@@ -124,7 +124,7 @@ def test_stop_never_signals_a_process_that_reused_the_pid():
     runner = LocalRunner()
     record = runner.start(python("other", "import time; time.sleep(300)"), log_path=os.devnull)
     try:
-        stale = {**record.to_xcom(), "create_time": record.create_time - 1}
+        stale = {**record.to_xcom(), "create_time": record.create_time - 60}
         assert runner.stop(stale) is False
         assert pid_alive(record.pid)
     finally:
