@@ -118,6 +118,8 @@ class AirflowStack:
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. local stand-ins for outside feeds
     task_heartbeat_timeout_s: int = 12
     start_timeout_s: float = 240
+    api_host: str = "127.0.0.1"  # the address the api-server (REST and Execution API) binds
+    gpu_slots: int = 1  # the gpu pool: one slot per GPU set
     api_port: int = field(default_factory=free_port)
     components: dict[str, Component] = field(default_factory=dict)
     token: str = ""
@@ -148,7 +150,7 @@ class AirflowStack:
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.api_host}:{self.api_port}"
 
     def start(self) -> None:
         begin = time.monotonic()
@@ -156,10 +158,8 @@ class AirflowStack:
         try:
             self.home.mkdir(parents=True, exist_ok=True)
             self.logs.mkdir(parents=True, exist_ok=True)
-            self.postgres = ThrowawayPostgres(find_or_install_bindir(), self.logs / "postgres.log",
-                                              track=self.tree.track)
-            self.postgres.start()
-            self.timings["postgres_s"] = time.monotonic() - begin
+            self._start_services()
+            self.timings["services_s"] = time.monotonic() - begin
             self._password = secrets.token_urlsafe(16)
             (self.home / "passwords.json").write_text(json.dumps({ADMIN: self._password}))
             self.env = self._environment()
@@ -172,8 +172,9 @@ class AirflowStack:
             self._wait_for_api()
             self.token = self._fetch_token()
             self.api("POST", "/api/v2/pools", json={
-                "name": "gpu", "slots": 1,
+                "name": "gpu", "slots": self.gpu_slots,
                 "description": "one slot per GPU set: the DAG's GPU tasks take turns"})
+            self._start_workers()
             self.timings["components_s"] = time.monotonic() - mark
         except BaseException:
             self.stop()
@@ -186,11 +187,10 @@ class AirflowStack:
         Whatever is returned has been SIGKILLed as well, so nothing outlives a failing test.
         """
         # The scheduler first, so that nothing new is started while the rest goes down.
-        for name in ("scheduler", "triggerer", "dag-processor", "api-server"):
+        for name in ("scheduler", *self._workers(), "triggerer", "dag-processor", "api-server"):
             if name in self.components:
                 self._stop_component(self.components[name], timeout_s)
-        if self.postgres:
-            self.postgres.stop(timeout_s)
+        self._stop_services(timeout_s)
         if not self.tree:
             return []
         leftovers = self.tree.kill_all()
@@ -292,6 +292,21 @@ class AirflowStack:
                 upstream.setdefault(down, []).append(task["task_id"])
         return upstream
 
+    # --- what an executor adds (CeleryStack: a broker and workers) -------------------------------
+    def _start_services(self) -> None:
+        self.postgres = ThrowawayPostgres(find_or_install_bindir(), self.logs / "postgres.log", track=self.tree.track)
+        self.postgres.start()
+
+    def _stop_services(self, timeout_s: float) -> None:
+        if self.postgres:
+            self.postgres.stop(timeout_s)
+
+    def _start_workers(self) -> None:
+        """The LocalExecutor runs tasks inside the scheduler: no workers of their own."""
+
+    def _workers(self) -> list[str]:
+        return []
+
     # --- internals -----------------------------------------------------------------------------
     def _environment(self) -> dict[str, str]:
         from cryptography.fernet import Fernet
@@ -312,7 +327,7 @@ class AirflowStack:
             # Every process signs and checks the same JWTs: the API's and the task workers'.
             "AIRFLOW__API_AUTH__JWT_SECRET": base64.b64encode(secrets.token_bytes(32)).decode(),
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
-            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__HOST": self.api_host,
             "AIRFLOW__API__PORT": str(self.api_port),
             "AIRFLOW__API__BASE_URL": self.api_url,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
@@ -350,13 +365,16 @@ class AirflowStack:
     def _start_component(self, name: str) -> None:
         argv = [sys.executable, "-m", "airflow", name]
         if name == "api-server":
-            argv += ["--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"]
-        component = Component(name, argv, self.logs / f"{name}.log")
+            argv += ["--host", self.api_host, "--port", str(self.api_port), "--workers", "1"]
+        self._start_process(Component(name, argv, self.logs / f"{name}.log"))
+
+    def _start_process(self, component: Component, env: dict[str, str] | None = None) -> None:
         with open(component.log_path, "ab") as log:
-            component.process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                 stdin=subprocess.DEVNULL, start_new_session=True)
+            component.process = subprocess.Popen(component.argv, env=env or self.env, stdout=log,
+                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                 start_new_session=True)
         self.tree.track(component.process.pid)
-        self.components[name] = component
+        self.components[component.name] = component
 
     def _stop_component(self, component: Component, timeout_s: float) -> None:
         process = component.process

@@ -32,8 +32,9 @@ class PeerHost:
 
 
 def create_peer_host() -> PeerHost:
-    # One /30 per test process, so concurrent suites on this machine do not collide.
-    slot = os.getpid() % 63
+    # One /30 per test process, so concurrent suites on this machine do not collide; all in
+    # 192.0.2.0/25 (host_network.py uses the upper half).
+    slot = os.getpid() % 32
     tag = f"{os.getpid() % 100000}"
     peer = PeerHost(namespace=f"llmd-peer-{tag}", host_link=f"llmdh{tag}",
                     host_address=f"192.0.2.{4 * slot + 1}", peer_address=f"192.0.2.{4 * slot + 2}")

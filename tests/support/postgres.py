@@ -67,13 +67,18 @@ def find_or_install_bindir() -> Path:
 
 
 class ThrowawayPostgres:
-    """One cluster, one database ``airflow`` owned by the superuser ``airflow``, on 127.0.0.1."""
+    """One cluster, one database ``airflow`` owned by the superuser ``airflow``, on 127.0.0.1.
+
+    ``also_on``: one more address to serve, with the network its clients come from (a test's own
+    host network, e.g. ``("192.0.2.129", "192.0.2.128/25")``), for clients in other namespaces.
+    """
 
     user = "airflow"
     database = "airflow"
 
-    def __init__(self, bindir: Path, log_path: Path, track=None):
+    def __init__(self, bindir: Path, log_path: Path, track=None, also_on: tuple[str, str] | None = None):
         self.bindir = bindir
+        self.also_on = also_on
         self.log_path = log_path
         self.port = free_port()
         self.password = secrets.token_hex(16)
@@ -87,7 +92,10 @@ class ThrowawayPostgres:
 
     @property
     def sqlalchemy_url(self) -> str:
-        return f"postgresql+psycopg2://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+        return self.url_at("127.0.0.1")
+
+    def url_at(self, address: str) -> str:
+        return f"postgresql+psycopg2://{self.user}:{self.password}@{address}:{self.port}/{self.database}"
 
     def start(self, timeout_s: float = 60) -> None:
         pwfile = self.dir / "pwfile"
@@ -99,12 +107,18 @@ class ThrowawayPostgres:
         self._run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user,
                    f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-sync"])
         pwfile.unlink()
+        listen = "127.0.0.1"
+        if self.also_on:
+            address, network = self.also_on
+            listen += f",{address}"
+            with open(self.data / "pg_hba.conf", "a") as hba:  # initdb's file admits loopback only
+                hba.write(f"host all all {network} scram-sha-256\n")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                 "-c", "listen_addresses=127.0.0.1",
-                 "-c", "unix_socket_directories=",  # TCP on loopback only, nothing in /var/run
+                 "-c", f"listen_addresses={listen}",
+                 "-c", "unix_socket_directories=",  # TCP only, nothing in /var/run
                  # A throwaway database: durability buys nothing, and fsyncs slow every
                  # scheduler loop and `airflow db migrate` on a shared disk.
                  "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",

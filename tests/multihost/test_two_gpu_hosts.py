@@ -1,0 +1,137 @@
+"""The DAGs on two GPU hosts under the CeleryExecutor, as README's "Scaling out" runs them.
+
+Each host is a network namespace with a loopback and a host name of its own, so a server one
+host starts on 127.0.0.1 is out of the other's reach, exactly as on two machines. The run's
+tasks go wherever Celery hands them; what must hold is that every task that uses the server
+runs on the host that started it, even after that host's worker dies mid-benchmark, and that
+nothing of a server is left on either host afterwards. Where each task ran is read from the
+REST API (the host name Airflow recorded for every try) and printed as a table.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.process_tree import read_proc
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
+
+DAG_ID = "deploy_llm"
+SERVER_TASKS = ("start_server", "benchmark", "compare_with_live", "stop_server")
+SMALL_RUN = {
+    "benchmark_concurrency_levels": [1],
+    "benchmark_duration_s": 5,
+    "benchmark_requests": 4,
+    "benchmark_warmup_requests": 1,
+    "benchmark_max_tokens": 16,
+    "benchmark_hf_baseline": False,
+    "promote": False,  # a deployment's server outlives the run; its hosts are another matter
+}
+# Long enough for the kill to land mid-benchmark; the retry runs the same sweep again.
+KILL_RUN = {**SMALL_RUN, "benchmark_duration_s": 10, "benchmark_requests": 100}
+
+
+def where_each_try_ran(stack, dag_id: str, run_id: str) -> dict[str, list[tuple[str, str | None]]]:
+    """task id -> [(state, host name)] of each of its tries, in order."""
+    ran = {}
+    for ti in stack.task_instances(dag_id, run_id):
+        if ti["map_index"] > 0:
+            continue
+        ran[ti["task_id"]] = [(t["state"], t["hostname"] or None) for t in stack.tries(dag_id, run_id, ti["task_id"])]
+    return ran
+
+
+def print_table(title: str, ran: dict[str, list[tuple[str, str | None]]]) -> None:
+    print(f"\n{title}\n| task | tries: state @ host |\n|---|---|")
+    for task, tries in ran.items():
+        print(f"| {task} | {', '.join(f'{state} @ {host}' for state, host in tries)} |")
+
+
+def servers_on(stack) -> dict[str, int]:
+    """host -> tritonserver processes running on it."""
+    servers = [p.pid for p in stack.ours() if p.name == "tritonserver"]
+    return {host: sum(stack.host(host).runs(pid) for pid in servers) for host in stack.gpu_hosts}
+
+
+def wait_until_running(stack, run_id: str, task_id: str, timeout_s: float = 480) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ti = stack.task_instance(DAG_ID, run_id, task_id)
+        if ti["state"] == "running" and ti["pid"] and ti["hostname"]:
+            return ti
+        if stack.run(DAG_ID, run_id)["state"] in ("success", "failed"):
+            break
+        time.sleep(0.5)
+    states = {t["task_id"]: t["state"] for t in stack.task_instances(DAG_ID, run_id)}
+    pytest.fail(f"{task_id} never ran; task states: {states}")
+
+
+def test_the_servers_tasks_stay_on_its_host_when_that_hosts_worker_is_killed(two_gpu_hosts, free_ports):
+    stack = two_gpu_hosts
+    began = time.monotonic()
+    run_id = stack.trigger(DAG_ID, {**KILL_RUN, **free_ports})
+    victim = wait_until_running(stack, run_id, "benchmark")
+    host = victim["hostname"]
+    assert host in stack.gpu_hosts, victim
+    time.sleep(3)  # into the sweep, past the warm-up
+    assert servers_on(stack)[host] >= 1, f"no tritonserver on {host}, where benchmark runs: {servers_on(stack)}"
+
+    # The host loses its worker: the Celery worker's whole session, and the task runner in its
+    # own process group (Airflow's setpgid), SIGKILLed. Its supervisor starts it again.
+    worker = stack.components[stack.worker_name(host)]
+    task = read_proc(victim["pid"])
+    assert task and stack.host(host).runs(task.pid), task
+    os.killpg(worker.process.pid, signal.SIGKILL)
+    os.killpg(task.pgid, signal.SIGKILL)
+    worker.process.wait()
+    stack.start_worker(host)
+
+    run = stack.wait_for_run(DAG_ID, run_id, timeout_s=600)
+    ran = where_each_try_ran(stack, DAG_ID, run_id)
+    print_table(f"deploy_llm {run_id} ({time.monotonic() - began:.0f} s; {host}'s worker killed mid-benchmark)", ran)
+    assert run["state"] == "success", ran
+    assert [state for state, _ in ran["benchmark"]] == ["failed", "success"], ran["benchmark"]
+    for task_id in SERVER_TASKS:
+        assert {where for _, where in ran[task_id]} == {host}, (task_id, ran[task_id])
+    summary = stack.xcom(DAG_ID, run_id, "benchmark")
+    assert summary["requests"] > 0 and summary["errors"] == 0
+    assert stack.xcom(DAG_ID, run_id, "stop_server") is True
+    assert servers_on(stack) == {name: 0 for name in stack.gpu_hosts}
+
+
+def test_a_matrix_spreads_its_builds_over_both_hosts_and_its_benchmark_finds_every_engine(two_gpu_hosts, free_ports):
+    stack = two_gpu_hosts
+    consumer = "benchmark_llm_engines"
+    stack.wait_for_dag("build_llm_engines")
+    stack.wait_for_dag(consumer)
+    stack.api("PATCH", f"/api/v2/dags/{consumer}", json={"is_paused": False})
+    began = time.monotonic()
+    conf = {**SMALL_RUN, **free_ports, "matrix": [{"max_batch_size": 2}, {"max_batch_size": 4}]}
+    build_id = stack.trigger("build_llm_engines", conf)
+    build = stack.wait_for_run("build_llm_engines", build_id, timeout_s=600)
+    builds = [ti for ti in stack.task_instances("build_llm_engines", build_id)
+              if ti["task_id"] == "build_engine_for_config"]
+    print_table(f"build_llm_engines {build_id} ({time.monotonic() - began:.0f} s)",
+                {f"build_engine_for_config[{ti['rendered_map_index']}]": [(ti["state"], ti["hostname"])]
+                 for ti in builds})
+    assert build["state"] == "success", builds
+    assert {ti["hostname"] for ti in builds} == set(stack.gpu_hosts), "both hosts build, one config each"
+
+    deadline = time.monotonic() + 60
+    while not (runs := stack.api("GET", f"/api/v2/dags/{consumer}/dagRuns")["dag_runs"]):
+        assert time.monotonic() < deadline, "the asset event scheduled no benchmark run"
+        time.sleep(1)
+    (run,) = runs
+    done = stack.wait_for_run(consumer, run["dag_run_id"], timeout_s=600)
+    served = [ti for ti in stack.task_instances(consumer, run["dag_run_id"]) if ti["task_id"] == "serve_and_benchmark"]
+    print_table(f"{consumer} {run['dag_run_id']}",
+                {f"serve_and_benchmark[{ti['rendered_map_index']}]": [(ti["state"], ti["hostname"])] for ti in served})
+    assert done["state"] == "success", served
+    summary = stack.xcom(consumer, run["dag_run_id"], "compare_configs")
+    assert summary["configs"] == 2 and Path(summary["table_path"]).is_file()
+    assert servers_on(stack) == {name: 0 for name in stack.gpu_hosts}
