@@ -13,12 +13,21 @@ host each runs on (its network namespace). Needs root; ``close`` removes everyth
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, field
+
+from tests.support.apt import apt_install
 
 NETWORK = "192.0.2.128/25"
 GATEWAY = "192.0.2.129"
 PREFIX = 25
+
+
+def require_ip() -> None:
+    """Debian's iproute2 (``ip``), installed when missing."""
+    if not shutil.which("ip"):
+        apt_install("iproute2")
 
 
 def _ip(*args: str) -> None:
@@ -63,6 +72,7 @@ class HostNetwork:
         self.close()
 
     def open(self) -> None:
+        require_ip()
         self._remove_bridge()  # a leftover of a killed run with the same pid
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{GATEWAY}/{PREFIX}", "dev", self.bridge)

@@ -9,6 +9,8 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from tests.support.host_network import require_ip
+
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
@@ -38,6 +40,7 @@ def create_peer_host() -> PeerHost:
     tag = f"{os.getpid() % 100000}"
     peer = PeerHost(namespace=f"llmd-peer-{tag}", host_link=f"llmdh{tag}",
                     host_address=f"192.0.2.{4 * slot + 1}", peer_address=f"192.0.2.{4 * slot + 2}")
+    require_ip()
     peer.close()  # a leftover of a killed run with the same pid
     try:
         _ip("netns", "add", peer.namespace)
