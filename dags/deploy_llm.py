@@ -9,8 +9,9 @@ grpc_port); compare_with_live measures it against the deployment's live version 
 and promote loads it into the long-running deployment server (deployment_http_port ...) as its
 next version without downtime, unless it is slower beyond promotion_max_slowdown_pct. That
 server outlives the run; DAGs rollback_llm_deployment and stop_llm_deployment act on it.
-The tasks from benchmark to promote are mapped over start_server's one record, so that with
-several GPU hosts they run on the host that started the server (README, "Scaling out").
+The tasks from start_server to promote are mapped over one record each, so that with several
+GPU hosts they run on the host that serves the deployment, or started the server (README,
+"Scaling out").
 
 Trigger it from the UI form or with ``--conf``; every param is described there. ``backend=torch``
 runs the PyTorch twin (CPU here, CUDA on a GPU worker); ``backend=trtllm`` is the production path.
@@ -25,7 +26,15 @@ from llm_deploy.airflow.assets import DEPLOYMENTS
 from llm_deploy.airflow.params import deploy_params
 from llm_deploy.airflow.task_policy import ON_GPU_HOST, RETRIES, placement
 from llm_deploy.airflow.locality import with_host
-from llm_deploy.airflow.tasks import ON_HOST, announce_deployment, next_to, run_step, skip_if_cached
+from llm_deploy.airflow.tasks import (
+    ON_HOST,
+    announce_deployment,
+    current_spec,
+    locate_deployment,
+    next_to,
+    run_step,
+    skip_if_cached,
+)
 
 
 @dag(
@@ -78,12 +87,19 @@ def deploy_llm():
             engine, weights = cached["engine"], cached["weights"]
         return run_step("render_model_repo", engine, weights)
 
-    # Returns a list of one record: the tasks that use the server are mapped over it, so Airflow
-    # creates them once the server is up and routes them to its host (llm_deploy/airflow/locality.py).
+    # Where the candidate's server starts: beside the deployment it is compared with and promoted
+    # into, when one serves (one loopback holds both); anywhere on the gpu queue otherwise.
+    @task
+    def find_deployment() -> list[dict]:
+        return locate_deployment(current_spec())
+
+    # Mapped over find_deployment's one record, and the tasks that use its server over its own
+    # record, so that Airflow creates each once its host is known and routes it there
+    # (llm_deploy/airflow/locality.py).
     @setup
-    @task(**placement("start_server"))
-    def start_server(repo: dict) -> list[dict]:
-        return [with_host(run_step("start_server", repo))]
+    @task(map_index_template=ON_HOST, **placement("start_server", server_from="find_deployment"))
+    def start_server(repo: dict, deployment: dict) -> dict:
+        return with_host(run_step("start_server", repo))
 
     @task(map_index_template=ON_HOST, **placement("benchmark"))
     def benchmark(server: dict) -> dict:
@@ -110,7 +126,7 @@ def deploy_llm():
     build_wheel() >> engine
     verified = verify_engine(engine, weights, cached)
     repo = render_model_repo(verified, weights, cached)
-    servers = start_server(repo)
+    servers = start_server.partial(repo=repo).expand(deployment=find_deployment())
     comparisons = compare_with_live.expand(server=servers)
     benchmark.expand(server=servers) >> comparisons >> stop_server.expand(server=servers) \
         >> promote.partial(repo=repo).expand(comparison=comparisons)

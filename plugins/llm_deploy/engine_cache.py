@@ -23,12 +23,11 @@ import logging
 import os
 import re
 import shutil
-import socket
 import time
 import uuid
 from pathlib import Path
 
-from llm_deploy import processes, volume
+from llm_deploy import hosts, processes, volume
 from llm_deploy.build_target import RuntimeMismatch
 from llm_deploy.errors import BackendNotAvailable
 from llm_deploy.processes import ProcessIdentity
@@ -127,7 +126,7 @@ def take_lease(engine_dir: str | Path, *, run_id: str, pid: int = 0, container_i
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)[:100] or "run"
     path = Path(engine_dir) / f"lease-{name}.json"
     server = ProcessIdentity.of(pid) if pid else ProcessIdentity(0, None)
-    lease = {"host": socket.gethostname(), **server.to_dict(),
+    lease = {"host": hosts.this_host(), **server.to_dict(),
              "container_id": container_id, "run_id": run_id, "created_unix": time.time(),
              **({"until_released": True} if until_released else {})}
     path.write_text(json.dumps(lease, indent=2))
@@ -160,7 +159,7 @@ def live_leases(engine_dir: str | Path) -> list[dict]:
 def _lease_alive(lease: dict) -> bool:
     if lease.get("until_released"):
         return True
-    if lease.get("host") == socket.gethostname() and lease.get("pid"):
+    if lease.get("host") == hosts.this_host() and lease.get("pid"):
         if "create_time" not in lease:  # written before leases named the process for good
             return processes.is_alive(int(lease["pid"]))
         return ProcessIdentity.from_dict(lease).alive()  # same pid, same process

@@ -1,8 +1,9 @@
 """Server locality: Airflow's own scheduler code routes the tasks that use a server to its host.
 
-The real deploy_llm DAG, serialized into the test metadata DB as the dag-processor would, and a
-run of it driven by the scheduler's own ``task_instance_scheduling_decisions``: once start_server
-has run on a host, the tasks that use its server are created on that host's queue. The policy is
+The real deploy_llm DAG, serialized into the test metadata DB as the dag-processor would, and
+runs of it driven by the scheduler's own ``task_instance_scheduling_decisions``: start_server is
+created on the queue of the host that serves the deployment (any GPU host when none does), and
+once it has run, the tasks that use its server are created on its host's queue. The policy is
 the one the ``airflow.policy`` entry point of the installed package registers.
 """
 
@@ -18,11 +19,14 @@ from llm_deploy.airflow import locality
 from llm_deploy.errors import NonRetryableError
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-SERVER_TASKS = ("benchmark", "compare_with_live", "stop_server", "promote")
+SERVER_TASKS = ("start_server", "benchmark", "compare_with_live", "stop_server", "promote")
+BUILD_TASKS = ("find_cached_engine", "download_weights", "build_wheel", "build_engine", "verify_engine",
+               "render_model_repo")
 
 
 @pytest.fixture(scope="module")
-def deploy_llm_run():
+def new_run():
+    """A factory of deploy_llm runs, created by the scheduler's own code."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
@@ -36,12 +40,16 @@ def deploy_llm_run():
     assert bag.import_errors == {}
     DagBundlesManager().sync_bundles_to_db()
     sync_bag_to_db(bag, "dags-folder", None)
-    run_id = f"locality__{timezone.utcnow().isoformat()}"
-    with create_session() as session:
-        dag = SerializedDagModel.get_dag("deploy_llm", session=session)
-        dag.create_dagrun(run_id=run_id, run_after=timezone.utcnow(), run_type=DagRunType.MANUAL,
-                          triggered_by=DagRunTriggeredByType.TEST, state=DagRunState.RUNNING, session=session)
-    return run_id
+
+    def create() -> str:
+        run_id = f"locality__{timezone.utcnow().isoformat()}"
+        with create_session() as session:
+            dag = SerializedDagModel.get_dag("deploy_llm", session=session)
+            dag.create_dagrun(run_id=run_id, run_after=timezone.utcnow(), run_type=DagRunType.MANUAL,
+                              triggered_by=DagRunTriggeredByType.TEST, state=DagRunState.RUNNING, session=session)
+        return run_id
+
+    return create
 
 
 def _finish(run_id: str, task_id: str, value, *, hostname: str) -> None:
@@ -90,26 +98,37 @@ def test_the_installed_package_registers_the_policy_with_airflow():
     assert "llm_deploy_locality" in out.stdout.strip().splitlines()[-1]
 
 
-def test_tasks_that_use_the_server_go_to_the_queue_of_the_host_that_started_it(deploy_llm_run):
-    run_id = deploy_llm_run
-    before = _queues(run_id)
-    # Before start_server ran nobody knows the host: they are not created yet (map index -1
-    # placeholders on the shared queue).
-    assert before["benchmark"] == [(-1, "gpu")]
-    for task_id in ("find_cached_engine", "download_weights", "build_wheel", "build_engine", "verify_engine",
-                    "render_model_repo"):
+def test_the_server_starts_beside_the_serving_deployment_and_its_tasks_follow_it(new_run):
+    run_id = new_run()
+    # Before anything ran nobody knows the host: the mapped tasks are not created yet (map index
+    # -1 placeholders on the shared queue).
+    assert _queues(run_id)["start_server"] == [(-1, "gpu")] and _queues(run_id)["benchmark"] == [(-1, "gpu")]
+    for task_id in BUILD_TASKS:
         _finish(run_id, task_id, {"model_repo": "/engines/model_repos/x"}, hostname="gpu-host-a")
-    _finish(run_id, "start_server", [{"http_url": "http://127.0.0.1:8000", "hostname": "gpu-host-b"}],
+    _finish(run_id, "find_deployment", [{"deployment": "chat", "hostname": "gpu-host-b"}], hostname="control")
+    assert _queues(run_id)["start_server"] == [(0, "gpu@gpu-host-b")]
+    _finish(run_id, "start_server", {"http_url": "http://127.0.0.1:8000", "hostname": "gpu-host-b"},
             hostname="gpu-host-b")
     assert _queues(run_id)["benchmark"] == [(0, "gpu@gpu-host-b")]
     _finish(run_id, "benchmark", {"levels": []}, hostname="gpu-host-b")
     assert _queues(run_id)["compare_with_live"] == [(0, "gpu@gpu-host-b")]
-    _finish(run_id, "compare_with_live", {"verdict": "first"}, hostname="gpu-host-b")
+    _finish(run_id, "compare_with_live", {"verdict": "promote"}, hostname="gpu-host-b")
     _finish(run_id, "stop_server", True, hostname="gpu-host-b")
     queues = _queues(run_id)
     assert {task: queues[task] for task in SERVER_TASKS} == {task: [(0, "gpu@gpu-host-b")] for task in SERVER_TASKS}
     # Tasks that do not use the server keep the queue their DAG gave them.
     assert queues["build_engine"] == [(-1, "gpu")] and queues["render_model_repo"] == [(-1, "default")]
+
+
+def test_with_no_deployment_serving_the_server_starts_on_any_gpu_host_and_its_tasks_follow_it(new_run):
+    run_id = new_run()
+    for task_id in BUILD_TASKS:
+        _finish(run_id, task_id, {"model_repo": "/engines/model_repos/x"}, hostname="gpu-host-b")
+    _finish(run_id, "find_deployment", [{"deployment": "chat", "hostname": ""}], hostname="control")
+    assert _queues(run_id)["start_server"] == [(0, "gpu")]
+    _finish(run_id, "start_server", {"http_url": "http://127.0.0.1:8000", "hostname": "gpu-host-a"},
+            hostname="gpu-host-a")
+    assert _queues(run_id)["benchmark"] == [(0, "gpu@gpu-host-a")]
 
 
 def test_a_gpu_hosts_worker_listens_on_the_shared_queue_and_its_own(monkeypatch):

@@ -34,7 +34,7 @@ def test_importing_the_dag_does_no_heavy_work():
 
 
 def test_tasks_follow_the_tutorial(dag):
-    assert set(dag.task_ids) == {"find_cached_engine", *TUTORIAL_ORDER, *PROMOTION}
+    assert set(dag.task_ids) == {"find_cached_engine", "find_deployment", *TUTORIAL_ORDER, *PROMOTION}
     t = dag.task_dict
     assert t["download_weights"].downstream_task_ids >= {"build_engine"}
     assert t["build_wheel"].downstream_task_ids == {"build_engine"}

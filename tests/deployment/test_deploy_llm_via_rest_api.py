@@ -74,7 +74,7 @@ def test_trigger_with_params_runs_every_task_and_publishes_xcoms(airflow_stack, 
 
     weights = cached["weights"] if cached else airflow_stack.xcom(DAG_ID, run_id, "download_weights")
     engine = cached["engine"] if cached else airflow_stack.xcom(DAG_ID, run_id, "build_engine")
-    [server] = airflow_stack.xcom(DAG_ID, run_id, "start_server")  # a list: the server tasks map over it
+    server = airflow_stack.xcom(DAG_ID, run_id, "start_server")
     summary = airflow_stack.xcom(DAG_ID, run_id, "benchmark")
     assert Path(weights["checkpoint_dir"], "config.json").is_file()
     assert engine["backend"] == "torch" and Path(engine["engine_dir"], "engine_config.json").is_file()

@@ -135,3 +135,34 @@ def test_a_matrix_spreads_its_builds_over_both_hosts_and_its_benchmark_finds_eve
     summary = stack.xcom(consumer, run["dag_run_id"], "compare_configs")
     assert summary["configs"] == 2 and Path(summary["table_path"]).is_file()
     assert servers_on(stack) == {name: 0 for name in stack.gpu_hosts}
+
+
+def test_a_deployment_serves_from_the_host_that_promoted_it_and_is_stopped_there(two_gpu_hosts, free_ports,
+                                                                                  free_ports_factory):
+    stack = two_gpu_hosts
+    live = free_ports_factory()
+    deployment = {"engines_root": str(stack.engines_root), "deployment_name": "two-hosts"}
+    conf = {**SMALL_RUN, **free_ports, **deployment, "promote": True,
+            "deployment_http_port": live["http_port"], "deployment_grpc_port": live["grpc_port"],
+            "deployment_metrics_port": live["metrics_port"]}
+    run_id = stack.trigger(DAG_ID, conf)
+    run = stack.wait_for_run(DAG_ID, run_id, timeout_s=600)
+    ran = where_each_try_ran(stack, DAG_ID, run_id)
+    print_table(f"deploy_llm {run_id} (promote: true)", ran)
+    assert run["state"] == "success", ran
+    (_, host), = ran["start_server"]
+    assert {where for _, where in ran["promote"]} == {host}
+    assert stack.xcom(DAG_ID, run_id, "promote")["action"] == "started"
+    # The candidate's server is gone, the deployment's serves on: from the promoting host only.
+    assert servers_on(stack) == {name: int(name == host) for name in stack.gpu_hosts}
+
+    stop_dag = "stop_llm_deployment"
+    stack.wait_for_dag(stop_dag)
+    stop_id = stack.trigger(stop_dag, deployment)
+    stopped = stack.wait_for_run(stop_dag, stop_id, timeout_s=300)
+    ran = where_each_try_ran(stack, stop_dag, stop_id)
+    print_table(f"{stop_dag} {stop_id}", ran)
+    assert stopped["state"] == "success", ran
+    assert {where for _, where in ran["stop_deployment"]} == {host}, "the stop runs where the server does"
+    assert stack.xcom(stop_dag, stop_id, "stop_deployment")["action"] == "stopped"
+    assert servers_on(stack) == {name: 0 for name in stack.gpu_hosts}

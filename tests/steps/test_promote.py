@@ -21,11 +21,11 @@ def spec(tmp_path):
     return DeploySpec(engines_root=str(tmp_path))
 
 
-def live_deployment(spec: DeploySpec, source_repo: str) -> None:
+def live_deployment(spec: DeploySpec, source_repo: str, machine: str = "") -> None:
     """A deployment record whose "supervisor" is this test process, so it counts as running."""
     me = ProcessIdentity.of(os.getpid())
     deployment = Deployment(name=spec.deployment, backend="torch", host="127.0.0.1", http_port=9000,
-                            grpc_port=9001, metrics_port=9002, live=1, state="serving",
+                            grpc_port=9001, metrics_port=9002, live=1, state="serving", machine=machine,
                             supervisor={"runner": "local", "name": "llm-deploy-supervisor", "pid": me.pid,
                                         "pgid": os.getpgid(0), "create_time": me.create_time})
     deployment.versions.append(Version(version=1, models={}, engine_dir="", engine_id="", source_repo=source_repo,
@@ -60,6 +60,19 @@ def test_a_refused_candidate_is_skipped_with_the_reason_and_recorded(spec):
         promote.promote(spec, {"model_repo": "/vol/model_repos/b"}, refused, "run-2")
     last = record.read(promote.deployment_dir(spec)).history[-1]
     assert (last["action"], last["run_id"]) == ("refused", "run-2")
+
+
+def test_a_deployment_served_from_another_host_is_neither_judged_nor_served_twice(spec, monkeypatch):
+    # On gpu-host-a, the record's supervisor pid names nothing (or someone else): taking it for
+    # "nothing live" would start a second server there.
+    live_deployment(spec, "/vol/model_repos/a", machine="gpu-host-b")
+    monkeypatch.setattr("llm_deploy.hosts.this_host", lambda: "gpu-host-a")
+    with pytest.raises(NonRetryableError, match="served from host gpu-host-b .* this task runs on gpu-host-a"):
+        promote.compare_with_live(spec, {"model_repo": "/vol/model_repos/b"}, "run-2")
+    with pytest.raises(NonRetryableError, match="served from host gpu-host-b"):
+        promote.stop_deployment(spec, "run-2")
+    monkeypatch.setattr("llm_deploy.hosts.this_host", lambda: "gpu-host-b")
+    assert promote.compare_with_live(spec, {"model_repo": "/vol/model_repos/a"}, "run-2").verdict == "unchanged"
 
 
 def test_a_live_version_that_changed_since_the_comparison_stops_the_promotion(spec):

@@ -1,18 +1,21 @@
 """Server locality: the tasks that use a server run on the host that started it, whichever host.
 
 A qualification server binds the loopback of the host start_server ran on, and stop_server
-stops it by its process group there. On one host (LocalExecutor) that holds by itself. With
-Celery workers on several GPU hosts, a shared ``gpu`` queue would hand benchmark or stop_server
-to any of them. So each GPU host's worker also listens on a queue of its own, ``gpu@<host>``
-(``worker_queues``), and Airflow's own task policy routes the tasks that use a server there:
+stops it by its process group there; a deployment's server is likewise its supervisor's host's.
+On one host (LocalExecutor) that holds by itself. With Celery workers on several GPU hosts, a
+shared ``gpu`` queue would hand benchmark or stop_server to any of them. So each GPU host's
+worker also listens on a queue of its own, ``gpu@<host>`` (``worker_queues``), and Airflow's own
+task policy routes the tasks that use a server there:
 
-- A task says whose host it needs in its ``executor_config`` (``next_to(task_id)``), which
-  the Celery executor ignores.
-- The DAG maps those tasks over start_server's output (a list of one record), so that Airflow
-  creates their task instances only once start_server has run, when the scheduler knows where.
-- The scheduler calls ``task_instance_mutation_hook`` on each instance it creates. The hook reads
-  the host Airflow itself recorded for that run's start_server (``TaskInstance.hostname``) and
-  sets the queue.
+- A task says which task's record names its server's host in its ``executor_config``
+  (``next_to(task_id)``), which the Celery executor ignores. The record is a dict with a
+  ``hostname`` (``with_host``: the name the worker reports for its task instances), returned in a
+  list of one or by each instance of a mapped task.
+- The DAG maps the task over that record, so that Airflow creates its instance only once the
+  record exists, when the scheduler knows where.
+- The scheduler calls ``task_instance_mutation_hook`` on each instance it creates; the hook reads
+  the record's host and sets the queue. A record without a host (a deployment that is stopped)
+  leaves the task on the shared queue: any GPU host will do.
 
 The alternative rejected: one task that starts, benchmarks and stops. It gives locality for free,
 but loses the setup/teardown guarantee (a killed benchmark still stops its server), retries of
@@ -31,6 +34,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from llm_deploy import hosts
 from llm_deploy.errors import NonRetryableError
 
 if TYPE_CHECKING:
@@ -39,12 +43,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEY = "llm_deploy_next_to"  # executor_config: the task id whose host a task must run on
-HOST_FIELD = "hostname"  # added to a server record: the host Airflow recorded for its start
+CONFIG_KEY = "llm_deploy_next_to"  # executor_config: the task whose record names the server's host
+HOST_FIELD = "hostname"  # in that record: the host the server runs on
 
 
 def next_to(task_id: str) -> dict[str, Any]:
-    """Task arguments that put a task on the host where ``task_id`` ran (with the DAG mapping it)."""
+    """Task arguments that put a task on the host ``task_id``'s record names (with the DAG mapping
+    the task over that record)."""
     return {"executor_config": {CONFIG_KEY: task_id}}
 
 
@@ -54,9 +59,7 @@ def host_queue(queue: str, hostname: str) -> str:
 
 def this_host() -> str:
     """The host name a worker reports for TaskInstance.hostname ([core] hostname_callable)."""
-    from airflow.sdk.api.client import get_hostname
-
-    return get_hostname()
+    return hosts.this_host()
 
 
 def worker_queues(*queues: str) -> str:
@@ -71,9 +74,10 @@ def route(task_instance: TaskInstance, dag_run: DagRun | None) -> None:
     anchor = config.get(CONFIG_KEY) if isinstance(config, dict) else None
     if not anchor or dag_run is None:
         return
-    hostname = _hostname_of(dag_run, anchor)
+    hostname = _host_named_by(dag_run, anchor, task_instance.map_index)
     if not hostname:
-        # Created before its anchor ran: only an unmapped task can be, and it keeps its queue.
+        # Created before its anchor's record (only an unmapped task can be), or a record that
+        # names no host: it keeps its queue.
         return
     queue = host_queue(task_instance.task.queue if task_instance.task else task_instance.queue, hostname)
     if task_instance.queue != queue:
@@ -81,20 +85,29 @@ def route(task_instance: TaskInstance, dag_run: DagRun | None) -> None:
         task_instance.queue = queue
 
 
-def _hostname_of(dag_run: DagRun, task_id: str) -> str | None:
+def _host_named_by(dag_run: DagRun, task_id: str, map_index: int) -> str | None:
+    """The host in ``task_id``'s record for instance ``map_index``: the item of its list of
+    records, or, when ``task_id`` is mapped itself, the record of its instance of that index."""
     from sqlalchemy import select
     from sqlalchemy.orm import object_session
 
-    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
 
     # The hook runs inside the scheduler's transaction, which it must neither commit nor leave:
     # read through the session the run is bound to.
     session = object_session(dag_run)
-    if session is None:
+    if session is None or map_index < 0:
         return None
-    return session.scalar(select(TaskInstance.hostname).where(
-        TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id,
-        TaskInstance.task_id == task_id, TaskInstance.map_index == -1))
+    rows = session.scalars(select(XComModel).where(
+        XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id, XComModel.task_id == task_id,
+        XComModel.map_index.in_((-1, map_index)), XComModel.key == "return_value"))
+    for row in rows:
+        value = XComModel.deserialize_value(row)
+        if row.map_index == -1:
+            value = value[map_index] if isinstance(value, list) and map_index < len(value) else None
+        if isinstance(value, dict) and value.get(HOST_FIELD):
+            return value[HOST_FIELD]
+    return None
 
 
 def with_host(record: dict[str, Any]) -> dict[str, Any]:

@@ -163,3 +163,15 @@ def deployment_spec(context: dict[str, Any] | None = None) -> DeploySpec:
 
 
 DEPLOYMENT_PARAMS = ("engines_root", "deployment_name")
+
+
+def locate_deployment(spec: DeploySpec | None = None) -> list[dict]:
+    """The find_deployment task: the host that serves the run's deployment, as a list of one
+    record that the task acting on it is mapped over (so that it runs there: airflow/locality.py).
+    A run that does not promote names no host: its server may start anywhere."""
+    from llm_deploy.steps.promote import deployment_host
+
+    spec = spec or deployment_spec()
+    if not spec.promote:
+        return [{"deployment": spec.deployment, "hostname": ""}]
+    return [task_outcome(lambda: deployment_host(spec))]

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_deploy import engine_cache, processes, volume
+from llm_deploy import engine_cache, hosts, processes, volume
 from llm_deploy.deployment import launch as server_launch
 from llm_deploy.deployment import live_repository, record, server
 from llm_deploy.deployment.launch import ServerLaunch
@@ -249,6 +249,7 @@ def _start(directory: Path, number: int, settings: Settings, *, run_id: str, act
     with record.updating(directory) as current:
         current.state = "serving"
         current.supervisor = service.to_xcom()
+        current.machine = hosts.this_host()
         current.live_since_unix, current.live_run_id = round(time.time(), 3), run_id
         current.event(action, run_id=run_id, version=number, supervisor_pid=service.pid)
 
@@ -318,11 +319,14 @@ def _retain(directory: Path) -> Deployment:
             log.info("%s: dropped version %d (kept: %s)", current.name, version.version,
                      ", ".join(str(v.version) for v in current.versions))
         if supervisor is not None:
+            # Held until the deployment releases them (a stop, a dropped version): retention on
+            # another GPU host cannot check this host's pids, and would let a lease of a
+            # deployment that serves for months expire after FOREIGN_LEASE_TTL_S; nor can a
+            # worker check a container's.
             for version in current.versions:
                 if version.engine_dir and Path(version.engine_dir).is_dir():
                     engine_cache.take_lease(version.engine_dir, run_id=lease_name(current.name), pid=supervisor.pid,
-                                           container_id=supervisor.container_id,
-                                           until_released=supervisor.runner == "docker")
+                                           container_id=supervisor.container_id, until_released=True)
         deployment = current
     return deployment
 

@@ -70,6 +70,9 @@ class Deployment:
     state: str = "new"  # new | serving | stopped
     versions: list[Version] = field(default_factory=list)
     supervisor: dict[str, Any] = field(default_factory=dict)  # runners.Service of the supervisor
+    # The host the supervisor runs on (hosts.this_host()): only there can its pid be checked or
+    # signalled, and its loopback be reached. "" in records from before hosts were recorded.
+    machine: str = ""
     server_pid: int = 0  # the tritonserver the supervisor runs now
     restarts: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)

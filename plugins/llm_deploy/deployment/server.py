@@ -16,11 +16,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from llm_deploy import hosts
 from llm_deploy.deployment import container_entry
 from llm_deploy.deployment import launch as server_launch
 from llm_deploy.deployment.launch import ServerLaunch
 from llm_deploy.deployment.live_repository import REPOSITORY
 from llm_deploy.deployment.record import Deployment
+from llm_deploy.errors import NonRetryableError
 from llm_deploy.runners import service_runner
 from llm_deploy.runners.command import Runner, Service, StepCommand, VolumePath
 from llm_deploy.runners.docker_runner import DockerRunner
@@ -112,10 +114,23 @@ def _describe(service: Service) -> str:
     return f"supervisor pid {service.pid}"
 
 
+def require_its_host(deployment: Deployment) -> None:
+    """Refuse to judge or touch a deployment's server from another host than the one it runs
+    on: there its pid names nothing (or someone else), and starting another would serve twice."""
+    here = hosts.this_host()
+    if deployment.machine and deployment.machine != here:
+        raise NonRetryableError(
+            f"deployment {deployment.name} is served from host {deployment.machine} (its supervisor, pid "
+            f"{deployment.supervisor.get('pid')}), and this task runs on {here}, which can neither reach that "
+            f"server nor stop it: run it on {deployment.machine} (its Celery worker's own queue, gpu@"
+            f"{deployment.machine}), or stop the deployment there first (DAG stop_llm_deployment)")
+
+
 def running(deployment: Deployment) -> bool:
     """Whether the deployment's server runs (its supervisor or container; it may be restarting)."""
     if not deployment.supervisor:
         return False
+    require_its_host(deployment)
     service = Service.from_xcom(deployment.supervisor)
     return service_runner(service).alive(service)
 
@@ -125,6 +140,7 @@ def stop(deployment: Deployment) -> bool:
     container (``docker stop``, which its restart policy obeys, then removed)."""
     if not deployment.supervisor:
         return False
+    require_its_host(deployment)
     service = Service.from_xcom(deployment.supervisor)
     if service.runner == "docker":
         return service_runner(service).stop(service, grace_s=STOP_GRACE_S)

@@ -94,6 +94,14 @@ def rollback(spec: DeploySpec, to_version: int | None, run_id: str, *,
     return lifecycle.rollback(directory, None, run_id=run_id, to_version=to_version, admin_key=admin_key)
 
 
+def deployment_host(spec: DeploySpec) -> dict:
+    """Which host serves the spec's deployment (``hostname``; "" when none does), for the tasks
+    that act on it to run there. Read from its record on the shared volume, by any worker."""
+    deployment = record.read(deployment_dir(spec))
+    serving = deployment is not None and deployment.state == "serving"
+    return {"deployment": spec.deployment, "hostname": deployment.machine if serving else ""}
+
+
 def stop_deployment(spec: DeploySpec, run_id: str) -> DeploymentRecord:
     """Stop the spec's deployment on purpose: 0 processes left, its engines' leases released."""
     return lifecycle.stop(deployment_dir(spec), run_id=run_id)

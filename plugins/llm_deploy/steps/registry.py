@@ -63,8 +63,8 @@ class Step:
     writes: Writes = field(default=_nothing)  # the volume dirs it publishes into
     gpu: bool = False  # holds a GPU in production (the DAG's "gpu" pool tasks)
     network_host: bool = False  # talks to the server on the worker's loopback
-    # Acts on the server of this run's start_server (or after it, on the deployment beside it):
-    # runs on start_server's host.
+    # Acts on a server that runs on one host (the run's, or a deployment's): runs on that host
+    # (airflow/locality.py; the DAG names the task whose record says which).
     next_to_server: bool = False
     needs_token: bool = False  # the Hub token, second argument (download_weights)
     needs_run_id: bool = False  # the run id, last argument (steps that write run reports)
@@ -103,8 +103,9 @@ STEPS: dict[str, Step] = {step.name: step for step in (
     Step("build_engine", "llm_deploy.steps.build_engine:build_engine", _engines, gpu=True),
     Step("verify_engine", "llm_deploy.steps.verify_engine:verify_engine", _verified_engines, gpu=True),
     Step("render_model_repo", "llm_deploy.steps.render_model_repo:render_model_repo", _model_repos),
+    # Beside the deployment it is compared with and promoted into, when one serves.
     Step("start_server", "llm_deploy.steps.serve:start_server", _runs, gpu=True, network_host=True,
-         needs_run_id=True, needs_admin_key=True, portable=False),
+         next_to_server=True, needs_run_id=True, needs_admin_key=True, portable=False),
     # In the worker, next to the server it measures, whichever runner built the engine.
     Step("benchmark", "llm_deploy.steps.benchmark:benchmark", _runs, network_host=True, next_to_server=True,
          needs_run_id=True, portable=False),
@@ -115,8 +116,8 @@ STEPS: dict[str, Step] = {step.name: step for step in (
          next_to_server=True, needs_run_id=True, portable=False),
     Step("promote", "llm_deploy.steps.promote:promote", _deployment, network_host=True, next_to_server=True,
          needs_run_id=True, needs_admin_key=True, portable=False),
-    Step("rollback", "llm_deploy.steps.promote:rollback", _deployment, network_host=True, needs_run_id=True,
-         needs_admin_key=True, portable=False),
+    Step("rollback", "llm_deploy.steps.promote:rollback", _deployment, network_host=True, next_to_server=True,
+         needs_run_id=True, needs_admin_key=True, portable=False),
     Step("stop_deployment", "llm_deploy.steps.promote:stop_deployment", _deployment, network_host=True,
-         needs_run_id=True, portable=False),
+         next_to_server=True, needs_run_id=True, portable=False),
 )}
