@@ -109,6 +109,13 @@ def test_workers_share_the_engines_volume_with_task_containers_and_reach_the_doc
         assert "/var/run/docker.sock" not in mounts(stack["services"][name]), f"{name} needs no docker socket"
 
 
+def test_every_airflow_container_signs_with_the_same_secrets(stack):
+    # The api-server reads task logs from the workers' log servers: one secret_key for all.
+    services = [stack["services"][name] for name in (*AIRFLOW_SERVICES, *WORKERS)]
+    for key in ("AIRFLOW__API__SECRET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"):
+        assert len({service["environment"][key] for service in services}) == 1, key
+
+
 def test_init_migrates_creates_the_gpu_pool_and_the_hf_connection_from_a_secret(stack):
     init = stack["services"]["airflow-init"]
     script = init["command"][-1]
