@@ -56,7 +56,7 @@ def test_the_container_serves_the_live_version_and_docker_restarts_it_until_stop
     launch = ServerLaunch(runner="docker", argv=("python3", "-c", SERVER, str(port)), image=torch_image,
                           engines_root=str(tmp_path))
     server_launch.write(directory, launch, ensemble="ensemble", http_url=deployment.http_url)
-    runner, command = server._command(directory, deployment, launch)
+    runner, command = server._command(directory, deployment, launch, secret_env={})  # loopback: unguarded
     assert command.restart_policy == "unless-stopped" and command.volume_paths[0].writable is False
     service = runner.start(command, directory / "server.log")
     deployment.supervisor = service.to_xcom()
