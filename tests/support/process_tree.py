@@ -66,6 +66,13 @@ def _info(process: psutil.Process) -> ProcInfo:
                         process.status(), name, " ".join(argv) or f"[{process.name()}]")
 
 
+def _start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except _GONE:
+        return None
+
+
 def descendants(root: int) -> list[ProcInfo]:
     """Every process below ``root`` (children, grandchildren, ...)."""
     found = []
@@ -85,8 +92,10 @@ class ProcessTree:
     """This process as the subreaper of everything it starts in other sessions.
 
     ``ours()`` lists the live processes below this one outside its own session: the stack's
-    components, their children and every orphan they left. ``close()`` gives the subreaper role
-    back (call it after the stack is gone).
+    components, their children and every orphan they left. Processes that were already below
+    this one when the tree was made (a session-wide daemon such as the docker tests' dockerd)
+    and their children are not the stack's: they are neither listed nor killed. ``close()``
+    gives the subreaper role back (call it after the stack is gone).
     """
 
     def __init__(self, reap_interval_s: float = 0.2):
@@ -97,6 +106,8 @@ class ProcessTree:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
         self._libc = libc
         self._own: set[int] = set()  # pids that a Popen of ours waits for itself
+        # pid -> start time, so that a recycled pid is not mistaken for the process it was.
+        self._before = {p.pid: _start_time(p.pid) for p in descendants(self.pid)}
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, args=(reap_interval_s,),
                                         name="process-tree-reaper", daemon=True)
@@ -107,7 +118,18 @@ class ProcessTree:
         self._own.add(pid)
 
     def ours(self) -> list[ProcInfo]:
-        return [p for p in descendants(self.pid) if p.sid != self.sid and not p.zombie]
+        below = descendants(self.pid)
+        parent = {p.pid: p.ppid for p in below}
+        return [p for p in below if p.sid != self.sid and not p.zombie
+                and not self._predates(p.pid, parent)]
+
+    def _predates(self, pid: int, parent: dict[int, int]) -> bool:
+        """Whether ``pid`` or one of its ancestors below us was there before this tree."""
+        while pid in parent:
+            if pid in self._before and self._before[pid] == _start_time(pid):
+                return True
+            pid = parent[pid]
+        return False
 
     def kill_all(self, timeout_s: float = 10) -> list[ProcInfo]:
         """SIGKILL whatever is still ours; returns what was found (empty when nothing was left)."""
@@ -125,7 +147,8 @@ class ProcessTree:
 
     def reap(self) -> None:
         for proc in descendants(self.pid):
-            if proc.ppid == self.pid and proc.zombie and proc.sid != self.sid and proc.pid not in self._own:
+            if (proc.ppid == self.pid and proc.zombie and proc.sid != self.sid
+                    and proc.pid not in self._own and proc.pid not in self._before):
                 try:
                     os.waitpid(proc.pid, os.WNOHANG)
                 except ChildProcessError:
