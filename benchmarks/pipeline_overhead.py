@@ -39,20 +39,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]  # tests.support and llm_deploy
 
 from tests.support.airflow_stack import AirflowStack, parse_time  # noqa: E402
+from tests.support.small_runs import SMALL_RUN  # noqa: E402
 
 DAG_ID = "deploy_llm"
 RESULT = REPO_ROOT / "benchmarks" / "results" / "pipeline_overhead.json"
 GOAL_WALL_OVER_WORK = 1.15
 GOAL_CACHED_OVER_COLD = 0.10
-# The same small run as tests/deployment: a short single-level sweep, no HF baseline.
-SMALL_RUN = {
-    "benchmark_concurrency_levels": [1],
-    "benchmark_duration_s": 5,
-    "benchmark_requests": 4,
-    "benchmark_warmup_requests": 1,
-    "benchmark_max_tokens": 16,
-    "benchmark_hf_baseline": False,
-}
 
 
 def free_ports() -> dict[str, int]:

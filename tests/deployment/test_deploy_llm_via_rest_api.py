@@ -22,6 +22,7 @@ import pytest
 
 from tests.support.airflow_stack import StackError
 from tests.support.process_tree import read_proc
+from tests.support.small_runs import KILL_RUN, SMALL_RUN
 
 # slow: the runs load the real SmolLM2 model (verify_engine, the server).
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -31,16 +32,6 @@ DAG_ID = "deploy_llm"
 FIRST_TASK = "find_cached_engine"  # the first task to read the params
 PIPELINE = ("find_cached_engine", "download_weights", "build_wheel", "build_engine", "verify_engine", "render_model_repo",
             "start_server", "benchmark", "stop_server")
-# Small enough for a 2-core machine; every name is a DeploySpec field.
-SMALL_RUN = {
-    "benchmark_concurrency_levels": [1],
-    "benchmark_duration_s": 5,
-    "benchmark_requests": 4,
-    "benchmark_warmup_requests": 1,
-    "benchmark_max_tokens": 16,
-    "benchmark_hf_baseline": False,
-    "promote": False,  # these runs test the pipeline; the deployment's lifecycle has tests of its own
-}
 
 
 def failure_report(stack, run_id: str) -> str:
@@ -116,26 +107,12 @@ def test_bad_params_fail_the_first_task_without_retry(airflow_stack, free_ports)
 
 
 VICTIM = "benchmark"
-# Long enough for the kill to land mid-benchmark; the retry runs the same sweep again.
-KILL_RUN = {**SMALL_RUN, "benchmark_duration_s": 10, "benchmark_requests": 100}
 
-
-def wait_until_running(stack, run_id: str, task_id: str, timeout_s: float = 420) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ti = stack.task_instance(DAG_ID, run_id, task_id)
-        if ti["state"] == "running" and ti["pid"]:
-            return ti
-        if stack.run(DAG_ID, run_id)["state"] in ("success", "failed"):
-            break
-        time.sleep(0.5)
-    states = {t["task_id"]: t["state"] for t in stack.task_instances(DAG_ID, run_id)}
-    pytest.fail(f"{task_id} never ran; task states: {states}")
 
 
 def test_worker_killed_mid_task_is_retried_and_the_run_succeeds(airflow_stack, free_ports):
     run_id = airflow_stack.trigger(DAG_ID, {**KILL_RUN, **free_ports})
-    ti = wait_until_running(airflow_stack, run_id, VICTIM)
+    ti = airflow_stack.wait_until_running(DAG_ID, run_id, VICTIM, timeout_s=420)
     time.sleep(3)  # into the sweep, past the warm-up
     task = read_proc(ti["pid"])
     worker = read_proc(task.ppid) if task else None

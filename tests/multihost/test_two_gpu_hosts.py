@@ -18,22 +18,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.process_tree import read_proc
+from tests.support.small_runs import KILL_RUN, SMALL_RUN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 DAG_ID = "deploy_llm"
 SERVER_TASKS = ("start_server", "benchmark", "compare_with_live", "stop_server")
-SMALL_RUN = {
-    "benchmark_concurrency_levels": [1],
-    "benchmark_duration_s": 5,
-    "benchmark_requests": 4,
-    "benchmark_warmup_requests": 1,
-    "benchmark_max_tokens": 16,
-    "benchmark_hf_baseline": False,
-    "promote": False,  # a deployment's server outlives the run; its hosts are another matter
-}
-# Long enough for the kill to land mid-benchmark; the retry runs the same sweep again.
-KILL_RUN = {**SMALL_RUN, "benchmark_duration_s": 10, "benchmark_requests": 100}
 
 
 def where_each_try_ran(stack, dag_id: str, run_id: str) -> dict[str, list[tuple[str, str | None]]]:
@@ -58,24 +48,12 @@ def servers_on(stack) -> dict[str, int]:
     return {host: sum(stack.host(host).runs(pid) for pid in servers) for host in stack.gpu_hosts}
 
 
-def wait_until_running(stack, run_id: str, task_id: str, timeout_s: float = 480) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ti = stack.task_instance(DAG_ID, run_id, task_id)
-        if ti["state"] == "running" and ti["pid"] and ti["hostname"]:
-            return ti
-        if stack.run(DAG_ID, run_id)["state"] in ("success", "failed"):
-            break
-        time.sleep(0.5)
-    states = {t["task_id"]: t["state"] for t in stack.task_instances(DAG_ID, run_id)}
-    pytest.fail(f"{task_id} never ran; task states: {states}")
-
 
 def test_the_servers_tasks_stay_on_its_host_when_that_hosts_worker_is_killed(two_gpu_hosts, free_ports):
     stack = two_gpu_hosts
     began = time.monotonic()
     run_id = stack.trigger(DAG_ID, {**KILL_RUN, **free_ports})
-    victim = wait_until_running(stack, run_id, "benchmark")
+    victim = stack.wait_until_running(DAG_ID, run_id, "benchmark")
     host = victim["hostname"]
     assert host in stack.gpu_hosts, victim
     time.sleep(3)  # into the sweep, past the warm-up
@@ -166,3 +144,4 @@ def test_a_deployment_serves_from_the_host_that_promoted_it_and_is_stopped_there
     assert {where for _, where in ran["stop_deployment"]} == {host}, "the stop runs where the server does"
     assert stack.xcom(stop_dag, stop_id, "stop_deployment")["action"] == "stopped"
     assert servers_on(stack) == {name: 0 for name in stack.gpu_hosts}
+

@@ -250,6 +250,19 @@ class AirflowStack:
             time.sleep(0.5)
         return run
 
+    def wait_until_running(self, dag_id: str, run_id: str, task_id: str, timeout_s: float = 480) -> dict:
+        """The task instance once a worker runs it (its pid and host name known)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ti = self.task_instance(dag_id, run_id, task_id)
+            if ti["state"] == "running" and ti["pid"] and ti["hostname"]:
+                return ti
+            if self.run(dag_id, run_id)["state"] in TERMINAL_RUN_STATES:
+                break
+            time.sleep(0.5)
+        states = {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
+        raise StackError(f"{task_id} never ran in run {run_id}; task states: {states}")
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 
