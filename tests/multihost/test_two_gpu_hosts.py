@@ -145,3 +145,47 @@ def test_a_deployment_serves_from_the_host_that_promoted_it_and_is_stopped_there
     assert stack.xcom(stop_dag, stop_id, "stop_deployment")["action"] == "stopped"
     assert servers_on(stack) == {name: 0 for name in stack.gpu_hosts}
 
+
+def test_a_deployment_whose_host_is_gone_is_let_go_of_and_served_again_from_the_other(two_gpu_hosts, free_ports,
+                                                                                     free_ports_factory):
+    stack = two_gpu_hosts
+    live = free_ports_factory()
+    deployment = {"engines_root": str(stack.engines_root), "deployment_name": "lost-host"}
+    conf = {**SMALL_RUN, **free_ports, **deployment, "promote": True,
+            "deployment_http_port": live["http_port"], "deployment_grpc_port": live["grpc_port"],
+            "deployment_metrics_port": live["metrics_port"]}
+    first = stack.trigger(DAG_ID, conf)
+    assert stack.wait_for_run(DAG_ID, first, timeout_s=600)["state"] == "success"
+    (_, gone), = where_each_try_ran(stack, DAG_ID, first)["promote"]
+    (other,) = set(stack.gpu_hosts) - {gone}
+
+    # The host goes for good: its worker and everything else on it (the deployment's supervisor
+    # and server among them) SIGKILLed, and nothing starts its worker again.
+    worker = stack.components[stack.worker_name(gone)]
+    os.killpg(worker.process.pid, signal.SIGKILL)
+    worker.process.wait()
+    on_gone_host = [p for p in stack.ours() if stack.host(gone).runs(p.pid)]
+    for proc in on_gone_host:
+        os.kill(proc.pid, signal.SIGKILL)
+    assert any(p.name == "tritonserver" for p in on_gone_host), on_gone_host
+
+    stop_dag = "stop_llm_deployment"
+    stack.wait_for_dag(stop_dag)
+    let_go = stack.trigger(stop_dag, {**deployment, "host_gone": gone})
+    assert stack.wait_for_run(stop_dag, let_go, timeout_s=300)["state"] == "success"
+    ran = where_each_try_ran(stack, stop_dag, let_go)
+    print_table(f"{stop_dag} {let_go} (host_gone: {gone})", ran)
+    assert [state for state, _ in ran["forget_host"]] == ["success"]
+    assert gone not in {where for _, where in ran["forget_host"]}
+    assert stack.xcom(stop_dag, let_go, "forget_host")["action"] == "host_gone"
+
+    # The next promotion starts the deployment on the host that is left, which stops it later.
+    again = stack.trigger(DAG_ID, {**conf, **free_ports_factory()})
+    assert stack.wait_for_run(DAG_ID, again, timeout_s=600)["state"] == "success"
+    ran = where_each_try_ran(stack, DAG_ID, again)
+    print_table(f"deploy_llm {again} (promote: true, {gone} gone)", ran)
+    assert {where for _, where in ran["promote"]} == {other}
+    assert stack.xcom(DAG_ID, again, "promote")["action"] == "started"
+    stop = stack.trigger(stop_dag, deployment)
+    assert stack.wait_for_run(stop_dag, stop, timeout_s=300)["state"] == "success"
+    assert servers_on(stack) == {name: 0 for name in stack.gpu_hosts}

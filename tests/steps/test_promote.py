@@ -93,3 +93,30 @@ def test_a_run_that_does_not_promote_skips_both_steps_saying_why(spec, change, r
         promote.compare_with_live(other, {"model_repo": "/x"}, "run-1")
     with pytest.raises(SkipStep, match=reason):
         promote.promote(other, {"model_repo": "/x"}, {"verdict": "first"}, "run-1")
+
+
+def test_a_deployment_whose_host_is_gone_is_let_go_of_from_another_host(spec, monkeypatch):
+    live_deployment(spec, "/vol/model_repos/a", machine="gpu-host-b")
+    monkeypatch.setattr("llm_deploy.hosts.this_host", lambda: "gpu-host-a")
+    assert promote.deployment_host(spec)["hostname"] == "gpu-host-b"  # where its tasks would wait
+    with pytest.raises(NonRetryableError, match="served from host gpu-host-b, not gpu-host-c: host_gone must name"):
+        promote.forget_host(spec, {"host": "gpu-host-c"}, "run-2")
+
+    result = promote.forget_host(spec, {"host": "gpu-host-b"}, "run-2")
+
+    assert (result.action, result.live_version) == ("host_gone", 1)
+    gone = record.read(promote.deployment_dir(spec))
+    assert (gone.state, gone.machine, gone.supervisor) == ("stopped", "", {})
+    assert (gone.history[-1]["action"], gone.history[-1]["host"]) == ("host_gone", "gpu-host-b")
+    # The next promotion starts it on whichever host runs it, and nothing is left to forget.
+    assert promote.deployment_host(spec)["hostname"] == ""
+    with pytest.raises(NonRetryableError, match="is stopped and served from no host: nothing to forget"):
+        promote.forget_host(spec, {"host": "gpu-host-b"}, "run-3")
+
+
+def test_the_host_a_task_runs_on_is_not_gone(spec, monkeypatch):
+    live_deployment(spec, "/vol/model_repos/a", machine="gpu-host-b")
+    monkeypatch.setattr("llm_deploy.hosts.this_host", lambda: "gpu-host-b")
+    with pytest.raises(NonRetryableError, match="host gpu-host-b is up .* with host_gone left empty"):
+        promote.forget_host(spec, {"host": "gpu-host-b"}, "run-2")
+    assert record.read(promote.deployment_dir(spec)).state == "serving"

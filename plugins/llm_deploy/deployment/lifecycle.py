@@ -154,6 +154,47 @@ def stop(directory: Path, *, run_id: str) -> DeploymentRecord:
         return _result(directory, record.read(directory), "stopped", deployment.live)
 
 
+def forget_host(directory: Path, *, host: str, run_id: str) -> DeploymentRecord:
+    """Let go of a deployment whose host is gone for good (its server went with it).
+
+    Its record still names that host, so every task acting on it would wait for a worker on
+    ``gpu@<host>`` that never comes. Nothing can be stopped from here: the record is marked
+    stopped and its engines' leases are released, and the next promotion starts the deployment
+    on whichever host runs it. ``host`` must be the host the record names, typed by a person
+    who knows it is gone; the host this task runs on is up, so it is refused.
+    """
+    with record.operation(directory, "forget_host"):
+        deployment = record.read(directory)
+        if deployment is None:
+            raise NonRetryableError(f"{directory}: no deployment there")
+        if deployment.state != "serving" or not deployment.machine:
+            raise NonRetryableError(
+                f"deployment {deployment.name} is {deployment.state} and served from no host: nothing to "
+                "forget (leave host_gone empty to stop it)")
+        if deployment.machine != host:
+            raise NonRetryableError(
+                f"deployment {deployment.name} is served from host {deployment.machine}, not {host}: "
+                f"host_gone must name the host its record names")
+        if host == hosts.this_host():
+            raise NonRetryableError(
+                f"host {host} is up (this task runs on it): stop deployment {deployment.name} with "
+                "host_gone left empty")
+        for version in deployment.versions:
+            if version.engine_dir:
+                engine_cache.release_lease(version.engine_dir, lease_name(deployment.name))
+        with record.updating(directory) as current:
+            supervisor = current.supervisor
+            current.state = "stopped"
+            current.machine = ""
+            current.supervisor = {}
+            current.server_pid = 0
+            current.event("host_gone", run_id=run_id, host=host, supervisor_pid=supervisor.get("pid"))
+        log.warning("deployment %s let go of host %s: if that host comes back, stop its server there by "
+                    "hand (supervisor pid %s, process group %s) before it serves version %s unmanaged",
+                    deployment.name, host, supervisor.get("pid"), supervisor.get("pgid"), deployment.live)
+        return _result(directory, record.read(directory), "host_gone", deployment.live)
+
+
 def note_refusal(directory: Path, *, run_id: str, reason: str) -> None:
     """Record in the deployment's history that a candidate was refused, and why."""
     with record.updating(directory) as current:

@@ -9,7 +9,9 @@ on a GPU the candidate's memory is free again before the live server loads it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from llm_deploy.backends.registry import backend_for
 from llm_deploy.deployment import lifecycle, record, server
@@ -105,6 +107,11 @@ def deployment_host(spec: DeploySpec) -> dict:
 def stop_deployment(spec: DeploySpec, run_id: str) -> DeploymentRecord:
     """Stop the spec's deployment on purpose: 0 processes left, its engines' leases released."""
     return lifecycle.stop(deployment_dir(spec), run_id=run_id)
+
+
+def forget_host(spec: DeploySpec, gone: Mapping[str, Any], run_id: str) -> DeploymentRecord:
+    """Let go of the spec's deployment whose host is gone for good (``gone["host"]``)."""
+    return lifecycle.forget_host(deployment_dir(spec), host=gone["host"], run_id=run_id)
 
 
 def _require_promotion(spec: DeploySpec) -> None:

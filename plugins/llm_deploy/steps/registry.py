@@ -120,4 +120,6 @@ STEPS: dict[str, Step] = {step.name: step for step in (
          needs_run_id=True, needs_admin_key=True, portable=False),
     Step("stop_deployment", "llm_deploy.steps.promote:stop_deployment", _deployment, network_host=True,
          next_to_server=True, needs_run_id=True, portable=False),
+    # On any worker but the gone host's: it only edits the record on the shared volume.
+    Step("forget_host", "llm_deploy.steps.promote:forget_host", _deployment, needs_run_id=True, portable=False),
 )}
