@@ -116,14 +116,19 @@ def test_a_matrix_spreads_its_builds_over_both_hosts_and_its_benchmark_finds_eve
     assert servers_on(stack) == {name: 0 for name in stack.gpu_hosts}
 
 
+def promoting(stack, name: str, ports: dict, live: dict) -> tuple[dict, dict]:
+    """The params naming deployment ``name``, and a small deploy_llm run that promotes into it."""
+    deployment = {"engines_root": str(stack.engines_root), "deployment_name": name}
+    conf = {**SMALL_RUN, **ports, **deployment, "promote": True,
+            "deployment_http_port": live["http_port"], "deployment_grpc_port": live["grpc_port"],
+            "deployment_metrics_port": live["metrics_port"]}
+    return deployment, conf
+
+
 def test_a_deployment_serves_from_the_host_that_promoted_it_and_is_stopped_there(two_gpu_hosts, free_ports,
                                                                                   free_ports_factory):
     stack = two_gpu_hosts
-    live = free_ports_factory()
-    deployment = {"engines_root": str(stack.engines_root), "deployment_name": "two-hosts"}
-    conf = {**SMALL_RUN, **free_ports, **deployment, "promote": True,
-            "deployment_http_port": live["http_port"], "deployment_grpc_port": live["grpc_port"],
-            "deployment_metrics_port": live["metrics_port"]}
+    deployment, conf = promoting(stack, "two-hosts", free_ports, free_ports_factory())
     run_id = stack.trigger(DAG_ID, conf)
     run = stack.wait_for_run(DAG_ID, run_id, timeout_s=600)
     ran = where_each_try_ran(stack, DAG_ID, run_id)
@@ -150,11 +155,7 @@ def test_a_deployment_serves_from_the_host_that_promoted_it_and_is_stopped_there
 def test_a_deployment_whose_host_is_gone_is_let_go_of_and_served_again_from_the_other(two_gpu_hosts, free_ports,
                                                                                      free_ports_factory):
     stack = two_gpu_hosts
-    live = free_ports_factory()
-    deployment = {"engines_root": str(stack.engines_root), "deployment_name": "lost-host"}
-    conf = {**SMALL_RUN, **free_ports, **deployment, "promote": True,
-            "deployment_http_port": live["http_port"], "deployment_grpc_port": live["grpc_port"],
-            "deployment_metrics_port": live["metrics_port"]}
+    deployment, conf = promoting(stack, "lost-host", free_ports, free_ports_factory())
     first = stack.trigger(DAG_ID, conf)
     assert stack.wait_for_run(DAG_ID, first, timeout_s=600)["state"] == "success"
     (_, gone), = where_each_try_ran(stack, DAG_ID, first)["promote"]

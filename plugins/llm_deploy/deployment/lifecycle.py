@@ -141,9 +141,7 @@ def stop(directory: Path, *, run_id: str) -> DeploymentRecord:
         if left:
             raise NonRetryableError(f"deployment {deployment.name}: {left} outlived the stop; "
                                     "they hold its ports: end them by hand")
-        for version in deployment.versions:
-            if version.engine_dir:
-                engine_cache.release_lease(version.engine_dir, lease_name(deployment.name))
+        _release_leases(deployment)
         with record.updating(directory) as current:
             current.state = "stopped"
             current.supervisor = {}
@@ -174,14 +172,12 @@ def forget_host(directory: Path, *, host: str, run_id: str) -> DeploymentRecord:
         if deployment.machine != host:
             raise NonRetryableError(
                 f"deployment {deployment.name} is served from host {deployment.machine}, not {host}: "
-                f"host_gone must name the host its record names")
+                "host_gone must name the host its record names")
         if host == hosts.this_host():
             raise NonRetryableError(
                 f"host {host} is up (this task runs on it): stop deployment {deployment.name} with "
                 "host_gone left empty")
-        for version in deployment.versions:
-            if version.engine_dir:
-                engine_cache.release_lease(version.engine_dir, lease_name(deployment.name))
+        _release_leases(deployment)
         with record.updating(directory) as current:
             supervisor = current.supervisor
             current.state = "stopped"
@@ -381,6 +377,12 @@ def _result(directory: Path, deployment: Deployment, action: str, previous: int)
 def _max_batch_size(directory: Path, number: int) -> int:
     config = live_repository.parse_config(Path(directory) / live_repository.ENSEMBLES / f"v{number}.pbtxt")
     return int(config.max_batch_size)
+
+
+def _release_leases(deployment: Deployment) -> None:
+    for version in deployment.versions:
+        if version.engine_dir:
+            engine_cache.release_lease(version.engine_dir, lease_name(deployment.name))
 
 
 def _left_running(deployment: Deployment) -> str:
