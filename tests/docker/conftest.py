@@ -7,6 +7,9 @@ session (only a daemon we started). The tests skip only when dockerd cannot star
 
 ``torch_image`` (session): docker/build_torch_image.py, which reuses images whose content hash
 tag already exists, so only the first run on a machine pays for the Debian + torch layer.
+
+``compose_images`` (session): docker/build_compose_images.py, the same way for the compose
+stack's PostgreSQL, Redis and Airflow images.
 """
 
 from __future__ import annotations
@@ -137,6 +140,19 @@ def torch_image(dockerd) -> str:
     image = result.stdout.strip().splitlines()[-1]
     print(f"\ntorch image {image} ready in {time.monotonic() - started:.1f}s:\n{result.stderr.strip()}")
     return image
+
+
+@pytest.fixture(scope="session")
+def compose_images(dockerd) -> dict[str, str]:
+    """The compose variables naming the stack's images (LLM_DEPLOY_AIRFLOW_IMAGE, ...)."""
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(REPO / "docker" / "build_compose_images.py")],
+                            env={**os.environ, "DOCKER_HOST": dockerd}, capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"building the compose images failed:\n{result.stderr[-4000:]}")
+    images = dict(line.split("=", 1) for line in result.stdout.split())
+    print(f"\ncompose images ready in {time.monotonic() - started:.1f}s:\n{result.stderr.strip()}")
+    return images
 
 
 @pytest.fixture
