@@ -106,8 +106,8 @@ def build_os(client, tag: str) -> None:
         debootstrap(rootfs, DEBIAN_PACKAGES)
         # Packages' postinst scripts made a cluster and a socket dir the images do not use.
         run(["rm", "-rf", str(rootfs / "var/lib/postgresql/15"), str(rootfs / "etc/postgresql/15")])
-        # pip in these images installs into /usr/local, as in the official images (Debian marks
-        # its python3 as managed by apt only).
+        # Debian marks its python3 as apt's alone (PEP 668), and pip would refuse the
+        # Dockerfile's `pip install` steps; the official images' Python carries no such mark.
         (rootfs / "usr/lib/python3.11/EXTERNALLY-MANAGED").unlink(missing_ok=True)
         import_rootfs(client, rootfs, tag, changes=[f"ENV PATH={PATH}"])
 

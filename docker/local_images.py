@@ -176,10 +176,6 @@ class Archive:
         self._tar.addfile(info)
         return self
 
-    def copy(self, source: Path, path: str) -> Archive:
-        self._tar.add(source, arcname=path.lstrip("/"), recursive=False)
-        return self
-
     def bytes(self) -> bytes:
         self._tar.close()
         return self._buffer.getvalue()
