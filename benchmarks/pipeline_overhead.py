@@ -38,7 +38,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]  # tests.support and llm_deploy
 
-from tests.support.airflow_stack import AirflowStack, parse_time  # noqa: E402
+from tests.support.airflow_api import parse_time  # noqa: E402
+from tests.support.airflow_stack import AirflowStack  # noqa: E402
 from tests.support.small_runs import SMALL_RUN  # noqa: E402
 
 DAG_ID = "deploy_llm"

@@ -42,7 +42,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]  # tests.support and llm_deploy
 
 from benchmarks.pipeline_overhead import free_ports, seconds  # noqa: E402
-from tests.support.airflow_stack import AirflowStack, parse_time  # noqa: E402
+from tests.support.airflow_api import parse_time  # noqa: E402
+from tests.support.airflow_stack import AirflowStack  # noqa: E402
 from tests.support.celery_stack import CeleryStack  # noqa: E402
 from tests.support.small_runs import SMALL_RUN  # noqa: E402
 
