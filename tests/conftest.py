@@ -90,10 +90,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+# Every port handed out in this session. A port is free when it is probed, and the kernel may
+# offer it again to the next probe: two sets asked for by one test (a run's server and its
+# deployment's) once shared a port, and the run refused its own params.
+_HANDED_OUT: set[int] = set()
+
+
 def three_free_ports() -> dict[str, int]:
     ports: set[int] = set()
     while len(ports) < 3:
-        ports.add(free_port())
+        port = free_port()
+        if port not in _HANDED_OUT:
+            ports.add(port)
+    _HANDED_OUT.update(ports)
     http, grpc, metrics = sorted(ports)
     return {"http_port": http, "grpc_port": grpc, "metrics_port": metrics}
 
