@@ -46,6 +46,7 @@ class ComposeStack(AirflowRestApi):
     up_timeout_s: float = 600
     token: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    _env: dict[str, str] = field(default_factory=dict, repr=False)  # set by up(): a fresh Fernet key each time
 
     @property
     def api_url(self) -> str:
@@ -107,7 +108,7 @@ class ComposeStack(AirflowRestApi):
         return result.stdout.strip()
 
     def logs_tail(self, lines: int = 40) -> str:
-        if not getattr(self, "_env", None):
+        if not self._env:
             return ""
         result = self.compose("logs", "--no-color", "--tail", str(lines), check=False, timeout_s=60)
         return result.stdout[-12000:]
