@@ -177,7 +177,6 @@ def _move_console_scripts(source: Path, target: Path) -> None:
 def build_airflow(client, base: str, tag: str) -> None:
     """docker/airflow.Dockerfile on the stand-in base, through the daemon's own builder."""
     log(f"docker build -f {DOCKERFILE} --build-arg AIRFLOW_BASE_IMAGE={base} -> {tag}")
-    repository, _, version = tag.partition(":")
     output = client.api.build(path=str(REPO_ROOT), dockerfile=DOCKERFILE, tag=tag, rm=True, forcerm=True,
                               buildargs={"AIRFLOW_BASE_IMAGE": base}, decode=True)
     lines = []
@@ -195,16 +194,13 @@ def ensure_images(client) -> dict[str, str]:
         os_image = os_tag()
         packages = airflow_packages_tag(os_image)
         base = airflow_base_tag(packages)
-        images = {"LLM_DEPLOY_POSTGRES_IMAGE": postgres_tag(os_image), "LLM_DEPLOY_REDIS_IMAGE": redis_tag(os_image),
-                  "LLM_DEPLOY_AIRFLOW_BASE_IMAGE": base, "LLM_DEPLOY_AIRFLOW_IMAGE": airflow_tag(base)}
+        airflow, postgres, redis = airflow_tag(base), postgres_tag(os_image), redis_tag(os_image)
         steps = [(os_image, lambda: build_os(client, os_image)),
-                 (images["LLM_DEPLOY_POSTGRES_IMAGE"],
-                  lambda: build_postgres(client, os_image, images["LLM_DEPLOY_POSTGRES_IMAGE"])),
-                 (images["LLM_DEPLOY_REDIS_IMAGE"],
-                  lambda: build_redis(client, os_image, images["LLM_DEPLOY_REDIS_IMAGE"])),
+                 (postgres, lambda: build_postgres(client, os_image, postgres)),
+                 (redis, lambda: build_redis(client, os_image, redis)),
                  (packages, lambda: build_airflow_packages(client, os_image, packages)),
                  (base, lambda: build_airflow_base(client, os_image, packages, base)),
-                 (images["LLM_DEPLOY_AIRFLOW_IMAGE"], lambda: build_airflow(client, base, images["LLM_DEPLOY_AIRFLOW_IMAGE"]))]
+                 (airflow, lambda: build_airflow(client, base, airflow))]
         for tag, build in steps:
             if image_exists(client, tag):
                 log(f"reusing {tag}")
@@ -212,10 +208,11 @@ def ensure_images(client) -> dict[str, str]:
                 build()
         # The Airflow image is rebuilt on every code change (seconds, on a cached base): keep a
         # day of them for other checkouts that share this daemon; the rest only when replaced.
-        for tag in (os_image, packages, *images.values()):
-            prune(client, tag.partition(":")[0], keep=[tag],
-                  min_age_s=86400 if tag == images["LLM_DEPLOY_AIRFLOW_IMAGE"] else 0)
-        return images
+        # Children first: an image that another one is built on cannot be removed before it.
+        for tag, _ in reversed(steps):
+            prune(client, tag.partition(":")[0], keep=[tag], min_age_s=86400 if tag == airflow else 0)
+        return {"LLM_DEPLOY_POSTGRES_IMAGE": postgres, "LLM_DEPLOY_REDIS_IMAGE": redis,
+                "LLM_DEPLOY_AIRFLOW_BASE_IMAGE": base, "LLM_DEPLOY_AIRFLOW_IMAGE": airflow}
 
 
 def main() -> int:
