@@ -94,7 +94,8 @@ def airflow_base_tag(packages: str) -> str:
 def airflow_tag(base: str) -> str:
     files = [REPO_ROOT / DOCKERFILE, *(REPO_ROOT / name for name in DOCKERFILE_INPUTS),
              *tree_files(REPO_ROOT, *DOCKERFILE_TREES)]
-    return f"llm-deploy-airflow:{content_hash(base, files_hash(REPO_ROOT, files))}"
+    # <base hash>-<code hash>: which base an image sits on shows in its name (see ensure_images).
+    return f"llm-deploy-airflow:{base.partition(':')[2]}-{files_hash(REPO_ROOT, files)}"
 
 
 # --- the images --------------------------------------------------------------------------------
@@ -207,10 +208,14 @@ def ensure_images(client) -> dict[str, str]:
             else:
                 build()
         # The Airflow image is rebuilt on every code change (seconds, on a cached base): keep a
-        # day of them for other checkouts that share this daemon; the rest only when replaced.
-        # Children first: an image that another one is built on cannot be removed before it.
+        # day of those on the current base for other checkouts that share this daemon; the rest,
+        # and every image on an old base (2.5 GB each), go. Children before their parents.
+        on_old_base = lambda tag: not tag.partition(":")[2].startswith(base.partition(":")[2] + "-")  # noqa: E731
         for tag, _ in reversed(steps):
-            prune(client, tag.partition(":")[0], keep=[tag], min_age_s=86400 if tag == airflow else 0)
+            if tag == airflow:
+                prune(client, "llm-deploy-airflow", keep=[tag], min_age_s=86400, also=on_old_base)
+            else:
+                prune(client, tag.partition(":")[0], keep=[tag])
         return {"LLM_DEPLOY_POSTGRES_IMAGE": postgres, "LLM_DEPLOY_REDIS_IMAGE": redis,
                 "LLM_DEPLOY_AIRFLOW_BASE_IMAGE": base, "LLM_DEPLOY_AIRFLOW_IMAGE": airflow}
 

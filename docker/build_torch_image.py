@@ -104,11 +104,9 @@ def prune_old(client, base: str, keep: str) -> None:
     Other checkouts on this machine may share the daemon, so recent code images on the current
     base are left alone: removing one could pull it from under another checkout's test run.
     """
-    on_old_base = [tag for image in client.images.list(name=REPOSITORY) for tag in image.tags
-                   if not tag.partition(":")[2].startswith(base.partition(":")[2] + "-")]
-    prune(client, REPOSITORY, keep=[keep], min_age_s=86400)
-    for tag in on_old_base:
-        prune(client, tag, keep=[])
+    base_hash = base.partition(":")[2]
+    prune(client, REPOSITORY, keep=[keep], min_age_s=86400,
+          also=lambda tag: not tag.partition(":")[2].startswith(base_hash + "-"))
     prune(client, BASE_REPOSITORY, keep=[base])
 
 

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -195,11 +195,14 @@ def read_back(client, image: str, path: str) -> str:
 # --- housekeeping ------------------------------------------------------------------------------
 
 
-def prune(client, repository: str, keep: Iterable[str], *, min_age_s: float = 0) -> None:
-    """Remove ``repository``'s tags other than ``keep`` that are older than ``min_age_s``.
+def prune(client, repository: str, keep: Iterable[str], *, min_age_s: float = 0,
+          also: Callable[[str], bool] = lambda tag: False) -> None:
+    """Remove ``repository``'s tags other than ``keep`` that are older than ``min_age_s``, and
+    those for which ``also(tag)`` holds whatever their age.
 
     Other checkouts on this machine may share the daemon: a young image may be another
     checkout's current one, so callers pass an age for images that cost seconds to rebuild.
+    Tag by tag: one image may carry several (a rebuild from cache), and only the named go.
     """
     keep = set(keep)
     now = time.time()
@@ -207,7 +210,7 @@ def prune(client, repository: str, keep: Iterable[str], *, min_age_s: float = 0)
         created = image.attrs.get("Created", "")
         age_s = now - unix_time(created) if created else 0
         for tag in image.tags:
-            if tag not in keep and age_s >= min_age_s:
+            if tag.partition(":")[0] == repository and tag not in keep and (age_s >= min_age_s or also(tag)):
                 remove(client, tag)
 
 

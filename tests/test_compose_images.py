@@ -30,11 +30,13 @@ def test_each_tag_follows_what_its_image_is_made_of(monkeypatch, tmp_path):
     os_image = recipe.os_tag()
     packages = recipe.airflow_packages_tag(os_image)
     base = recipe.airflow_base_tag(packages)
-    tags = (os_image, recipe.postgres_tag(os_image), recipe.redis_tag(os_image), packages, base, recipe.airflow_tag(base))
+    tags = (os_image, recipe.postgres_tag(os_image), recipe.redis_tag(os_image), packages, base,
+            recipe.airflow_tag(base))
     assert [tag.partition(":")[0] for tag in tags] == [
         "llm-deploy-debian", "llm-deploy-postgres", "llm-deploy-redis", "llm-deploy-airflow-packages",
         "llm-deploy-airflow-base", "llm-deploy-airflow"]
     assert recipe.airflow_base_tag(recipe.airflow_packages_tag(os_image)) == base  # same inputs: a lookup
+    assert tags[5].startswith(f"llm-deploy-airflow:{base.partition(':')[2]}-")  # its base, by name
 
     # A new Debian package list renames every image built on it.
     monkeypatch.setattr(recipe, "DEBIAN_PACKAGES", (*recipe.DEBIAN_PACKAGES, "procps"))
@@ -59,7 +61,8 @@ def test_the_dockerfile_builds_on_whichever_base_it_is_given():
     assert "ARG AIRFLOW_BASE_IMAGE=apache/airflow:3.3.2-python3.11\nFROM ${AIRFLOW_BASE_IMAGE}" in dockerfile
     # Build isolation would fetch setuptools from an index the stand-in's build cannot reach.
     assert "--no-build-isolation -e /opt/llm-deploy" in dockerfile
-    copied = {line.split()[2 if "--chown" in line else 1] for line in dockerfile.splitlines() if line.startswith("COPY")}
+    copied = {line.split()[2 if "--chown" in line else 1]
+              for line in dockerfile.splitlines() if line.startswith("COPY")}
     recipe = load_recipe()
     assert {"plugins", "include", "docker/init_connections.py"} <= copied
     assert set(recipe.DOCKERFILE_INPUTS) - {"requirements.txt", "requirements-model.txt", "pyproject.toml"} <= copied
