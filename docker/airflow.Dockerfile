@@ -16,6 +16,9 @@ COPY --chown=airflow:0 docker/init_connections.py /opt/llm-deploy/docker/init_co
 # Editable, and the plugins folder is the same directory: Airflow, the Triton python backend and
 # task code all import one copy, the one docker-compose.yaml bind-mounts from the checkout.
 # No build isolation: the image's setuptools builds it, without fetching one from an index.
-RUN pip install --no-cache-dir --no-deps --no-build-isolation -e /opt/llm-deploy
+RUN pip install --no-cache-dir --no-deps --no-build-isolation -e /opt/llm-deploy \
+ && python -m llm_deploy.server.pytriton_install
+# (the last line puts the Triton python-backend stub for this Python in place now, so workers
+# never write into their own packages at run time)
 ENV AIRFLOW__CORE__PLUGINS_FOLDER=/opt/llm-deploy/plugins \
     LLM_DEPLOY_ENGINES_ROOT=/engines

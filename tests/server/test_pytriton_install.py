@@ -36,6 +36,17 @@ def test_stub_for_this_python_is_installed_next_to_the_backend():
     assert os.access(stub, os.X_OK)
 
 
+def test_an_image_build_puts_the_stub_in_place_with_one_command():
+    """docker/airflow.Dockerfile runs this, so a worker never writes into its packages at run time."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "llm_deploy.server.pytriton_install"],
+                            capture_output=True, text=True, check=True)
+    paths = pytriton_install.find_triton()
+    assert result.stdout.strip() == str(paths.python_backend / pytriton_install.STUB)
+    assert (paths.python_backend / pytriton_install.STUB).read_bytes() == paths.stub_source().read_bytes()
+
+
 def test_the_stub_python_is_this_interpreter_described_by_asking_it():
     import numpy
 

@@ -180,3 +180,18 @@ def _join_path(*parts: str) -> str:
             if item and item not in seen:
                 seen.append(item)
     return os.pathsep.join(seen)
+
+
+def main() -> int:
+    """``python -m llm_deploy.server.pytriton_install``: put this Python's stub in place now.
+
+    An image runs it at build time (docker/airflow.Dockerfile), so its workers never write into
+    their own packages at run time and a read-only or root-owned site-packages serves as well.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(ensure_python_stub(find_triton()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
