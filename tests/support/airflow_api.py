@@ -49,6 +49,17 @@ class AirflowRestApi:
     def logs_tail(self, lines: int = 40) -> str:
         raise NotImplementedError
 
+    def is_healthy(self) -> bool:
+        """The api-server answers, and reports its metadata DB and a scheduler healthy."""
+        import httpx
+
+        try:
+            health = httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return health.get("metadatabase", {}).get("status") == "healthy" and \
+            health.get("scheduler", {}).get("status") == "healthy"
+
     # --- REST API ----------------------------------------------------------------------------
     def api(self, method: str, path: str, *, expect: tuple[int, ...] = (200, 201), **kwargs) -> Any:
         import httpx

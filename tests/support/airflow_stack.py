@@ -295,18 +295,12 @@ class AirflowStack(AirflowRestApi):
                                  f" while starting:\n{self.logs_tail()}")
 
     def _wait_for_api(self) -> None:
-        import httpx
 
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             self._check_alive()
-            try:
-                health = httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=5).json()
-                if health.get("metadatabase", {}).get("status") == "healthy" and \
-                        health.get("scheduler", {}).get("status") == "healthy":
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
+            if self.is_healthy():
+                return
             if time.monotonic() > deadline:
                 raise StackError(f"the API server did not report healthy within {self.start_timeout_s:.0f}s"
                                  f":\n{self.logs_tail()}")

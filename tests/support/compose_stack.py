@@ -114,16 +114,7 @@ class ComposeStack(AirflowRestApi):
         return result.stdout[-12000:]
 
     def _wait_for_api(self, deadline: float) -> None:
-        import httpx
-
-        while True:
-            try:
-                health = httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=5).json()
-                if health.get("metadatabase", {}).get("status") == "healthy" and \
-                        health.get("scheduler", {}).get("status") == "healthy":
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
+        while not self.is_healthy():
             if time.monotonic() > deadline:
                 raise StackError(f"the api-server did not report healthy in time:\n{self.logs_tail()}")
             time.sleep(1)
