@@ -141,7 +141,7 @@ def build_airflow_packages(client, os_image: str, tag: str) -> None:
         pip_target(site, "--no-deps", "--upgrade", "-r", str(MODEL_REQUIREMENTS))
         _move_console_scripts(site / "bin", stage / "usr/local/bin")
         # Owned by the airflow user, as the official image's pip --user installs are: the
-        # worker installs the python-backend stub for its Python into nvidia-pytriton's package.
+        # Dockerfile's RUN, as that user, puts the python-backend stub into nvidia-pytriton's package.
         add_layer(client, os_image, tag, directory_archive(stage, uid=AIRFLOW_UID))
 
 
