@@ -35,6 +35,9 @@ DEFAULT_MATRIX: list[dict[str, Any]] = [{"max_batch_size": 2}, {"max_batch_size"
 ENGINES_ASSET_NAME = "llm_engines"
 ENGINES_ASSET_URI = "x-llm-deploy://engines"
 EVENT_SCHEMA_VERSION = 1
+# A comparison's files under runs/matrix-<run id>/ (the report view reads them by these names).
+MATRIX_DIR_PREFIX = "matrix-"
+COMPARISON_MD, COMPARISON_PNG, COMPARISON_JSON = "comparison.md", "comparison.png", "comparison.json"
 # The DAG-level params that are not DeploySpec fields.
 NOT_SPEC_PARAMS = ("matrix",)
 
@@ -174,7 +177,7 @@ def serve_and_benchmark(spec: DeploySpec, built: Mapping[str, Any], run_id: str)
 
 
 def comparison_report(results: Sequence[Mapping[str, Any]], engines_root: str | Path, run_id: str) -> dict[str, Any]:
-    """Markdown table + PNG plot of the configs side by side under runs/matrix-<run_id>/.
+    """Markdown table, PNG plot and the rows as JSON, the configs side by side, under runs/matrix-<run_id>/.
 
     ``results``: per config, its index, overrides, engine_id and report_path (a benchmark.json).
     Returns a small summary for XCom: the paths and the best config by throughput.
@@ -202,11 +205,13 @@ def comparison_report(results: Sequence[Mapping[str, Any]], engines_root: str | 
         })
 
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)[:120] or "run"
-    out_dir = Path(engines_root) / "runs" / f"matrix-{safe}"
+    out_dir = Path(engines_root) / "runs" / f"{MATRIX_DIR_PREFIX}{safe}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    table_path = out_dir / "comparison.md"
+    table_path = out_dir / COMPARISON_MD
     table_path.write_text(_markdown(rows, run_id))
-    plot_path = _plot(rows, out_dir / "comparison.png")
+    plot_path = _plot(rows, out_dir / COMPARISON_PNG)
+    # The rows as data too, for the report view (the Markdown is for people reading files).
+    (out_dir / COMPARISON_JSON).write_text(json.dumps({"run_id": run_id, "rows": rows}, indent=2))
     measured = [r for r in rows if r["throughput"] is not None]
     best = max(measured, key=lambda r: r["throughput"]) if measured else None
     log.info("matrix comparison of %d configs: %s, %s", len(rows), table_path, plot_path)

@@ -88,6 +88,22 @@ def test_report_plots_summary_and_baseline_lie_beside_the_report(first_run):
     assert len(json.dumps(xcom)) < 1000, "XCom carries headline figures and paths, not the report"
 
 
+def test_the_report_names_what_was_served_and_which_airflow_task_measured(first_run, server, root, ports,
+                                                                          monkeypatch):
+    # A repository rendered outside the steps (no manifest naming an engine): no engine to name.
+    assert first_run["report"]["served"] == {"model_repo": server["model_repo"], "engine_dir": "",
+                                             "log_path": str(server["log_path"])}
+    assert first_run["report"]["airflow"] is None, "not run by Airflow"
+    task = {"AIRFLOW_CTX_DAG_ID": "deploy_llm", "AIRFLOW_CTX_DAG_RUN_ID": "manual__1", "AIRFLOW_CTX_TASK_ID": "benchmark"}
+    for name, value in task.items():
+        monkeypatch.setenv(name, value)
+    summary = benchmark(bench_spec(root, ports, benchmark_requests=1, benchmark_concurrency_levels=[1],
+                                   benchmark_targets=["grpc_ensemble"], benchmark_hf_baseline=False),
+                        server, run_id="by-airflow").to_xcom()
+    assert json.loads(Path(summary["report_path"]).read_text())["airflow"] == {
+        "dag_id": "deploy_llm", "run_id": "manual__1", "task_id": "benchmark"}
+
+
 def test_second_run_is_compared_and_a_regression_fails_when_asked(first_run, server, root, ports):
     # Pretend the first run was 100x faster: every throughput figure of this run now regressed.
     first_path = Path(first_run["xcom"]["report_path"])

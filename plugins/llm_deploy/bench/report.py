@@ -15,6 +15,9 @@ Schema (REPORT_SCHEMA_VERSION 3), one JSON object:
   baseline:   HF transformers generate figures (torch backend) or null
   regression: {previous_report, threshold_pct, regressions: [..], compared: N} or null
   artifacts:  {summary_md, plots: [...]}
+Optional (reports of the benchmark step carry them; readers must not require them):
+  served:     {model_repo, engine_dir ("" when the checkpoint is served as is), log_path}
+  airflow:    {dag_id, run_id, task_id} of the task that measured, or null outside Airflow
 """
 
 from __future__ import annotations

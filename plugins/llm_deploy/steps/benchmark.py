@@ -10,6 +10,7 @@ the headline figures and the paths.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,8 @@ def benchmark(spec: DeploySpec, server: dict, run_id: str) -> BenchmarkSummary:
     sweep = sweep_targets(spec, server, requests, tokenizer)
     generate = _generate_check(spec, server)
     baseline = _hf_baseline(spec, tokenizer_dir, requests) if _wants_hf_baseline(spec) else None
-    report, path = _write_report(spec, run_id, load=load, sweep=sweep, generate=generate, baseline=baseline)
+    report, path = _write_report(spec, run_id, load=load, sweep=sweep, generate=generate, baseline=baseline,
+                                 served=_served(server))
     _fail_on_failed_requests(report, server, path)
     regressions = _check_regressions(spec, report)
     headline = report["streaming"]
@@ -127,13 +129,32 @@ def _hf_baseline(spec: DeploySpec, tokenizer_dir: Path, requests: list[workload.
                     static_batch=spec.max_batch_size)
 
 
+def _served(server: dict) -> dict:
+    """What the measured server served: its repository, the engine in it, and its log."""
+    repo = Path(server["model_repo"])
+    settings = (volume.read_manifest(repo) or {}).get("settings", {})
+    return {"model_repo": str(repo), "engine_dir": settings.get("engine_dir") or "", "log_path": server["log_path"]}
+
+
+def _airflow_task() -> dict | None:
+    """The Airflow task that ran this benchmark, for the report view's link back to its run.
+
+    Airflow exports the running task's identity to its environment (``AIRFLOW_CTX_*``, as it does
+    for every operator's subprocesses); outside Airflow (``python -m llm_deploy.cli``) there is none.
+    """
+    names = {"dag_id": "AIRFLOW_CTX_DAG_ID", "run_id": "AIRFLOW_CTX_DAG_RUN_ID", "task_id": "AIRFLOW_CTX_TASK_ID"}
+    found = {key: os.environ.get(var) for key, var in names.items()}
+    return found if all(found.values()) else None
+
+
 def _write_report(spec: DeploySpec, run_id: str, *, load: dict, sweep: dict, generate: dict,
-                  baseline: dict | None) -> tuple[dict, Path]:
+                  baseline: dict | None, served: dict) -> tuple[dict, Path]:
     """Assemble the report, compare it with the previous run's, and write it with its plots."""
     out_dir = volume.run_dir(spec, run_id)
     path = out_dir / REPORT_NAME
     report = new_report(run_id=run_id, spec=spec.model_dump(), engine_hash=spec.engine_hash, load=load,
                         sweep=sweep, generate=generate, baseline=baseline)
+    report.update(served=served, airflow=_airflow_task())
     report["regression"] = against_previous_run(report, out_dir.parent, current=path,
                                                 threshold_pct=spec.benchmark_regression_threshold_pct)
     add_artifacts(report, out_dir)
