@@ -25,6 +25,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from llm_deploy import hosts, processes, volume
@@ -143,17 +144,26 @@ def release_lease(engine_dir: str | Path, run_id: str) -> None:
 def live_leases(engine_dir: str | Path) -> list[dict]:
     """Leases whose server may still run; stale ones (a dead pid on this host) are removed."""
     live = []
-    for path in Path(engine_dir).glob(LEASE_GLOB):
-        try:
-            lease = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+    for path, lease in _leases(engine_dir):
         if _lease_alive(lease):
             live.append(lease)
         else:
             log.info("removing stale lease %s (run %s, pid %s gone)", path.name, lease.get("run_id"), lease.get("pid"))
             path.unlink(missing_ok=True)
     return live
+
+
+def holders(engine_dir: str | Path) -> list[dict]:
+    """The leases whose server may still run, read only: for a view, which must change nothing."""
+    return [lease for _, lease in _leases(engine_dir) if _lease_alive(lease)]
+
+
+def _leases(engine_dir: str | Path) -> Iterator[tuple[Path, dict]]:
+    for path in Path(engine_dir).glob(LEASE_GLOB):
+        try:
+            yield path, json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
 
 
 def _lease_alive(lease: dict) -> bool:
