@@ -14,6 +14,7 @@ runs/matrix-<run id>/ on the engines volume.
 from __future__ import annotations
 
 from airflow.sdk import Asset, dag, task
+from llm_deploy.airflow.report_links import benchmark_task, comparison_task
 from llm_deploy.airflow.task_policy import RETRIES
 from llm_deploy.matrix import ENGINES_ASSET_NAME, ENGINES_ASSET_URI
 
@@ -53,7 +54,9 @@ def benchmark_llm_engines():
 
     # One engine at a time, and the server is stopped in a finally, inside the task: a
     # setup/teardown pair per mapped instance would interleave servers on the same ports.
-    @task(pool="gpu", queue="gpu", max_active_tis_per_dagrun=1, map_index_template="{{ config_label }}")
+    # Each with a "Benchmark report" link, and compare_configs with a "Config comparison" link,
+    # to their pages in the LLM deployments view.
+    @benchmark_task(pool="gpu", queue="gpu", max_active_tis_per_dagrun=1, map_index_template="{{ config_label }}")
     def serve_and_benchmark(built: dict) -> dict:
         from airflow.sdk import get_current_context
         from llm_deploy.airflow.tasks import task_outcome
@@ -65,7 +68,7 @@ def benchmark_llm_engines():
         spec = DeploySpec.from_params(built["params"])
         return task_outcome(lambda: step(spec, built, context["run_id"]))
 
-    @task
+    @comparison_task
     def compare_configs(results: list[dict], engines: list[dict], run_id: str | None = None) -> dict:
         from llm_deploy.matrix import comparison_report
 

@@ -26,6 +26,7 @@ from llm_deploy.airflow.assets import DEPLOYMENTS
 from llm_deploy.airflow.params import deploy_params
 from llm_deploy.airflow.task_policy import ON_GPU_HOST, RETRIES, placement
 from llm_deploy.airflow.locality import with_host
+from llm_deploy.airflow.report_links import benchmark_task
 from llm_deploy.airflow.tasks import (
     ON_HOST,
     announce_deployment,
@@ -101,7 +102,8 @@ def deploy_llm():
     def start_server(repo: dict, deployment: dict) -> dict:
         return with_host(run_step("start_server", repo))
 
-    @task(map_index_template=ON_HOST, **placement("benchmark"))
+    # A task with a "Benchmark report" link to its report in the LLM deployments view.
+    @benchmark_task(map_index_template=ON_HOST, **placement("benchmark"))
     def benchmark(server: dict) -> dict:
         return run_step("benchmark", next_to(server))
 

@@ -187,3 +187,11 @@ def test_the_ui_is_published_where_the_operator_says():
     stack = json.loads(compose_config(HF_TOKEN="", LLM_DEPLOY_API_PUBLISH="127.0.0.1:18080").stdout)
     (port,) = stack["services"]["airflow-apiserver"]["ports"]
     assert (port["host_ip"], port["published"], port["target"]) == ("127.0.0.1", "18080", 8080)
+
+
+def test_the_api_server_reads_the_engines_volume_for_the_llm_deployments_view(stack):
+    api_server = stack["services"]["airflow-apiserver"]
+    engines = mounts(api_server)["/engines"]
+    assert engines["type"] == "volume" and engines["source"] == "engines" and engines["read_only"] is True
+    assert api_server["environment"]["LLM_DEPLOY_ENGINES_ROOT"] == "/engines"
+    assert mounts(api_server)["/opt/llm-deploy/plugins"]["read_only"] is True, "the code, as every component has it"

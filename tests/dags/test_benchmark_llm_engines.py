@@ -43,3 +43,11 @@ def test_engines_are_served_one_at_a_time_then_compared(dag):
     assert t["engines_to_benchmark"].downstream_task_ids == {"serve_and_benchmark", "compare_configs"}
     assert serve.downstream_task_ids == {"compare_configs"}
     assert dag.max_active_runs == 1
+
+
+def test_each_benchmark_and_the_comparison_link_to_their_pages_in_the_llm_deployments_view(dag):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    tasks = {t["__var"]["task_id"]: t["__var"] for t in DagSerialization.serialize_dag(dag)["tasks"]}
+    assert tasks["serve_and_benchmark"]["_operator_extra_links"] == {"Benchmark report": "_link_BenchmarkReportLink"}
+    assert tasks["compare_configs"]["_operator_extra_links"] == {"Config comparison": "_link_ComparisonLink"}

@@ -101,3 +101,11 @@ def test_a_flow_without_an_engine_skips_only_the_build(dag):
     assert t["verify_engine"].trigger_rule == "none_failed"
     assert t["render_model_repo"].trigger_rule == "none_failed"
     assert t["build_engine"].downstream_task_ids >= {"verify_engine"}
+
+
+def test_the_benchmark_task_links_to_its_report_in_the_llm_deployments_view(dag):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    tasks = {t["__var"]["task_id"]: t["__var"] for t in DagSerialization.serialize_dag(dag)["tasks"]}
+    assert tasks["benchmark"]["_operator_extra_links"] == {"Benchmark report": "_link_BenchmarkReportLink"}
+    assert not tasks["stop_server"].get("_operator_extra_links")
