@@ -1,26 +1,35 @@
-"""Every DAG's trigger form in a real browser, against a real api-server, scheduler and dag-processor.
+"""Every DAG's trigger form, and the LLM deployments view the runs fill, in a real browser against a
+real api-server, scheduler and dag-processor.
 
 What a person does in the Airflow UI: sign in, press Trigger on a DAG, look at the form, change a
 few fields, press the form's Trigger, and watch the run. For each DAG the form must open with no
 section in error and its Trigger button enabled, every param shown with its description; a bad
 value must not start a run; a valid trigger from the form must start a run that succeeds.
 
-Screenshots of each form section and of each run's page go to .cache/test-output/trigger_forms/
-(their paths are printed). The forms are Airflow 3.3's: it flags an empty required field at once
+The runs started from the forms are then followed where a person goes next: the benchmark
+task's "Benchmark report" link to its page in the view (its levels, plots, baseline, verdict),
+the view's own entry in the UI's navigation (deployments and engines), and compare_configs'
+"Config comparison" link. Screenshots of each form section, each run's page and each page of the
+view go to .cache/test-output/trigger_forms/ (their paths are printed). The forms are Airflow 3.3's: it flags an empty required field at once
 and keeps Trigger disabled, brings a number outside its minimum/maximum back into range when the
 field is left, and checks a pattern when Trigger is pressed, refusing the run with the param named.
 """
 
 from __future__ import annotations
 
+import http.client
+import re
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import pytest
 
 from llm_deploy import release_watch as rw
 from llm_deploy.airflow.params import param_schemas
+from llm_deploy.spec import DeploySpec
 from tests.support.airflow_stack import ADMIN
 from tests.deployment.conftest import engines_volume, running_stack
 from tests.support.airflow_ui import AirflowUI, BrowserUnavailable, find_or_install_chromium
@@ -120,7 +129,8 @@ def assert_succeeded(stack, ui, dag_id: str, run_id: str, timeout_s: float = 600
     assert badge.inner_text().strip().lower() == "success"
 
 
-def fill_short_run(form, ports: dict[str, int], deployment_ports: dict[str, int] | None = None) -> None:
+def fill_short_run(form, ports: dict[str, int], deployment_ports: dict[str, int] | None = None, *,
+                   hf_baseline: bool = False) -> None:
     form.open_section("Server")
     for name, port in ports.items():
         assert form.type_into(name, str(port)) == str(port)
@@ -131,7 +141,7 @@ def fill_short_run(form, ports: dict[str, int], deployment_ports: dict[str, int]
     form.open_section("Benchmark")
     for name, value in SHORT_RUN.items():
         assert form.type_into(name, value) == value
-    form.set_checkbox("benchmark_hf_baseline", False)
+    form.set_checkbox("benchmark_hf_baseline", hf_baseline)
 
 
 @pytest.mark.parametrize("dag_id", DAG_IDS)
@@ -196,7 +206,7 @@ def test_deploy_llm_triggered_from_its_form_leaves_a_deployment_that_its_stop_fo
     live = free_ports_factory()
     before = run_ids(stack, "deploy_llm")
     form = ui.trigger_form("deploy_llm")
-    fill_short_run(form, free_ports, live)
+    fill_short_run(form, free_ports, live, hf_baseline=True)  # for the report page to show it
 
     form.submit()
 
@@ -207,6 +217,8 @@ def test_deploy_llm_triggered_from_its_form_leaves_a_deployment_that_its_stop_fo
         assert_succeeded(stack, ui, "deploy_llm", run["dag_run_id"])
         with urllib.request.urlopen(f"http://127.0.0.1:{live['http_port']}/v2/health/ready") as ready:
             assert ready.status == 200  # the run is over; its deployment serves on
+        check_the_benchmark_report_page(ui, run)
+        check_the_deployments_view(ui, stack, run)
     finally:
         stops = run_ids(stack, "stop_llm_deployment")
         ui.trigger_form("stop_llm_deployment").submit()  # its defaults name the run's deployment
@@ -266,6 +278,84 @@ def test_a_matrix_built_from_its_form_is_benchmarked_by_the_dag_on_its_asset(ui,
     # The build's Asset event schedules the benchmark DAG by itself.
     benchmark = new_run(stack, "benchmark_llm_engines", benchmarks_before, "asset_triggered", timeout_s=60)
     assert_succeeded(stack, ui, "benchmark_llm_engines", benchmark["dag_run_id"])
+
+    configs = [ti for ti in stack.task_instances("benchmark_llm_engines", benchmark["dag_run_id"])
+               if ti["task_id"] == "serve_and_benchmark"]
+    url = ui.follow_extra_link("benchmark_llm_engines", benchmark["dag_run_id"], "compare_configs", "Config comparison")
+    ui.screenshot("llm-deployments-matrix")
+    assert urlsplit(url).path.startswith("/llm-deploy/matrix/matrix-")
+    assert ui.page.locator("#configs tr:has(td)").count() == len(configs) > 1
+    assert_plots_load(ui, expected=1)
+    report_links = ui.page.locator("#configs a", has_text="report")
+    assert report_links.count() == len(configs), "each config's row links to its benchmark report"
+
+
+def test_the_llm_deployments_view_requires_airflows_sign_in_and_stays_inside_the_volume(stack):
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(f"{stack.api_url}/llm-deploy/", timeout=30)
+    assert anonymous.value.code == 401
+    signed_in = {"Authorization": f"Bearer {stack.token}"}
+    with urllib.request.urlopen(urllib.request.Request(f"{stack.api_url}/llm-deploy/", headers=signed_in)) as page:
+        assert page.status == 200 and "Engines" in page.read().decode()
+    # Sent byte for byte (http.client does not normalize the path, as browsers and httpx do).
+    address = urlsplit(stack.api_url)
+    for path in ("/llm-deploy/files/..%2F..%2F..%2F..%2Fetc%2Fpasswd.json",
+                 "/llm-deploy/files/runs/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd.json",
+                 "/llm-deploy/files/runs/../../../../etc/passwd.json",
+                 "/llm-deploy/reports/%2e%2e/%2e%2e"):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+        try:
+            connection.request("GET", path, headers=signed_in)
+            response = connection.getresponse()
+            body = response.read().decode()
+        finally:
+            connection.close()
+        assert response.status in (400, 404) and "root:" not in body, (path, response.status, body)
+        assert response.status == 404 or body.startswith('{"detail":"refused: '), (path, body)
+
+
+def check_the_benchmark_report_page(ui, run: dict) -> None:
+    """From the run's benchmark task, its "Benchmark report" link, and what that page shows."""
+    conf = run["conf"]
+    url = ui.follow_extra_link("deploy_llm", run["dag_run_id"], "benchmark", "Benchmark report", map_index=0)
+    ui.screenshot("llm-deployments-report")
+    assert urlsplit(url).path.startswith("/llm-deploy/reports/"), url
+    tables = ui.page.locator("table.levels")
+    assert [tables.nth(i).get_attribute("data-target") for i in range(tables.count())] == conf["benchmark_targets"]
+    for i in range(tables.count()):
+        levels = tables.nth(i).locator("tr[data-concurrency]")
+        shown = [int(levels.nth(j).get_attribute("data-concurrency")) for j in range(levels.count())]
+        assert shown == conf["benchmark_concurrency_levels"]
+    assert_plots_load(ui, expected=3)
+    assert ui.page.locator("#baseline tr:has(td)").count() >= 1, "the HF baseline beside the served figures"
+    assert ui.page.locator("#verdict").inner_text()
+    back = ui.page.locator("#airflow-run").get_attribute("href")
+    assert back.endswith(f"/dags/deploy_llm/runs/{quote(run['dag_run_id'], safe='')}")
+
+
+def check_the_deployments_view(ui, stack, run: dict) -> None:
+    """The view's entry in the UI's navigation: the deployment the run left, and its engine."""
+    ui.page.goto(stack.api_url + "/")
+    ui.page.get_by_role("link", name="LLM deployments").first.click()
+    ui.page.wait_for_url(re.compile(r".*/plugin/llm-deployments$"))
+    view = ui.page.frame_locator("iframe").first
+    deployments = view.locator("#deployments + table")
+    deployments.wait_for()
+    ui.screenshot("llm-deployments")
+    name = DeploySpec.from_params(run["conf"]).deployment
+    row = deployments.locator("tr", has_text=name)
+    assert "serving" in row.inner_text() and run["dag_run_id"] in row.inner_text()
+    engines = view.locator("#engines + table")
+    assert engines.locator("tr:has(td)", has_text=f"{name} v").count() == 1
+    assert engines.locator("tr:has(td)", has_text=run["dag_run_id"]).count() >= 1, "the engine's benchmark runs"
+
+
+def assert_plots_load(ui, expected: int) -> None:
+    images = ui.images_shown()
+    assert len(images) == expected, images
+    for image in images:
+        assert image["status"] == 200 and image["type"] == "image/png", image
+        assert image["width"] > 100 and image["height"] > 100, image
 
 
 def schema_pattern(name: str) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 
+import httpx
+
 import pytest
 
 from tests.support.compose_stack import ComposeStack
@@ -68,3 +70,12 @@ def test_compose_up_runs_deploy_llm_on_the_celery_workers(compose_stack):
     summary = stack.xcom(DAG_ID, run_id, "benchmark")
     assert summary["requests"] > 0 and summary["errors"] == 0, summary
     assert summary["time_to_first_token_p50_ms"] > 0 and summary["generate_text"].strip(), summary
+
+    # The benchmark task's link, and the page it leads to, served by the api-server's container
+    # from the engines volume the GPU worker wrote.
+    links = stack.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/benchmark/links",
+                      params={"map_index": tasks["benchmark"]["map_index"]})["extra_links"]
+    report_page = links["Benchmark report"]
+    assert report_page.startswith("/llm-deploy/reports/"), links
+    page = httpx.get(stack.api_url + report_page, headers={"Authorization": f"Bearer {stack.token}"}, timeout=30)
+    assert page.status_code == 200 and 'data-concurrency="' in page.text, page.text[:500]

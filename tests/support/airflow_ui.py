@@ -3,7 +3,7 @@
 ``find_or_install_chromium`` uses /usr/bin/chromium, installing Debian's ``chromium`` package
 with apt-get when it is missing and we are root (Playwright's own browser download is never
 used: Playwright only drives the system browser). ``AirflowUI`` signs in through the login page
-and opens a DAG's trigger form; ``TriggerForm`` reads and fills that form the way its React
+and opens a DAG's trigger form, a task's extra link or a plugin's view; ``TriggerForm`` reads and fills that form the way its React
 components render it (Airflow 3.3's FlexibleForm): one accordion section per param section,
 one field per param named ``element_<param>``, the description as the field's helper text.
 """
@@ -59,6 +59,41 @@ class AirflowUI:
         badge = self.page.locator("[data-testid='state-badge']").first
         badge.wait_for()
         return badge
+
+    def follow_extra_link(self, dag_id: str, run_id: str, task_id: str, name: str, map_index: int = -1) -> str:
+        """Open the task instance's Details tab (where Airflow 3 shows a task's extra links), press
+        its link ``name``; the URL it led to."""
+        mapped = f"/mapped/{map_index}" if map_index >= 0 else ""
+        self.page.goto(f"{self.url}/dags/{dag_id}/runs/{run_id}/tasks/{task_id}{mapped}/details")
+        link = self.page.get_by_role("link", name=name, exact=True)
+        link.wait_for()
+        href = link.get_attribute("href")
+        link.click()  # same origin: the UI opens it in this tab
+        self.page.wait_for_url(re.compile(".*" + re.escape(href.split("?")[0]) + ".*"))
+        self.page.wait_for_load_state("load")
+        return self.page.url
+
+    def plugin_view(self, url_route: str):
+        """A plugin's external view, as the UI's navigation opens it: the UI around, the view in a frame."""
+        self.page.goto(f"{self.url}/plugin/{url_route}")
+        frame = self.page.frame_locator("iframe").first
+        frame.locator("body").wait_for()
+        return frame
+
+    def images_shown(self, scope=None) -> list[dict]:
+        """Every <img> of the page (or of ``scope``, a frame), as the browser loaded and decoded it,
+        with the response to a fetch of its URL in this session."""
+        images = (scope or self.page).locator("img")
+        shown = []
+        for i in range(images.count()):
+            image = images.nth(i)
+            image.scroll_into_view_if_needed()
+            decoded = image.evaluate("img => img.decode().then(() => [img.naturalWidth, img.naturalHeight])")
+            src = image.evaluate("img => img.src")
+            response = self.page.request.get(src)
+            shown.append({"src": src, "status": response.status, "type": response.headers.get("content-type"),
+                          "width": decoded[0], "height": decoded[1]})
+        return shown
 
     def screenshot(self, name: str) -> Path:
         self.shots.mkdir(parents=True, exist_ok=True)
