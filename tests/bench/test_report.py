@@ -135,3 +135,67 @@ def test_a_run_without_an_earlier_one_of_its_load_has_no_regression_block(tmp_pa
                                         threshold_pct=10.0)
     assert block["previous_report"] == str(tmp_path / "before" / report.REPORT_NAME)
     assert [r["metric"] for r in block["regressions"]] == ["output_token_throughput_per_s"]
+
+
+# --- judged at the machine's speed ----------------------------------------------------------------
+
+
+def with_yardsticks(benchmark: dict, hf_tok_s: float | None = None, gflops: float | None = None,
+                    drift_pct: float = 0.0) -> dict:
+    if hf_tok_s is not None:
+        benchmark["baseline"] = {"runs": {"batch_1": {"output_token_throughput_per_s": hf_tok_s / 4},
+                                          "static_batch_8": {"output_token_throughput_per_s": hf_tok_s}}}
+    if gflops is not None:
+        benchmark["machine"] = {"workload": "24 float32 384x384 matrix products on 2 threads", "gflops": gflops,
+                                "drift_pct": drift_pct}
+    return benchmark
+
+
+def test_a_server_as_fast_as_before_on_a_slower_machine_is_not_a_regression():
+    # The case: the HF baseline fell 14% (127.0 -> 109.2 tok/s) and the served figures with it.
+    before = with_yardsticks(make_report([level(16, 100.0, 50.0)]), hf_tok_s=127.0)
+    after = with_yardsticks(make_report([level(16, 86.0, 58.0)], run_id="r2"), hf_tok_s=109.2)
+    assert report.compare(as_bare(after), as_bare(before), threshold_pct=10.0)["regressions"], \
+        "as measured, 14% less throughput and 16% later first tokens look like regressions"
+
+    result = report.compare(after, before, threshold_pct=10.0)
+    assert result["regressions"] == []
+    assert result["machine"]["basis"] == "HF generate static_batch_8 (output tok/s)"
+    assert result["machine"]["factor"] == round(109.2 / 127.0, 4)
+
+
+def test_a_slower_server_on_an_unchanged_machine_still_is():
+    before = with_yardsticks(make_report([level(16, 100.0, 50.0)]), hf_tok_s=127.0)
+    after = with_yardsticks(make_report([level(16, 80.0, 50.0)], run_id="r2"), hf_tok_s=126.0)
+    (flagged,) = report.compare(after, before, threshold_pct=10.0)["regressions"]
+    assert flagged["metric"] == "output_token_throughput_per_s"
+    assert flagged["expected"] == 99.21 and flagged["raw_worse_pct"] == 20.0  # 100 x (126 / 127)
+
+
+def test_without_a_baseline_the_fixed_workload_measures_the_machine_and_its_drift_widens_the_threshold():
+    before = with_yardsticks(make_report([level(16, 100.0, 50.0)]), gflops=40.0, drift_pct=2.0)
+    after = with_yardsticks(make_report([level(16, 70.0, 50.0)], run_id="r2"), gflops=30.0, drift_pct=8.0)
+    result = report.compare(after, before, threshold_pct=10.0)
+    assert result["machine"]["factor"] == 0.75 and result["machine"]["basis"].startswith("fixed workload")
+    assert result["allowed_pct"] == 18.0, "the threshold plus the larger drift of the two runs"
+    assert result["regressions"] == [], "70 tok/s on a machine at 0.75x is 6.7% under the 75 expected"
+
+
+def test_a_machine_that_moved_past_the_tolerance_gives_no_verdict_either_way():
+    before = with_yardsticks(make_report([level(16, 100.0, 50.0)]), hf_tok_s=120.0)
+    after = with_yardsticks(make_report([level(16, 40.0, 50.0)], run_id="r2"), hf_tok_s=60.0)
+    result = report.compare(after, before, threshold_pct=10.0)
+    assert (result["verdict"], result["regressions"], result["compared"]) == ("inconclusive", [], 0)
+    assert "0.50x" in result["reason"]
+    summary = report.markdown_summary({**after, "regression": {"previous_report": "r1/benchmark.json", **result}})
+    assert "INCONCLUSIVE: the machine ran at 0.50x" in summary and "no regression" not in summary
+
+
+def test_with_no_yardstick_in_either_run_the_figures_are_compared_as_they_are():
+    result = report.compare(make_report([level(1, 80.0, 50.0)]), make_report([level(1, 100.0, 50.0)]), 10.0)
+    assert result["machine"]["factor"] == 1.0 and result["machine"]["basis"].startswith("none")
+    assert [r["metric"] for r in result["regressions"]] == ["output_token_throughput_per_s"]
+
+
+def as_bare(benchmark: dict) -> dict:
+    return {**benchmark, "baseline": None, "machine": None}

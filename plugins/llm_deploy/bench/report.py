@@ -13,11 +13,14 @@ Schema (REPORT_SCHEMA_VERSION 3), one JSON object:
   streaming:  the headline level (first target, highest concurrency), same block as a sweep entry
   sample_output, generate: {endpoint, text_output, latency_s, error}
   baseline:   HF transformers generate figures (torch backend) or null
-  regression: {previous_report, threshold_pct, regressions: [..], compared: N} or null
+  regression: {previous_report, threshold_pct, allowed_pct, machine: {basis, factor, previous, current,
+              noise_pct}, verdict (regressed | no regression | inconclusive), reason, regressions: [..],
+              compared: N} or null (``compare``)
   artifacts:  {summary_md, plots: [...]}
 Optional (reports of the benchmark step carry them; readers must not require them):
   served:     {model_repo, engine_dir ("" when the checkpoint is served as is), log_path}
   airflow:    {dag_id, run_id, task_id} of the task that measured, or null outside Airflow
+  machine:    the fixed workload's speed before and after the sweep (bench/machine_speed.py)
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ REPORT_NAME = "benchmark.json"
 SUMMARY_NAME = "benchmark.md"
 
 # Headline figures compared between runs, and which direction is better.
+# How far the machine's speed may move between two runs for their figures to be judged at all.
+MACHINE_TOLERANCE = 0.25
+
 COMPARED = (
     ("output_token_throughput_per_s", None, "higher"),
     ("request_throughput_per_s", None, "higher"),
@@ -175,9 +181,56 @@ def figure(entry: dict, name: str, percentile: str | None) -> float | None:
     return value
 
 
+def machine_change(current: dict, previous: dict) -> dict:
+    """How much faster the machine itself was in ``current`` than in ``previous`` (``factor``,
+    1.0 = the same), and on what that is judged (``basis``), best yardstick first:
+
+    - the same runs' HF generate() baseline (same checkpoint, same machine, minutes apart from
+      the served figures): its largest static batch present in both;
+    - the fixed workload of bench/machine_speed.py, timed in both runs;
+    - nothing (factor 1.0): the figures are compared as they are.
+
+    ``noise_pct``: the larger of the two runs' drift of that fixed workload, i.e. how much the
+    machine's speed moved within a run; a change smaller than that is not the server's.
+    """
+    noise = max((r.get("machine") or {}).get("drift_pct", 0.0) for r in (current, previous))
+    now_runs = ((current.get("baseline") or {}).get("runs") or {})
+    then_runs = ((previous.get("baseline") or {}).get("runs") or {})
+    static = sorted((n for n in now_runs if n.startswith("static_batch_") and n in then_runs),
+                    key=lambda n: int(n.rsplit("_", 1)[1]))
+    if static:
+        name = static[-1]
+        now, then = now_runs[name]["output_token_throughput_per_s"], then_runs[name]["output_token_throughput_per_s"]
+        if now and then:
+            return {"basis": f"HF generate {name} (output tok/s)", "previous": then, "current": now,
+                    "factor": round(now / then, 4), "noise_pct": noise}
+    now_machine, then_machine = current.get("machine") or {}, previous.get("machine") or {}
+    if now_machine.get("gflops") and then_machine.get("gflops") \
+            and now_machine.get("workload") == then_machine.get("workload"):
+        return {"basis": f"fixed workload: {now_machine['workload']} (GFLOP/s)", "previous": then_machine["gflops"],
+                "current": now_machine["gflops"], "factor": round(now_machine["gflops"] / then_machine["gflops"], 4),
+                "noise_pct": noise}
+    return {"basis": "none (neither run measured the machine): figures compared as they are",
+            "previous": None, "current": None, "factor": 1.0, "noise_pct": noise}
+
+
 def compare(current: dict, previous: dict, threshold_pct: float) -> dict:
     """Every headline figure of every (target, concurrency) present in both that got worse by more
-    than ``threshold_pct`` percent."""
+    than ``threshold_pct`` percent plus the machine's noise, once the machine's own change is
+    divided out (``machine_change``): on a machine 14% slower, a throughput 14% lower and
+    latencies 16% higher are what an unchanged server gives, and are not flagged. A machine that
+    moved by more than MACHINE_TOLERANCE makes the verdict "inconclusive", with nothing flagged."""
+    machine = machine_change(current, previous)
+    factor, allowed = machine["factor"], threshold_pct + machine["noise_pct"]
+    if not 1 - MACHINE_TOLERANCE <= factor <= 1 / (1 - MACHINE_TOLERANCE):
+        # A server's figures do not follow the machine's speed in proportion (a busy neighbour
+        # slows a 2-thread matrix product far more than a server of several processes): past
+        # this, dividing it out would hide a real regression or invent one.
+        return {"threshold_pct": threshold_pct, "allowed_pct": round(allowed, 2), "machine": machine,
+                "compared": 0, "regressions": [], "verdict": "inconclusive",
+                "reason": f"the machine ran at {factor:.2f}x its speed of the previous run ({machine['basis']}), "
+                          f"beyond the {MACHINE_TOLERANCE:.0%} within which figures are judged: rerun both "
+                          "on a machine as quiet as the other"}
     regressions, compared = [], 0
     for target, levels in current["sweep"].items():
         before = {e["concurrency"]: e for e in previous.get("sweep", {}).get(target, [])}
@@ -190,15 +243,20 @@ def compare(current: dict, previous: dict, threshold_pct: float) -> dict:
                 if not now or not then:
                     continue
                 compared += 1
-                change_pct = (now - then) / then * 100
-                worse_pct = -change_pct if better == "higher" else change_pct
-                if worse_pct > threshold_pct:
+                # What an unchanged server would show on the machine as it is now.
+                expected = then * factor if better == "higher" else then / factor
+                worse_pct = (expected - now) / expected * 100 if better == "higher" else (now - expected) / expected * 100
+                if worse_pct > allowed:
+                    raw_pct = (then - now) / then * 100 if better == "higher" else (now - then) / then * 100
                     regressions.append({
                         "target": target, "concurrency": entry["concurrency"],
                         "metric": name + (f".{percentile}" if percentile else ""),
-                        "previous": then, "current": now, "worse_pct": round(worse_pct, 2),
+                        "previous": then, "current": now, "expected": round(expected, 3),
+                        "worse_pct": round(worse_pct, 2), "raw_worse_pct": round(raw_pct, 2),
                     })
-    return {"threshold_pct": threshold_pct, "compared": compared, "regressions": regressions}
+    return {"threshold_pct": threshold_pct, "allowed_pct": round(allowed, 2), "machine": machine,
+            "compared": compared, "regressions": regressions,
+            "verdict": "regressed" if regressions else "no regression", "reason": ""}
 
 
 def markdown_summary(report: dict) -> str:
@@ -229,10 +287,19 @@ def markdown_summary(report: dict) -> str:
     if regression:
         lines += ["## Against the previous run", "", f"previous: `{regression['previous_report']}`, "
                   f"{regression['compared']} figures compared, threshold {regression['threshold_pct']}%", ""]
+        machine = regression.get("machine")
+        if machine:
+            lines += [f"machine now / then: {machine['factor']:.2f} by {machine['basis']} "
+                      f"({machine['previous']} -> {machine['current']}); figures judged against what an unchanged "
+                      f"server gives at that speed, allowing {regression['allowed_pct']}% "
+                      f"(threshold + the machine's noise of {machine['noise_pct']}%)", ""]
+        if regression.get("verdict") == "inconclusive":
+            lines.append(f"- INCONCLUSIVE: {regression['reason']}")
         for r in regression["regressions"]:
+            expected = f", {r['expected']} expected at this machine's speed" if "expected" in r else ""
             lines.append(f"- REGRESSION {r['target']} c={r['concurrency']} {r['metric']}: "
-                         f"{r['previous']} -> {r['current']} ({r['worse_pct']}% worse)")
-        if not regression["regressions"]:
+                         f"{r['previous']} -> {r['current']}{expected} ({r['worse_pct']}% worse)")
+        if regression.get("verdict", "no regression") == "no regression":
             lines.append("- no regression")
         lines.append("")
     return "\n".join(lines)

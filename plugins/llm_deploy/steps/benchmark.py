@@ -1,6 +1,7 @@
 """Tutorial step "query the server", grown into a benchmark: a concurrency sweep per target.
 
-Per target a warm-up, then one closed-loop level per concurrency (bench/sweep.py). Also one
+Per target a warm-up, then one closed-loop level per concurrency (bench/sweep.py), with the
+machine's speed on a fixed workload timed before and after (bench/machine_speed.py). Also one
 /generate call for the tutorial's text, an HF generate() baseline on the torch backend, and a
 comparison with the previous run of the same spec and load. The full report, plots and a
 Markdown summary (bench/report.py) go to the run's directory on the engines volume; XCom gets
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from llm_deploy import volume
 from llm_deploy.backends.registry import backend_for
-from llm_deploy.bench import stream_client, workload
+from llm_deploy.bench import machine_speed, stream_client, workload
 from llm_deploy.bench.report import (
     REPORT_NAME,
     REPORT_SCHEMA_VERSION,
@@ -62,11 +63,13 @@ def benchmark(spec: DeploySpec, server: dict, run_id: str) -> BenchmarkSummary:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     requests = workload.spec_requests(spec, tokenizer)
     load = _describe_load(spec)
+    speed_before = machine_speed.measure()
     sweep = sweep_targets(spec, server, requests, tokenizer)
+    machine = machine_speed.reference(speed_before, machine_speed.measure())
     generate = _generate_check(spec, server)
     baseline = _hf_baseline(spec, tokenizer_dir, requests) if _wants_hf_baseline(spec) else None
     report, path = _write_report(spec, run_id, load=load, sweep=sweep, generate=generate, baseline=baseline,
-                                 served=_served(server))
+                                 served=_served(server), machine=machine)
     _fail_on_failed_requests(report, server, path)
     regressions = _check_regressions(spec, report)
     headline = report["streaming"]
@@ -148,13 +151,13 @@ def _airflow_task() -> dict | None:
 
 
 def _write_report(spec: DeploySpec, run_id: str, *, load: dict, sweep: dict, generate: dict,
-                  baseline: dict | None, served: dict) -> tuple[dict, Path]:
+                  baseline: dict | None, served: dict, machine: dict) -> tuple[dict, Path]:
     """Assemble the report, compare it with the previous run's, and write it with its plots."""
     out_dir = volume.run_dir(spec, run_id)
     path = out_dir / REPORT_NAME
     report = new_report(run_id=run_id, spec=spec.model_dump(), engine_hash=spec.engine_hash, load=load,
                         sweep=sweep, generate=generate, baseline=baseline)
-    report.update(served=served, airflow=_airflow_task())
+    report.update(served=served, airflow=_airflow_task(), machine=machine)
     report["regression"] = against_previous_run(report, out_dir.parent, current=path,
                                                 threshold_pct=spec.benchmark_regression_threshold_pct)
     add_artifacts(report, out_dir)
@@ -188,6 +191,8 @@ def _fail_on_failed_requests(report: dict, server: dict, path: Path) -> None:
 def _check_regressions(spec: DeploySpec, report: dict) -> int:
     """Log every regression against the previous run; fail on them if the spec asks to."""
     regression = report["regression"] or {}
+    if regression.get("verdict") == "inconclusive":
+        log.warning("no regression verdict against the previous run: %s", regression["reason"])
     regressions = regression.get("regressions", [])
     for r in regressions:
         log.warning("regression: %s c=%d %s %s -> %s (%.1f%% worse)", r["target"], r["concurrency"],

@@ -80,6 +80,7 @@ class ReportEntry:
     output_token_throughput_per_s: float | None
     time_to_first_token_p50_ms: float | None
     regressions: int | None  # None: no earlier run of the same load to compare with
+    verdict: str  # "first of its load", "no regression", "N regressed", "inconclusive"
     engine_key: str  # backend/model/id of the engine served; "" for older reports
     airflow: dict | None  # dag_id, run_id, task_id
 
@@ -108,8 +109,18 @@ def _report_entry(path: Path) -> ReportEntry | None:
         output_token_throughput_per_s=headline.get("output_token_throughput_per_s"),
         time_to_first_token_p50_ms=figure(headline, "time_to_first_token_ms", "p50"),
         regressions=len(regression["regressions"]) if isinstance(regression, dict) else None,
+        verdict=_verdict(regression),
         engine_key=_engine_key((report.get("served") or {}).get("engine_dir", "")),
         airflow=report.get("airflow"))
+
+
+def _verdict(regression: dict | None) -> str:
+    if not isinstance(regression, dict):
+        return "first of its load"
+    if regression.get("verdict") == "inconclusive":
+        return "inconclusive"
+    count = len(regression.get("regressions", []))
+    return f"{count} regressed" if count else "no regression"
 
 
 @dataclass(frozen=True)
