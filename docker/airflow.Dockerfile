@@ -5,6 +5,13 @@
 ARG AIRFLOW_BASE_IMAGE=apache/airflow:3.3.2-python3.11
 FROM ${AIRFLOW_BASE_IMAGE}
 
+# Open MPI's mpirun: start_server launches the ranks of a world_size > 1 twin engine with it,
+# as launch_triton_server.py does (the stand-in base has it already: no index needed then).
+USER root
+RUN command -v mpirun >/dev/null || (apt-get update && apt-get install -y --no-install-recommends openmpi-bin \
+    && rm -rf /var/lib/apt/lists/*)
+USER airflow
+
 # Dependencies first: this layer survives code changes.
 COPY --chown=airflow:0 requirements.txt requirements-model.txt pyproject.toml /opt/llm-deploy/
 RUN pip install --no-cache-dir "apache-airflow==3.3.2" -r /opt/llm-deploy/requirements.txt \

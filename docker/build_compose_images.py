@@ -12,7 +12,8 @@ builds docker/airflow.Dockerfile on the last. Here, stand-ins are built from Deb
 each named by the hash of what it is made of, so a second run only looks them up:
 
 1. ``llm-deploy-debian:<hash>``: one ``debootstrap`` of Debian bookworm with python3, PostgreSQL
-   15, Redis 7, curl and dumb-init, shared by the three images below as their first layer.
+   15, Redis 7, curl, dumb-init and Open MPI (mpirun, for world_size > 1), shared by the three
+   images below as their first layer.
 2. ``llm-deploy-postgres`` and ``llm-deploy-redis``: that layer plus an entrypoint
    (docker/standin/postgres-entrypoint.sh) or a config file (docker/standin/redis.conf) that
    keep the official images' contract: POSTGRES_USER/PASSWORD/DB, listening on the network.
@@ -51,7 +52,7 @@ DOCKERFILE = "docker/airflow.Dockerfile"
 # Bump when the recipe changes in a way the inputs below do not show.
 RECIPE_VERSION = "1"
 DEBIAN_PACKAGES = ("python3", "python-is-python3", "libpython3.11", "ca-certificates", "curl", "dumb-init",
-                   "postgresql-15", "redis-server")
+                   "postgresql-15", "redis-server", "openmpi-bin")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AIRFLOW_UID = 50000
 AIRFLOW_HOME = "/opt/airflow"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -135,3 +136,24 @@ def test_nothing_here_reads_proc_by_hand():
     readers = [path.relative_to(package) for path in package.rglob("*.py") if '"/proc' in path.read_text()
                or "'/proc" in path.read_text()]
     assert readers == []
+
+
+def test_a_process_that_left_its_group_but_not_the_session_is_still_stopped_with_the_group():
+    # What mpirun does with every rank it starts: a process group of its own, in mpirun's session.
+    leader = subprocess.Popen(
+        [sys.executable, "-c", "import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+         "'import time; time.sleep(60)'], preexec_fn=os.setpgrp); time.sleep(60)"],
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(processes.group_members(leader.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        members = processes.group_members(leader.pid)
+        assert len(members) == 2 and any(os.getpgid(pid) != leader.pid for pid in members)
+
+        processes.stop_group(leader.pid, grace_s=5)
+
+        assert processes.group_members(leader.pid) == []
+    finally:
+        leader.kill()
+        leader.wait()

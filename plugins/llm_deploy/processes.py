@@ -116,7 +116,12 @@ def program_name(pid: int) -> str:
 
 
 def group_members(pgid: int, only: Collection[str] | None = None) -> list[int]:
-    """Live (non-zombie) processes of process group ``pgid``; ``only``: with these program names."""
+    """Live (non-zombie) processes of process group ``pgid`` and, when its leader started a session
+    (as every server here does), of that session; ``only``: with these program names.
+
+    The session counts because mpirun puts each rank it starts in a process group of its own,
+    inside mpirun's session: a server launched under mpirun is its whole session.
+    """
     if pgid <= 1:
         return []
     members = []
@@ -124,7 +129,7 @@ def group_members(pgid: int, only: Collection[str] | None = None) -> list[int]:
         if process.info["status"] in _DEAD:
             continue
         try:
-            if os.getpgid(process.pid) != pgid:
+            if pgid not in (os.getpgid(process.pid), os.getsid(process.pid)):
                 continue
         except ProcessLookupError:
             continue
@@ -144,17 +149,24 @@ def reap(pid: int) -> None:
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> bool:
-    """False when the group has no member left to signal."""
+    """Signal the members of ``group_members(pgid)``; False when none is left to signal."""
     if pgid <= 1:  # 0 would be our own group, 1 init's
         return False
+    signalled = False
     try:
         os.killpg(pgid, sig)
+        signalled = True
     except ProcessLookupError:
-        return False
+        pass
     except PermissionError:
         log.warning("not allowed to signal process group %d", pgid)
         return False
-    return True
+    for pid in group_members(pgid):  # the session's other groups (mpirun's ranks)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(pid) != pgid:
+                os.kill(pid, sig)
+                signalled = True
+    return signalled
 
 
 def stop_group(pgid: int, *, leader: ProcessIdentity | None = None, grace_s: float = 10.0,

@@ -116,7 +116,9 @@ class DeploySpec(BaseModel):
         "fastest on CPU).",
     )
     world_size: int = Field(
-        1, ge=1, le=64, description="GPUs per engine (tensor parallel size x pipeline parallel size)."
+        1, ge=1, le=64, description="Ranks per engine, tensor parallel size x pipeline parallel size: GPUs for "
+        "trtllm; for torch, processes that split the model (tensor parallel, at most its KV heads), started "
+        "under mpirun."
     )
     max_batch_size: int = Field(8, ge=1, le=4096, description="Most requests in flight at once.")
     max_input_len: int = Field(512, ge=1, le=131072, description="Longest prompt in tokens.")

@@ -1,6 +1,7 @@
 """build_engine: weights in the serving dtype + engine_config.json, published once per hash."""
 
 import json
+from pathlib import Path
 
 import pytest
 from llm_deploy import volume
@@ -67,9 +68,19 @@ def test_new_weights_under_the_same_revision_name_build_a_new_engine(tmp_path, t
     assert after.engine_dir != before.engine_dir and not after.reused
 
 
-def test_tensor_parallel_is_refused_on_the_torch_backend(tmp_path, tiny_llama_checkpoint):
-    with pytest.raises(NonRetryableError, match="world_size=2"):
-        build_engine(make_spec(tmp_path, world_size=2), checkpoint_record(tiny_llama_checkpoint))
+def test_tensor_parallel_publishes_one_shard_per_rank_on_the_torch_backend(tmp_path, tiny_llama_checkpoint):
+    record = build_engine(make_spec(tmp_path, world_size=2), checkpoint_record(tiny_llama_checkpoint)).to_xcom()
+    engine_dir = Path(record["engine_dir"])
+    assert sorted(p.name for p in engine_dir.glob("rank*")) == ["rank0", "rank1"]
+    config = json.loads((engine_dir / "engine_config.json").read_text())
+    assert (config["tensor_parallel"], config["pipeline_parallel"]) == (2, 1)
+    assert [shard["kv_heads"] for shard in config["shards"]] == [[0, 1], [1, 2]]
+    assert not volume.check_manifest(engine_dir), "published whole, manifest last"
+
+
+def test_more_ranks_than_kv_heads_is_refused_and_leaves_nothing(tmp_path, tiny_llama_checkpoint):
+    with pytest.raises(NonRetryableError, match="over 3 ranks: world_size=3 exceeds the model's 2 KV heads"):
+        build_engine(make_spec(tmp_path, world_size=3), checkpoint_record(tiny_llama_checkpoint))
     assert not (tmp_path / "engines").exists() or not any((tmp_path / "engines").rglob("*.safetensors"))
 
 

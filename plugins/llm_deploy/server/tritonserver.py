@@ -18,6 +18,7 @@ from llm_deploy.runners.local_runner import LocalRunner
 from llm_deploy.server import pytriton_install, readiness
 from llm_deploy.server.admin_guard import AdminKey, guarded_argv, require_key_beyond_loopback
 from llm_deploy.server.errors import ServerStartError
+from llm_deploy.server.mpirun import MpiLaunch
 from llm_deploy.server.ports import check_ports_free, client_host
 from llm_deploy.server.pytriton_install import BINARY_NAME, STUB, TritonPaths
 
@@ -88,12 +89,14 @@ def prepare() -> tuple[TritonPaths, dict[str, str]]:
 
 def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int = 8002, log_path: Path, timeout_s: float = 600,
-          admin_key: AdminKey | None = None) -> StartedServer:
+          admin_key: AdminKey | None = None, ranks: MpiLaunch | None = None) -> StartedServer:
     """Start tritonserver on ``repo`` and return once the server and every model in it are ready.
 
     ``admin_key``: required for a ``host`` other hosts can reach, whose admin APIs it then guards
     (``admin_guard``); the key reaches the server as a secret environment variable, never argv.
-    On any failure the server's process group is killed and ServerStartError (PortInUseError for
+    ``ranks``: the other ranks of a model split over several processes, started beside the
+    server by one mpirun (``mpirun.py``); the server is ready once its model is, which waits for
+    every rank to join. On any failure the server's process group is killed and ServerStartError (PortInUseError for
     a taken port) is raised with the tail of the server log.
     """
     repo = Path(repo).resolve()
@@ -104,9 +107,12 @@ def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_po
     check_ports_free(host, {"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
     paths, env = prepare()
     argv = server_command(paths, repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+    argv = guarded_argv(argv, admin_key.header) if admin_key else argv
+    if ranks is not None:
+        argv, env = ranks.argv(argv), {**env, **ranks.env}
     command = StepCommand(
         name=BINARY_NAME,
-        argv=tuple(guarded_argv(argv, admin_key.header) if admin_key else argv),
+        argv=tuple(argv),
         env=env,
         secret_env=admin_key.secret_env if admin_key else {},
         workdir=str(repo),

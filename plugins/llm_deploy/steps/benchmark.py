@@ -36,6 +36,7 @@ from llm_deploy.bench.sweep import sweep_targets
 from llm_deploy.bench.text_models import text_model_of
 from llm_deploy.errors import NonRetryableError, StepError
 from llm_deploy.records import Record
+from llm_deploy.server.mpirun import ranks_that_died
 from llm_deploy.spec import DeploySpec
 
 log = logging.getLogger(__name__)
@@ -180,12 +181,24 @@ def _fail_on_failed_requests(report: dict, server: dict, path: Path) -> None:
     from llm_deploy.server.readiness import is_live
 
     message = f"{errors} of {sent} benchmark requests failed ({'; '.join(messages[:5])}); report: {path}"
+    died = ranks_that_died(_log_tail(server["log_path"]))
+    if died:  # a server over several ranks under mpirun: which one ended first
+        message += f"; mpirun: {'; '.join(died)}"
     if not is_live(server["http_url"]):
         # A retry of this task alone would hit the same dead server (Airflow does not rerun
         # the start_server setup for it): fail at once, teardown still runs.
         raise NonRetryableError(f"tritonserver at {server['http_url']} is not answering any more "
                                 f"(crashed or killed? its log: {server['log_path']}); {message}")
     raise StepError(message)
+
+
+def _log_tail(path: str, max_bytes: int = 64 * 1024) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, 2) - max_bytes))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _check_regressions(spec: DeploySpec, report: dict) -> int:

@@ -24,9 +24,11 @@ the renderer copies next to this file's model.py.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import os
 import sys
 import threading
 import uuid
@@ -171,6 +173,26 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def _lead_ranks(engine_dir: Path, world_size: int, sizes: dict) -> Any:
+    """Rank 0 of a tensor-parallel engine: load its shard, wait for the other ranks (started
+    beside tritonserver by mpirun, see backends/torch/serve.py) to join, lead their steps."""
+    import torch
+
+    from llm_deploy.backends.torch import ranks
+    from llm_deploy.backends.torch.llama import LlamaEngine
+
+    address = os.environ.get(ranks.ADDRESS_ENV)
+    if not address:
+        raise RuntimeError(f"{engine_dir} is split over {world_size} ranks, and no {ranks.ADDRESS_ENV} says where "
+                           "they meet: start this repository with start_server, which launches every rank under mpirun")
+    torch.set_num_threads(ranks.threads_per_rank(world_size))
+    engine = LlamaEngine.load(engine_dir, **sizes, rank=0, all_reduce=ranks.all_reduce)
+    _log("info", f"rank 0 of {world_size}: waiting for the other ranks at {address}")
+    peers = ranks.join(0, world_size, address, engine.device)
+    _log("info", f"all {world_size} ranks joined: {peers}")
+    return ranks.LeaderEngine(engine, peers)
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         model_config = json.loads(args["model_config"])
@@ -185,20 +207,17 @@ class TritonPythonModel:
 
         engine_dir = Path(params.get("gpt_model_path") or params["engine_dir"])
         self.limits = EngineLimits.read(engine_dir)
-        if self.limits.world_size != 1:
-            raise RuntimeError(f"{engine_dir}: world_size={self.limits.world_size}; the torch backend serves world_size 1")
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(model_config)
         self.exclude_input = params.get("exclude_input_in_output", "false").lower() == "true"
         self.end_id = default_end_id(engine_dir)
         device = resolve_device(params.get("llm_deploy_device", "auto"))
         _log("info", f"loading {engine_dir} ({self.limits}) on {device}")
-        engine = LlamaEngine.load(
-            engine_dir,
-            dtype=getattr(torch, self.limits.dtype),
-            device=device,
-            max_batch_size=self.limits.max_batch_size,
-            max_seq_len=self.limits.max_input_len + self.limits.max_output_len,
-        )
+        sizes = dict(dtype=getattr(torch, self.limits.dtype), device=device, max_batch_size=self.limits.max_batch_size,
+                     max_seq_len=self.limits.max_input_len + self.limits.max_output_len)
+        if self.limits.world_size > 1:
+            engine = _lead_ranks(engine_dir, self.limits.world_size, sizes)
+        else:
+            engine = LlamaEngine.load(engine_dir, **sizes)
         self.batcher = InflightBatcher(
             engine,
             max_batch_size=self.limits.max_batch_size,
@@ -234,6 +253,12 @@ class TritonPythonModel:
         if batcher is not None:
             batcher.stop()
             _log("info", f"tensorrt_llm (torch) stopped: {batcher.stats}")
+            if hasattr(batcher.engine, "stop_followers"):  # rank 0 of several: let the others go
+                from llm_deploy.backends.torch import ranks
+
+                with contextlib.suppress(Exception):  # ranks already gone (mpirun stops them too)
+                    batcher.engine.stop_followers()
+                ranks.leave()
         if getattr(self, "_outbox", None) is not None:
             self._outbox.close()
 

@@ -16,6 +16,11 @@ def refusal(spec: DeploySpec) -> str | None:
         # Its Python steps run in one-shot containers (pods); a server started from one would end with it.
         return ("the twin's deployment server is a process of the worker, and with "
                 f"runner={spec.runner!r} the twin's steps run in one-shot containers: promote with runner='local'")
+    if spec.world_size > 1:
+        # The run's own server launches every rank under mpirun (serve.py); the supervisor of a
+        # long-running deployment starts tritonserver alone, so it serves one rank's engines.
+        return (f"world_size={spec.world_size}: the twin's deployment server runs engines of one rank; this run "
+                "qualified the engine on its own server over all ranks, and the deployment keeps its live version")
     return None
 
 

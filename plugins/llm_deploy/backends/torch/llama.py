@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from llm_deploy.backends.torch import tensor_parallel
 from llm_deploy.backends.torch.cuda_graphs import DecoderState, GraphedDecode
 from llm_deploy.backends.torch.layer_weights import LayerWeights
 
@@ -157,7 +159,10 @@ class LlamaEngine:
     def __init__(self, arch: LlamaArch, embed: torch.Tensor, layers: list[LayerWeights],
                  final_norm: torch.Tensor, lm_head: torch.Tensor, *, dtype: torch.dtype,
                  device: torch.device | str, max_batch_size: int, max_seq_len: int,
-                 cuda_graphs: bool | None = None) -> None:
+                 cuda_graphs: bool | None = None,
+                 all_reduce: Callable[[torch.Tensor], None] | None = None) -> None:
+        """``all_reduce``: for one rank of a tensor-parallel engine (tensor_parallel.py), sums a
+        partial hidden state over the ranks in place; ``arch`` is then the rank's local shapes."""
         if max_batch_size < 1 or max_seq_len < 1:
             raise ValueError(f"max_batch_size ({max_batch_size}) and max_seq_len ({max_seq_len}) must be >= 1")
         self.arch = arch
@@ -170,6 +175,9 @@ class LlamaEngine:
         self._final_norm = final_norm
         self._lm_head = lm_head
         self._scale = 1.0 / math.sqrt(arch.head_dim)
+        self._all_reduce = all_reduce
+        if all_reduce is not None and cuda_graphs:
+            raise ValueError("a tensor-parallel rank runs its decode eagerly: cuda_graphs must be off")
         with torch.inference_mode():
             self._cos, self._sin = rope_tables(arch.head_dim, arch.rope_theta, max_seq_len, dtype, self.device)
             # One slot more than requests can use: padded rows of a graphed decode write there.
@@ -211,25 +219,35 @@ class LlamaEngine:
 
     @classmethod
     def load(cls, checkpoint_dir: Path | str, dtype: torch.dtype, device: torch.device | str = "cpu", *,
-             max_batch_size: int, max_seq_len: int, cuda_graphs: bool | None = None) -> LlamaEngine:
-        """Read an HF Llama checkpoint (config.json + *.safetensors) into an engine."""
+             max_batch_size: int, max_seq_len: int, cuda_graphs: bool | None = None,
+             rank: int | None = None, all_reduce: Callable[[torch.Tensor], None] | None = None) -> LlamaEngine:
+        """Read an HF Llama checkpoint (config.json + *.safetensors) into an engine.
+
+        ``rank``: of a tensor-parallel engine directory, whose ``rank<r>/`` holds this rank's
+        weights and its shard (tensor_parallel.py); ``all_reduce`` sums over the ranks."""
         checkpoint_dir = Path(checkpoint_dir)
         config_path = checkpoint_dir / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{checkpoint_dir} has no config.json; not an HF checkpoint directory")
         arch = LlamaArch.from_config(json.loads(config_path.read_text()))
+        weights_dir = checkpoint_dir
+        if rank is not None:
+            weights_dir = checkpoint_dir / tensor_parallel.rank_dir_name(rank)
+            shard = tensor_parallel.RankShard.from_dict(json.loads((weights_dir / tensor_parallel.SHARD).read_text()))
+            arch = tensor_parallel.local_arch(arch, shard)
+            cuda_graphs = False
         if arch.max_position_embeddings and max_seq_len > arch.max_position_embeddings:
             # Plain RoPE still runs past the trained context (as in HF), but output quality drops.
             logger.warning("max_seq_len=%d exceeds the model's max_position_embeddings=%d",
                            max_seq_len, arch.max_position_embeddings)
         with torch.inference_mode():
-            tensors = _load_tensors(checkpoint_dir, dtype, torch.device(device))
+            tensors = _load_tensors(weights_dir, dtype, torch.device(device))
             engine = cls._from_tensors(arch, tensors, dtype=dtype, device=device,
                                        max_batch_size=max_batch_size, max_seq_len=max_seq_len,
-                                       cuda_graphs=cuda_graphs)
+                                       cuda_graphs=cuda_graphs, all_reduce=all_reduce)
         logger.info(
             "loaded %s: %d layers, %d heads (%d kv), dtype %s; KV cache %d slots x %d positions = %.1f MB",
-            checkpoint_dir, arch.num_layers, arch.num_heads, arch.num_kv_heads, dtype,
+            weights_dir, arch.num_layers, arch.num_heads, arch.num_kv_heads, dtype,
             max_batch_size, max_seq_len, engine.kv_cache_bytes / 1e6,
         )
         return engine
@@ -381,11 +399,17 @@ class LlamaEngine:
             else:
                 k_rows, v_rows = _rows(k_cache, slots, kv_len), _rows(v_cache, slots, kv_len)
             attn = self._attend(q, k_rows, v_rows, mask)
-            x = x + F.linear(attn.transpose(1, 2).flatten(2), w.o_proj)
-            x = x + swiglu_mlp(rms_norm(x, w.post_attention_norm, arch.rms_norm_eps), w)
+            x = x + self._reduced(F.linear(attn.transpose(1, 2).flatten(2), w.o_proj))
+            x = x + self._reduced(swiglu_mlp(rms_norm(x, w.post_attention_norm, arch.rms_norm_eps), w))
         # Only the last position's logits are ever sampled from.
         last = rms_norm(x[:, -1], self._final_norm, arch.rms_norm_eps)
         return F.linear(last, self._lm_head).float()
+
+    def _reduced(self, partial: torch.Tensor) -> torch.Tensor:
+        """A block's output: on a tensor-parallel rank, its partial sum summed over the ranks."""
+        if self._all_reduce is not None:
+            self._all_reduce(partial)
+        return partial
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # enable_gqa lets each KV head serve its group of query heads in place; expanding K/V

@@ -58,16 +58,24 @@ def engine_greedy(engine_dir: Path, prompt_ids: list[int], max_new: int, end_id:
     """Run one request through the engine's in-flight batcher, exactly as the server does."""
     import torch
 
-    from llm_deploy.backends.torch.inflight import GenerationRequest, InflightBatcher
     from llm_deploy.backends.torch.llama import LlamaEngine
 
     config = json.loads((engine_dir / ENGINE_CONFIG).read_text())
-    engine = LlamaEngine.load(
-        engine_dir,
-        dtype=getattr(torch, config["dtype"]),
-        max_batch_size=1,
-        max_seq_len=len(prompt_ids) + max_new,
-    )
+    dtype, max_seq_len = getattr(torch, config["dtype"]), len(prompt_ids) + max_new
+    world_size = config.get("tensor_parallel", 1)
+    if world_size > 1:  # every rank in a process of its own, as the server runs them
+        from llm_deploy.backends.torch import ranks
+
+        with ranks.lead(engine_dir, world_size, dtype=dtype, max_batch_size=1, max_seq_len=max_seq_len) as engine:
+            return _greedy_through_batcher(engine, config, prompt_ids, max_new, end_id)
+    engine = LlamaEngine.load(engine_dir, dtype=dtype, max_batch_size=1, max_seq_len=max_seq_len)
+    return _greedy_through_batcher(engine, config, prompt_ids, max_new, end_id)
+
+
+def _greedy_through_batcher(engine, config: dict, prompt_ids: list[int], max_new: int,
+                            end_id: int | None) -> list[int]:
+    from llm_deploy.backends.torch.inflight import GenerationRequest, InflightBatcher
+
     batcher = InflightBatcher(engine, 1, config["max_input_len"], config["max_output_len"])
     tokens: list[int] = []
     done = threading.Event()
