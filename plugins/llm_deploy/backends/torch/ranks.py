@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,20 +99,24 @@ class LeaderEngine:
         self._engine = engine
         self.peers = peers  # (host, pid) of every rank, as ``join`` returned them
         self.world_size = len(peers)
+        # One call at a time: the batcher's thread steps, and a stopping server's finalize may
+        # release slots from another; two broadcasts at once would cross on the wire.
+        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
     def _together(self, op: str, *args: Any) -> Any:
-        try:
-            _broadcast((op, args))
-            return getattr(self._engine, op)(*args)
-        except Exception as exc:
-            gone = self.gone()
-            if not gone and isinstance(exc, ValueError):
-                raise  # the call's own inputs were refused, on every rank alike
-            raise RuntimeError(f"a tensor-parallel rank is gone: {', '.join(gone) or 'a rank on another host'} "
-                               f"({op}: {exc}); all {self.world_size} ranks must run for the engine to step") from exc
+        with self._lock:
+            try:
+                _broadcast((op, args))
+                return getattr(self._engine, op)(*args)
+            except Exception as exc:
+                gone = self.gone()
+                if not gone:
+                    raise  # e.g. the call's own inputs refused, on every rank alike
+                raise RuntimeError(f"a tensor-parallel rank is gone: {', '.join(gone)} ({op}: {exc}); "
+                                   f"all {self.world_size} ranks must run for the engine to step") from exc
 
     def gone(self) -> list[str]:
         """The ranks of this host whose process is no longer there, as "rank R (pid P)"."""
@@ -135,7 +140,8 @@ class LeaderEngine:
 
     def stop_followers(self) -> None:
         """Tell the other ranks to return from ``follow``; they leave the group after it."""
-        _broadcast((STOP, ()))
+        with self._lock:
+            _broadcast((STOP, ()))
 
 
 def follow(engine: Any, on_call: Callable[[str], None] | None = None) -> int:
