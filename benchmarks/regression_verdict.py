@@ -110,7 +110,8 @@ def main() -> None:
         "step_delay_ms": args.step_delay_ms, "hog_cores": args.hog_cores,
         "loadavg_1m_before": round(load_before, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
         "runs": {name: headline(report) for name, report in reports.items()},
-        "against_quiet": {name: verdicts(reports[name], reports["quiet"]) for name in ("quiet_again", "loaded", "slowed")},
+        "against_quiet": {name: verdicts(reports[name], reports["quiet"])
+                          for name in ("quiet_again", "loaded", "slowed")},
         "recorded": str(PAIRS.relative_to(REPO_ROOT)),
     })
 

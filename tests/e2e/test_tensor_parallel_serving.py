@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -49,7 +50,7 @@ def spec(tmp_path_factory, free_ports_factory) -> DeploySpec:
     root = os.environ.get("LLM_DEPLOY_ENGINES_ROOT") or str(tmp_path_factory.mktemp("engines"))
     # keep_engines=0: this engine's verification must not retire the suite's others on a shared volume.
     return DeploySpec(engines_root=root, world_size=2, max_batch_size=4, max_input_len=128, max_output_len=64,
-                      keep_engines=0, benchmark_concurrency_levels=[4], benchmark_requests=12,
+                      keep_engines=0, benchmark_concurrency_levels=[4], benchmark_requests=48,
                       benchmark_max_tokens=32, benchmark_warmup_requests=1, benchmark_hf_baseline=False,
                       **free_ports_factory())
 
@@ -80,6 +81,14 @@ def session(server: dict) -> dict[str, int]:
             if name in argv.split()[0] or f"llm_deploy.backends.torch.{name}" in argv:
                 found[name] = pid
     return found
+
+
+def completed_requests(server: dict) -> float:
+    """Requests the tensorrt_llm model has answered, from Triton's own metrics."""
+    with urllib.request.urlopen(server["metrics_url"], timeout=10) as response:
+        metrics = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith('nv_inference_request_success{model="tensorrt_llm"'))
 
 
 def test_the_engine_is_built_as_one_shard_per_rank_and_verified_against_transformers(built):
@@ -119,12 +128,16 @@ def test_killing_rank_1_mid_benchmark_fails_it_naming_the_rank(server, spec):
 
     runner = threading.Thread(target=measure)
     runner.start()
-    time.sleep(8)  # into the sweep: the machine's speed is measured first, then the warm-up
+    served_before = completed_requests(server)
+    deadline = time.monotonic() + 300
+    while completed_requests(server) < served_before + 2 and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the benchmark's requests are being served: then, mid-benchmark
     follower = session(server)["rank_follower"]
     psutil.Process(follower).kill()
     runner.join(timeout=600)
 
     (error,) = outcome
     assert error is not None, "the benchmark cannot succeed once a rank is gone"
+    print(f"\nthe benchmark, rank 1 killed (pid {follower}): {type(error).__name__}: {error}")
     assert "rank 1" in str(error), str(error)
     assert set(session(server)) <= {"mpirun", "tritonserver"}

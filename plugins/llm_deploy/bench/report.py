@@ -245,7 +245,8 @@ def compare(current: dict, previous: dict, threshold_pct: float) -> dict:
                 compared += 1
                 # What an unchanged server would show on the machine as it is now.
                 expected = then * factor if better == "higher" else then / factor
-                worse_pct = (expected - now) / expected * 100 if better == "higher" else (now - expected) / expected * 100
+                worse = expected - now if better == "higher" else now - expected
+                worse_pct = worse / expected * 100
                 if worse_pct > allowed:
                     raw_pct = (then - now) / then * 100 if better == "higher" else (now - then) / then * 100
                     regressions.append({

@@ -96,8 +96,9 @@ def start(repo: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_po
     (``admin_guard``); the key reaches the server as a secret environment variable, never argv.
     ``ranks``: the other ranks of a model split over several processes, started beside the
     server by one mpirun (``mpirun.py``); the server is ready once its model is, which waits for
-    every rank to join. On any failure the server's process group is killed and ServerStartError (PortInUseError for
-    a taken port) is raised with the tail of the server log.
+    every rank to join. On any failure the server's process group (with mpirun, its session) is
+    killed and ServerStartError (PortInUseError for a taken port) is raised with the tail of the
+    server log.
     """
     repo = Path(repo).resolve()
     models = readiness.repository_models(repo)

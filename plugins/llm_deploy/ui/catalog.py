@@ -211,7 +211,8 @@ def engines(root: Path, *, runs: list[ReportEntry] | None = None,
         served = [r for r in runs if r.engine_key == key
                   or (not r.engine_key and r.engine_hash and r.engine_hash == config.get("spec_hash"))]
         entries.append(EngineEntry(
-            key=key, backend=directory.parts[-3], model=str(spec.get("model") or directory.parts[-2].replace("--", "/")),
+            key=key, backend=directory.parts[-3],
+            model=str(spec.get("model") or directory.parts[-2].replace("--", "/")),
             engine_id=directory.name, runtime=str(target.get("runtime", "")), image=str(target.get("image", "")),
             gpu=str(target.get("gpu", "")), dtype=str(config.get("dtype", "")),
             max_batch_size=config.get("max_batch_size"), world_size=config.get("world_size"),

@@ -61,8 +61,9 @@ def _ranks(model_repo: Path) -> MpiLaunch | None:
         return None
     address = ranks.free_address()
     max_seq_len = int(config["max_input_len"]) + int(config["max_output_len"])
-    followers = [ranks.follower_argv(engine_dir, rank, world_size, address, max_batch_size=int(config["max_batch_size"]),
-                                     max_seq_len=max_seq_len, device="auto")
+    followers = [ranks.follower_argv(engine_dir, rank, world_size, address,
+                                     max_batch_size=int(config["max_batch_size"]), max_seq_len=max_seq_len,
+                                     device="auto")
                  for rank in range(1, world_size)]
     log.info("%s is split over %d ranks: rank 0 in tritonserver, ranks 1-%d beside it under mpirun, meeting at %s",
              engine_dir, world_size, world_size - 1, address)
