@@ -116,6 +116,22 @@ def read_manifest(directory: Path) -> dict | None:
         return None
 
 
+def served_engine_dir(model_repo: Path | str) -> str:
+    """The engine a rendered model repository serves (its manifest's settings); "" in a flow
+    that serves the checkpoint itself, or for a repository that is not ours."""
+    return (read_manifest(Path(model_repo)) or {}).get("settings", {}).get("engine_dir") or ""
+
+
+def read_tail(path: Path | str, max_bytes: int) -> str:
+    """The last ``max_bytes`` of a text file (a server's log), "" if it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, 2) - max_bytes))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def check_manifest(directory: Path, *, deep: bool = False) -> list[str]:
     """Problems with a published directory: missing manifest, missing/resized/corrupt files."""
     manifest = read_manifest(directory)

@@ -39,10 +39,10 @@ REPORT_SCHEMA_VERSION = 3
 REPORT_NAME = "benchmark.json"
 SUMMARY_NAME = "benchmark.md"
 
-# Headline figures compared between runs, and which direction is better.
 # How far the machine's speed may move between two runs for their figures to be judged at all.
 MACHINE_TOLERANCE = 0.25
 
+# Headline figures compared between runs, and which direction is better.
 COMPARED = (
     ("output_token_throughput_per_s", None, "higher"),
     ("request_throughput_per_s", None, "higher"),
@@ -245,10 +245,9 @@ def compare(current: dict, previous: dict, threshold_pct: float) -> dict:
                 compared += 1
                 # What an unchanged server would show on the machine as it is now.
                 expected = then * factor if better == "higher" else then / factor
-                worse = expected - now if better == "higher" else now - expected
-                worse_pct = worse / expected * 100
+                worse_pct = _worse_pct(now, expected, better)
                 if worse_pct > allowed:
-                    raw_pct = (then - now) / then * 100 if better == "higher" else (now - then) / then * 100
+                    raw_pct = _worse_pct(now, then, better)
                     regressions.append({
                         "target": target, "concurrency": entry["concurrency"],
                         "metric": name + (f".{percentile}" if percentile else ""),
@@ -258,6 +257,12 @@ def compare(current: dict, previous: dict, threshold_pct: float) -> dict:
     return {"threshold_pct": threshold_pct, "allowed_pct": round(allowed, 2), "machine": machine,
             "compared": compared, "regressions": regressions,
             "verdict": "regressed" if regressions else "no regression", "reason": ""}
+
+
+def _worse_pct(now: float, reference: float, better: str) -> float:
+    """How much worse ``now`` is than ``reference``, in percent of it (negative: better)."""
+    worse = reference - now if better == "higher" else now - reference
+    return worse / reference * 100
 
 
 def markdown_summary(report: dict) -> str:

@@ -83,9 +83,8 @@ def promote(directory: Path, settings: Settings, candidate_repo: Path, *, run_id
         deployment = _open(directory, settings)
         number = deployment.next_number()
         ensemble, names = live_repository.add_version(directory, candidate_repo, number)
-        engine_dir = ((volume.read_manifest(Path(candidate_repo)) or {}).get("settings", {})
-                      .get("engine_dir", ""))
-        version = Version(version=number, models=names, engine_dir=engine_dir or "",
+        engine_dir = volume.served_engine_dir(candidate_repo)
+        version = Version(version=number, models=names, engine_dir=engine_dir,
                           engine_id=Path(engine_dir).name if engine_dir else "",
                           source_repo=str(candidate_repo), run_id=run_id, promoted_unix=round(time.time(), 3),
                           max_batch_size=_max_batch_size(directory, number), qualification=qualification)

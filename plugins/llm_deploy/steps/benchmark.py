@@ -135,9 +135,8 @@ def _hf_baseline(spec: DeploySpec, tokenizer_dir: Path, requests: list[workload.
 
 def _served(server: dict) -> dict:
     """What the measured server served: its repository, the engine in it, and its log."""
-    repo = Path(server["model_repo"])
-    settings = (volume.read_manifest(repo) or {}).get("settings", {})
-    return {"model_repo": str(repo), "engine_dir": settings.get("engine_dir") or "", "log_path": server["log_path"]}
+    return {"model_repo": server["model_repo"], "engine_dir": volume.served_engine_dir(server["model_repo"]),
+            "log_path": server["log_path"]}
 
 
 def _airflow_task() -> dict | None:
@@ -181,7 +180,7 @@ def _fail_on_failed_requests(report: dict, server: dict, path: Path) -> None:
     from llm_deploy.server.readiness import is_live
 
     message = f"{errors} of {sent} benchmark requests failed ({'; '.join(messages[:5])}); report: {path}"
-    died = ranks_that_died(_log_tail(server["log_path"]))
+    died = ranks_that_died(volume.read_tail(server["log_path"], 64 * 1024))
     if died:  # a server over several ranks under mpirun: which one ended first
         message += f"; mpirun: {'; '.join(died)}"
     if not is_live(server["http_url"]):
@@ -190,15 +189,6 @@ def _fail_on_failed_requests(report: dict, server: dict, path: Path) -> None:
         raise NonRetryableError(f"tritonserver at {server['http_url']} is not answering any more "
                                 f"(crashed or killed? its log: {server['log_path']}); {message}")
     raise StepError(message)
-
-
-def _log_tail(path: str, max_bytes: int = 64 * 1024) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, handle.seek(0, 2) - max_bytes))
-            return handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 def _check_regressions(spec: DeploySpec, report: dict) -> int:

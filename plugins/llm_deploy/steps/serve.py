@@ -32,7 +32,7 @@ def start_server(spec: DeploySpec, repo: dict, run_id: str, *, admin_key_for: Ke
     admin_key = key_for(spec.server_host, spec.triton_admin_conn_id, admin_key_for)
     model_repo = Path(repo["model_repo"])
     check_served_files(spec, model_repo)
-    engine_dir = (volume.read_manifest(model_repo) or {}).get("settings", {}).get("engine_dir")
+    engine_dir = volume.served_engine_dir(model_repo)
     if engine_dir:  # none in a flow that serves the checkpoint itself
         check_build_target(spec, engine_dir)
     record = backend_for(spec).start_server(spec, model_repo, volume.run_dir(spec, run_id) / "tritonserver.log",

@@ -158,14 +158,7 @@ def report(root: Path, key: str) -> ReportPage | None:
 
 
 def tail(path: Path, max_bytes: int = LOG_TAIL_BYTES, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with path.open("rb") as handle:
-            size = handle.seek(0, 2)
-            handle.seek(max(0, size - max_bytes))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(volume.read_tail(path, max_bytes).splitlines()[-lines:])
 
 
 # --- engines --------------------------------------------------------------------------------------

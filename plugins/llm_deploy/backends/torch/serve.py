@@ -50,8 +50,7 @@ def start_server(spec: DeploySpec, model_repo: Path, log_path: Path, admin_key: 
 
 def _ranks(model_repo: Path) -> MpiLaunch | None:
     """The follower ranks of the engine the repository serves, if it is split over several."""
-    settings = (volume.read_manifest(model_repo) or {}).get("settings", {})
-    engine_dir = Path(settings.get("engine_dir") or "")
+    engine_dir = Path(volume.served_engine_dir(model_repo))
     try:
         config = json.loads((engine_dir / ENGINE_CONFIG).read_text())
     except (OSError, ValueError):

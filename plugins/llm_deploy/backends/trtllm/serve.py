@@ -46,9 +46,9 @@ def start_server(spec: DeploySpec, model_repo: Path, log_path: Path) -> ServerRe
              spec.world_size, log_path)
     on = runner(spec)
     preflight(spec, on, "start_server")
-    settings = (volume.read_manifest(model_repo) or {}).get("settings", {})
-    if settings.get("engine_dir"):  # none in the llmapi flow
-        validation.check_engine_world_size(spec, settings["engine_dir"])
+    engine_dir = volume.served_engine_dir(model_repo)
+    if engine_dir:  # none in the llmapi flow
+        validation.check_engine_world_size(spec, engine_dir)
     if on.name != "kubernetes":  # a pod's ports are its own, behind a Service of its own
         check_ports_free(spec.server_host, {"http": spec.http_port, "grpc": spec.grpc_port,
                                             "metrics": spec.metrics_port})
