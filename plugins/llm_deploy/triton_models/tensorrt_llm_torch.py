@@ -214,10 +214,13 @@ class TritonPythonModel:
         _log("info", f"loading {engine_dir} ({self.limits}) on {device}")
         sizes = dict(dtype=getattr(torch, self.limits.dtype), device=device, max_batch_size=self.limits.max_batch_size,
                      max_seq_len=self.limits.max_input_len + self.limits.max_output_len)
+        from llm_deploy.backends.torch.openmp_teams import on_passing_thread
+
+        # Never on this (the stub's main) thread: see openmp_teams.py.
         if self.limits.world_size > 1:
-            engine = _lead_ranks(engine_dir, self.limits.world_size, sizes)
+            engine = on_passing_thread(lambda: _lead_ranks(engine_dir, self.limits.world_size, sizes))
         else:
-            engine = LlamaEngine.load(engine_dir, **sizes)
+            engine = on_passing_thread(lambda: LlamaEngine.load(engine_dir, **sizes))
         self.batcher = InflightBatcher(
             engine,
             max_batch_size=self.limits.max_batch_size,
