@@ -248,14 +248,19 @@ def test_failed_step_fails_its_requests_and_the_loop_survives(make_batcher, tiny
 
 def test_failed_prefill_fails_only_that_request(make_batcher, collect):
     batcher = make_batcher(slots=2, start=False)
-    real_prefill = batcher.engine.prefill
+    real_prefill, real_prefill_many = batcher.engine.prefill, batcher.engine.prefill_many
 
     def picky_prefill(slot, ids):
         if ids == PROMPTS[3]:
             raise RuntimeError("simulated prefill failure")
         return real_prefill(slot, ids)
 
-    batcher.engine.prefill = picky_prefill
+    def picky_prefill_many(slots, prompts):
+        if PROMPTS[3] in prompts:  # the batch fails, then each request is prefilled on its own
+            raise RuntimeError("simulated prefill failure")
+        return real_prefill_many(slots, prompts)
+
+    batcher.engine.prefill, batcher.engine.prefill_many = picky_prefill, picky_prefill_many
     bad, good = collect("bad"), collect("good")
     batcher.submit(bad.request(PROMPTS[3], 4))
     batcher.submit(good.request(PROMPTS[0], 4))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_deploy.backends.torch.llama import LlamaArch, LlamaEngine
+from llm_deploy.backends.torch.llama import LlamaArch, LlamaEngine, linear
 
 PROMPTS = [[5, 6, 7, 8, 9], [1, 2, 3], [100, 200, 30, 40, 50, 60, 70, 80, 90, 10, 11]]
 ATOL = 1e-5
@@ -30,6 +30,30 @@ def test_prefill_matches_hf(tiny_checkpoint, tiny_hf_model):
         assert logits.shape == (256,) and logits.dtype == torch.float32
         torch.testing.assert_close(logits, hf_last_logits(tiny_hf_model, prompt), atol=ATOL, rtol=0)
         assert engine.length(slot) == len(prompt)
+
+
+def test_prompts_of_different_lengths_prefilled_in_one_pass_match_hf(tiny_checkpoint, tiny_hf_model):
+    engine = load(tiny_checkpoint)
+    assert engine.batched_prefill
+    # Slots out of order; the short prompts are padded to 11 tokens inside the one pass.
+    slots = [2, 0, 1]
+    logits = engine.prefill_many(slots, PROMPTS)
+    for row, prompt in enumerate(PROMPTS):
+        torch.testing.assert_close(logits[row], hf_last_logits(tiny_hf_model, prompt), atol=ATOL, rtol=0)
+    assert [engine.length(slot) for slot in slots] == [len(prompt) for prompt in PROMPTS]
+    # The padding's K/V, left past each short prompt, is never attended to: decode goes on exactly.
+    logits = engine.decode(slots, [7, 8, 9])
+    for row, (prompt, token) in enumerate(zip(PROMPTS, [7, 8, 9])):
+        torch.testing.assert_close(logits[row], hf_last_logits(tiny_hf_model, prompt + [token]), atol=ATOL, rtol=0)
+
+
+def test_linear_on_cpu_is_f_linear(tiny_checkpoint):
+    weight = torch.randn(300, 64)
+    for rows in (1, 4, 16, 40):
+        x = torch.randn(rows, 1, 64)
+        out = linear(x, weight)
+        assert out.shape == (rows, 1, 300) and out.is_contiguous()
+        torch.testing.assert_close(out, torch.nn.functional.linear(x, weight), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("graphed", [False, True], ids=["eager", "static-buckets"])

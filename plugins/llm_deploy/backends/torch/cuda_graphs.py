@@ -41,7 +41,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from llm_deploy.backends.torch.layer_weights import LayerWeights
+from llm_deploy.backends.torch.layer_weights import FusedLayer, LayerWeights
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +54,12 @@ class DecoderState:
     """What a graphed step reads from its engine: the weights, RoPE tables and slot KV cache.
 
     The engine hands over its own tensors, not copies: the graphs write the K/V that its eager
-    path attends to next, and fusing the projections rewrites ``layers`` in place.
+    path attends to next.
     """
 
     embed: torch.Tensor
     layers: list[LayerWeights]
+    fused: list[FusedLayer]  # the layers' q/k/v and gate/up stacks (their weights are views of them)
     final_norm: torch.Tensor
     lm_head: torch.Tensor
     cos: torch.Tensor  # [max_seq_len, head_dim]
@@ -86,24 +87,6 @@ class _Entry:
     last: torch.Tensor | None = None  # [B] long: prefill only, each row's last real token
     logits: torch.Tensor | None = None
     graph: torch.cuda.CUDAGraph | None = None
-
-
-@dataclass
-class FusedLayer:
-    qkv: torch.Tensor      # [(heads + 2 kv_heads) * head_dim, hidden]
-    gate_up: torch.Tensor  # [2 * intermediate, hidden]
-
-
-def fuse_projections(layers: list[LayerWeights]) -> list[FusedLayer]:
-    """Stack q/k/v and gate/up per layer; the layer's own weights become views into the stacks."""
-    fused = []
-    for w in layers:
-        qkv = torch.cat([w.q_proj, w.k_proj, w.v_proj])
-        gate_up = torch.cat([w.gate_proj, w.up_proj])
-        w.q_proj, w.k_proj, w.v_proj = qkv.split([w.q_proj.shape[0], w.k_proj.shape[0], w.v_proj.shape[0]])
-        w.gate_proj, w.up_proj = gate_up.split([w.gate_proj.shape[0], w.up_proj.shape[0]])
-        fused.append(FusedLayer(qkv, gate_up))
-    return fused
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -168,7 +151,7 @@ class GraphedDecode:
         self._entries: dict[tuple[int, int], _Entry] = {}
         self._prefills: dict[tuple[int, int], _Entry] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
-        self._fused = fuse_projections(model.layers) if attention == "varlen" else None
+        self._fused = model.fused if attention == "varlen" else None
         # CUDA tries FlashAttention-2's varlen kernel first; CPU has neither kernel.
         self._kernels = ["flash", "efficient"] if model.device.type == "cuda" else ["reference"]
         self._folds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

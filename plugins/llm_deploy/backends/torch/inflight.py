@@ -75,6 +75,13 @@ class _Counters:
     prefills: int = 0
     generated_tokens: int = 0
     max_active_seen: int = 0
+    # Where the loop's time goes (seconds): the model's prefills and decode steps, and the
+    # callbacks that hand tokens to their requests (in a server: building and sending responses).
+    # decode_rows / steps is the mean batch of a decode step.
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    emit_s: float = 0.0
+    decode_rows: int = 0
 
 
 @dataclass
@@ -159,9 +166,10 @@ class InflightBatcher:
             self._cond.notify_all()
 
     @property
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float]:
         with self._cond:
-            counters = vars(self._counters).copy()
+            counters = {key: round(value, 6) if isinstance(value, float) else value
+                        for key, value in vars(self._counters).items()}
             counters["active"] = len(self._active)
             counters["queued"] = len(self._queue)
             return counters
@@ -250,8 +258,10 @@ class InflightBatcher:
                 seq.slot = heapq.heappop(self._free_slots)
                 self._active[seq.slot] = seq
             self._counters.max_active_seen = max(self._counters.max_active_seen, len(self._active))
+        started = time.perf_counter()
         try:
             logits = self.engine.prefill_many([s.slot for s in seqs], [s.request.input_ids for s in seqs])
+            tokens = _greedy(logits)
         except Exception:  # noqa: BLE001 - retried one by one, so only a bad request fails
             logger.exception("batched prefill of %d requests failed; prefilling them one by one", len(seqs))
             for seq in seqs:
@@ -260,25 +270,32 @@ class InflightBatcher:
                     heapq.heappush(self._free_slots, seq.slot)
                 self._admit(seq)
             return
+        emitting = time.perf_counter()
+        for seq, token in zip(seqs, tokens):
+            self._emit(seq, token)
         with self._cond:
             self._counters.prefills += len(seqs)
-        for seq, token in zip(seqs, _greedy(logits)):
-            self._emit(seq, token)
+            self._counters.prefill_s += emitting - started
+            self._counters.emit_s += time.perf_counter() - emitting
 
     def _admit(self, seq: _Sequence) -> None:
         with self._cond:
             seq.slot = heapq.heappop(self._free_slots)
             self._active[seq.slot] = seq
             self._counters.max_active_seen = max(self._counters.max_active_seen, len(self._active))
+        started = time.perf_counter()
         try:
-            logits = self.engine.prefill(seq.slot, seq.request.input_ids)
+            token = _greedy(self.engine.prefill(seq.slot, seq.request.input_ids)[None])[0]
         except Exception as exc:  # noqa: BLE001 - reported to the request's caller
             logger.exception("prefill failed for request %s", seq.request_id)
             self._finish(seq, f"prefill failed: {exc}")
             return
+        emitting = time.perf_counter()
+        self._emit(seq, token)
         with self._cond:
             self._counters.prefills += 1
-        self._emit(seq, _greedy(logits[None])[0])
+            self._counters.prefill_s += emitting - started
+            self._counters.emit_s += time.perf_counter() - emitting
 
     def _decode_step(self) -> None:
         if self._step_delay_s:
@@ -286,17 +303,22 @@ class InflightBatcher:
         with self._cond:
             # Slot order keeps a full batch's cache rows consecutive, which the engine reads as a view.
             batch = sorted(self._active.values(), key=lambda seq: seq.slot)
+        started = time.perf_counter()
         try:
-            logits = self.engine.decode([s.slot for s in batch], [s.last_token for s in batch])
+            tokens = _greedy(self.engine.decode([s.slot for s in batch], [s.last_token for s in batch]))
         except Exception as exc:  # noqa: BLE001 - only this step's requests are affected
             logger.exception("decode step failed for %d requests", len(batch))
             for seq in batch:
                 self._finish(seq, f"decode step failed: {exc}")
             return
+        emitting = time.perf_counter()
+        for seq, token in zip(batch, tokens):
+            self._emit(seq, token)
         with self._cond:
             self._counters.steps += 1
-        for seq, token in zip(batch, _greedy(logits)):
-            self._emit(seq, token)
+            self._counters.decode_rows += len(batch)
+            self._counters.decode_s += emitting - started
+            self._counters.emit_s += time.perf_counter() - emitting
 
     def _emit(self, seq: _Sequence, token: int) -> None:
         """Report one token, then retire the request if that was its last."""
