@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,32 @@ def test_concurrent_streams_each_get_their_own_greedy_text(served, tokenizer, ti
     for i, (rid, prompt) in enumerate(prompts.items()):
         expected = tokenizer.decode(tiny_llama_greedy(tokenizer.encode(prompt), 8 + i))
         assert "".join(_text(piece) for piece in results[rid]) == expected, rid
+
+
+def test_triton_metrics_show_where_the_batcher_spent_its_time(served):
+    """Upstream's request gauges and the twin's time per phase on Triton's /metrics."""
+    _stream(served.handle.grpc_url, "ensemble", {f"m{i}": _ensemble_inputs(PROMPT, 6) for i in range(3)})
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(served.handle.metrics_url, timeout=10) as response:
+            lines = response.read().decode().splitlines()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines
+                if line.startswith(("nv_trt_llm_", "llm_deploy_batcher_"))}
+
+    def one(metrics: dict[str, float], prefix: str, **labels) -> float:
+        return next((v for name, v in metrics.items()
+                     if name.startswith(prefix + "{") and all(f'{k}="{val}"' in name for k, val in labels.items())), 0.0)
+
+    deadline = time.monotonic() + 10  # published once a second
+    while one(metrics := scrape(), "llm_deploy_batcher_generated_tokens_total") < 18:
+        assert time.monotonic() < deadline, f"the batcher's tokens never reached /metrics: {metrics}"
+        time.sleep(0.5)
+
+    assert one(metrics, "nv_trt_llm_request_metrics", request_type="max", model="tensorrt_llm") == 4
+    assert one(metrics, "llm_deploy_batcher_seconds_total", phase="decode") > 0
+    assert one(metrics, "llm_deploy_batcher_seconds_total", phase="prefill") > 0
+    steps = one(metrics, "nv_trt_llm_general_metrics", general_type="iteration_counter")
+    assert 0 < steps < one(metrics, "llm_deploy_batcher_decode_rows_total")  # the streams shared steps
 
 
 def test_generate_endpoint_returns_prompt_and_completion(served, tokenizer, tiny_llama_greedy):

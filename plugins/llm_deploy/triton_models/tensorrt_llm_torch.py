@@ -228,14 +228,17 @@ class TritonPythonModel:
             max_output_len=self.limits.max_output_len,
         )
         self.batcher.start()
+        self._metrics = _batcher_metrics(args, self.batcher)
         self._by_client_id: dict[str, dict[str, Generation]] = {}
         self._ids_lock = threading.Lock()
         self._warned: set[str] = set()
-        # "auto": on when serving on CUDA, where it halved the time per token at concurrency 64 on
-        # an H200 (benchmarks/results/gpu_triton_llama7b_h200.json); off on CPU, where the thread
-        # would only take turns with the model for the same cores. "on"/"off" force it.
+        # "auto" = on. On CUDA it halved the time per token at concurrency 64 on an H200
+        # (benchmarks/results/gpu_triton_llama7b_h200.json). On the 2-core CPU default it takes
+        # the responses off the batcher's critical path too: concurrency 16 went from 161 to
+        # 163-169 tok/s, at the price of first tokens queued behind a step's other responses
+        # (benchmarks/results/served_vs_hf.json, "response_thread"). "off" turns it off.
         thread = params.get("llm_deploy_response_thread", "auto").lower()
-        use_outbox = thread == "on" or (thread == "auto" and device.startswith("cuda"))
+        use_outbox = thread != "off"
         self._outbox = ResponseOutbox() if self.decoupled and use_outbox else None
         _log("info", f"tensorrt_llm (torch) ready: decoupled={self.decoupled}, end_id={self.end_id}, "
                      f"response thread={'on' if self._outbox else 'off'}")
@@ -255,6 +258,9 @@ class TritonPythonModel:
         batcher = getattr(self, "batcher", None)
         if batcher is not None:
             batcher.stop()
+            if getattr(self, "_metrics", None) is not None:
+                self._metrics.close()
+                self._metrics = None
             _log("info", f"tensorrt_llm (torch) stopped: {batcher.stats}")
             if hasattr(batcher.engine, "stop_followers"):  # rank 0 of several: let the others go
                 from llm_deploy.backends.torch import ranks
@@ -348,6 +354,17 @@ class TritonPythonModel:
             _log("warn", f"greedy decoding: ignoring {', '.join(new)} (the torch backend does not sample)")
 
 
+def _batcher_metrics(args: dict, batcher: Any) -> Any:
+    """The batcher's counters on Triton's /metrics (backends/torch/batcher_metrics.py); None
+    where this python backend has no custom metrics."""
+    if not hasattr(pb_utils, "MetricFamily"):
+        return None
+    from llm_deploy.backends.torch.batcher_metrics import BatcherMetrics
+
+    return BatcherMetrics(pb_utils, lambda: batcher.stats, model=args.get("model_name", "tensorrt_llm"),
+                          version=str(args.get("model_version", "1")), max_batch_size=batcher.max_batch_size).start()
+
+
 class ResponseOutbox:
     """Sends decoupled responses from a thread of its own (on by default when serving on CUDA).
 
@@ -385,6 +402,8 @@ class ResponseOutbox:
                 if state["sent"] % self.CHECK_EVERY == 0 and not state["cancelled"]:
                     state["cancelled"] = bool(sender.is_cancelled())
                 state["sent"] += 1
+                if state["cancelled"] and not flags & _FINAL:
+                    continue  # nobody reads it; the request is being stopped (Generation.on_token)
                 _send(sender, response, flags)
             except Exception as exc:  # noqa: BLE001 - a client that left must not stop the others' responses
                 state["cancelled"] = True

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from llm_deploy.backends.torch import tensor_parallel
 from llm_deploy.backends.torch.cuda_graphs import DecoderState, GraphedDecode
-from llm_deploy.backends.torch.layer_weights import FusedLayer, LayerWeights, fuse_projections
+from llm_deploy.backends.torch.layer_weights import LayerWeights, fuse_projections
 
 logger = logging.getLogger(__name__)
 
