@@ -234,9 +234,9 @@ class TritonPythonModel:
         self._warned: set[str] = set()
         # "auto" = on. On CUDA it halved the time per token at concurrency 64 on an H200
         # (benchmarks/results/gpu_triton_llama7b_h200.json). On the 2-core CPU default it takes
-        # the responses off the batcher's critical path too: concurrency 16 went from 161 to
-        # 163-169 tok/s, at the price of first tokens queued behind a step's other responses
-        # (benchmarks/results/served_vs_hf.json, "response_thread"). "off" turns it off.
+        # the responses off the batcher's critical path too: at concurrency 16, 163-169 tok/s
+        # against 161 without (runs alternated), at the price of first tokens queued behind a
+        # step's other responses. "off" turns it off.
         thread = params.get("llm_deploy_response_thread", "auto").lower()
         use_outbox = thread != "off"
         self._outbox = ResponseOutbox() if self.decoupled and use_outbox else None
