@@ -11,6 +11,11 @@
    straight at the tensorrt_llm model (token ids in, one streamed response per token, as
    upstream's benchmark_core_model.py): decode ms/step at concurrency 1, output tok/s at 16 and 64.
 
+``--kernels triton,flash`` runs phase 3 once per attention kernel (each pinned first in the
+graphed decode's fallback order), and its logits check then also compares each kernel with flash
+on the same step; ``--sweep`` then times the attention kernels alone on decode shapes (the Triton
+split-KV kernel over block sizes, warps, stages and splits; flash's varlen on the folded form).
+
 Every phase's figures go to --out as soon as they exist, so a failure late in the run keeps them;
 a served variant whose warm-up fails stops there (--request-timeout-s) and leaves the stubs' Python
 stacks (and py-spy's native ones, when py-spy is installed) next to --out.
@@ -30,6 +35,8 @@ with numpy<2 (benchmarks/results/gpu_stub_probe_h200.json); torch comes from the
 Results: benchmarks/results/gpu_triton_llama7b_h200.json; _repeat.json and _head.json are two more
 runs (the second on the final code, on another H200 machine whose slower host made HF eager 1.5x
 slower while the served figures moved by 3%: read the HF ratio with its host in mind).
+_h100_triton_attention.json: ``--skip hf,served --kernels triton,flash --sweep`` on an H100
+(_block64.json: the same, before the Triton kernel's block and split choice was tuned on its sweep).
 """
 
 from __future__ import annotations
@@ -144,9 +151,17 @@ def logits_check(engine: LlamaEngine, model, prompts: list[list[int]]) -> dict:
     slots = list(range(len(prompts)))
     first = engine.prefill_many(slots, prompts).argmax(dim=-1).tolist()
     varlen = engine.decode(slots, first)
+    kernel = engine._graphed.kernel
+    graphed = engine._graphed
+    flash = None
+    if kernel != "flash":  # the same step again through FlashAttention-2's varlen kernel
+        for slot in slots:
+            engine._lengths[slot] -= 1
+        engine.enable_graphed_decode(capture=True)
+        engine._graphed._kernels = ["flash", "efficient"]
+        flash = engine.decode(slots, first)
     for slot in slots:  # the masked path re-runs the same step on the same cache
         engine._lengths[slot] -= 1
-    graphed = engine._graphed
     engine.enable_graphed_decode(capture=True, attention="masked")
     masked = engine.decode(slots, first)
     engine._graphed = graphed
@@ -160,15 +175,38 @@ def logits_check(engine: LlamaEngine, model, prompts: list[list[int]]) -> dict:
         return {"max_abs_diff_over_logit_std": (a - b).abs().max().item() / scale,
                 "argmax_agreement": (a.argmax(-1) == b.argmax(-1)).float().mean().item()}
 
-    return {"batch": len(prompts), "varlen_vs_masked": compare(varlen, masked), "varlen_vs_hf": compare(varlen, hf),
-            "masked_vs_hf": compare(masked, hf)}
+    result = {"batch": len(prompts), "kernel": kernel, "varlen_vs_masked": compare(varlen, masked),
+              "varlen_vs_hf": compare(varlen, hf), "masked_vs_hf": compare(masked, hf)}
+    if flash is not None:
+        result["varlen_vs_flash"] = {**compare(varlen, flash), "max_abs_diff": (varlen - flash).abs().max().item(),
+                                     "mean_abs_diff_over_logit_std": (varlen - flash).abs().mean().item() / scale}
+    return result
 
 
-def engine_direct(model, args) -> dict:
+def pin_kernels(engine: LlamaEngine, first: str) -> None:
+    """Make ``first`` the varlen kernel every graphed decode of this engine tries first."""
+    from llm_deploy.backends.torch.cuda_graphs import CUDA_KERNELS
+
+    order = [first, *[k for k in CUDA_KERNELS if k != first]] if first in CUDA_KERNELS else [first]
+    if first == "flash":  # the baseline as it was: no Triton kernel to fall back from
+        order = ["flash", "efficient"]
+    enable = engine.enable_graphed_decode
+
+    def pinned(**options) -> None:
+        enable(**options)
+        engine._graphed._kernels = list(order)
+
+    engine.enable_graphed_decode = pinned
+    engine._graphed._kernels = list(order)
+
+
+def engine_direct(model, args, kernel: str | None = None) -> dict:
     tensors = dict(model.state_dict())  # same storage as the HF model: no second copy
     engine = LlamaEngine._from_tensors(LlamaArch.from_config(LLAMA2_7B), tensors, dtype=torch.bfloat16,
                                        device="cuda", max_batch_size=MAX_BATCH,
                                        max_seq_len=args.prompt_len + args.new_tokens)
+    if kernel is not None:
+        pin_kernels(engine, kernel)
     out: dict = {"attention_kernel": None}
     with torch.inference_mode():
         out["varlen"] = [engine_decode(engine, random_prompts(b, args.prompt_len, b), args.new_tokens - 4)
@@ -203,6 +241,102 @@ def _decode_only(engine: LlamaEngine, slots: list[int], steps: int) -> dict:
         engine.release(slot)
     return {"batch": len(slots), "steps": steps, "ms_per_step": 1000 * seconds / steps,
             "tokens_per_s": len(slots) * steps / seconds}
+
+
+# --- attention kernels alone -------------------------------------------------------------------
+
+
+def _graph_time_us(run, calls: int = 20, replays: int = 5) -> float:
+    """GPU time of one ``run()``, from a CUDA graph of ``calls`` of them (no launch overhead)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            run()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return 1000 * start.elapsed_time(end) / (calls * replays)
+
+
+def attention_sweep(bandwidth_GBps: float, budget_s: float) -> dict:
+    """One layer's decode attention at Llama-2-7B's heads, Triton configs vs flash, on decode shapes."""
+    from llm_deploy.backends.torch import cuda_graphs
+    from llm_deploy.backends.torch.decode_attention import decode_attention, launch_config
+
+    heads, dim, scale = 32, 128, 128 ** -0.5
+    # (batch, cache length, shortest row, KV heads): the benchmark's own, long contexts, and GQA as
+    # Llama-3-8B has it (8 KV heads), whose tl.dot path Triton's CPU interpreter cannot check in bf16.
+    shapes = [(1, 256, 128, 32), (16, 256, 128, 32), (64, 256, 128, 32), (64, 4096, 2048, 32),
+              (8, 4096, 2048, 32), (64, 256, 128, 8), (64, 4096, 2048, 8)]
+    results = []
+    for batch, max_len, low, kv_heads in shapes:
+        generator = torch.Generator(device="cuda").manual_seed(batch)
+        k_cache = torch.randn(MAX_BATCH + 1, kv_heads, max_len, dim, device="cuda", dtype=torch.bfloat16,
+                              generator=generator)
+        v_cache = torch.randn_like(k_cache)
+        # Rows between ``low`` and the cache's end, as a batch part-way through its new tokens.
+        lengths = torch.randint(low, max_len + 1, (batch,), device="cuda", generator=generator, dtype=torch.int32)
+        q = torch.randn(batch, heads, dim, device="cuda", dtype=torch.bfloat16, generator=generator)
+        moved = int(lengths.sum()) * kv_heads * dim * 2 * k_cache.element_size()
+        starts = ((torch.arange(batch, device="cuda")[:, None] * kv_heads
+                   + torch.arange(heads, device="cuda")[None, :] // (heads // kv_heads)) * max_len).flatten()
+        cu_k = torch.cat([starts, starts[-1:] + max_len]).to(torch.int32)
+        cu_q = torch.arange(batch * heads + 1, device="cuda", dtype=torch.int32)
+        used_k = lengths.repeat_interleave(heads)
+        want = cuda_graphs._flash(q.reshape(-1, 1, dim), k_cache.view(-1, 1, dim), v_cache.view(-1, 1, dim),
+                                  cu_q, cu_k, used_k, max_len, scale).view(batch, heads, dim)
+        row = {"batch": batch, "max_len": max_len, "kv_heads": kv_heads, "mean_len": float(lengths.float().mean()), "kv_bytes": moved,
+               "default_block_n_splits": launch_config(batch, kv_heads, heads // kv_heads, max_len, q.device)}
+
+        def figure(us: float) -> dict:
+            return {"us": round(us, 2), "GBps": round(moved / us / 1e3, 1),
+                    "of_copy_bw": round(moved / us / 1e3 / bandwidth_GBps, 3)}
+
+        row["flash"] = figure(_graph_time_us(lambda: cuda_graphs._flash(
+            q.reshape(-1, 1, dim), k_cache.view(-1, 1, dim), v_cache.view(-1, 1, dim), cu_q, cu_k, used_k,
+            max_len, scale)))
+        row["triton_default"] = figure(_graph_time_us(lambda: decode_attention(q, k_cache, v_cache, lengths, scale)))
+        got = decode_attention(q, k_cache, v_cache, lengths, scale)
+        row["triton_default"]["max_abs_diff_vs_flash"] = (got.float() - want.float()).abs().max().item()
+        configs = []
+        # Every config at batch 64 (the target); block size and split count alone at smaller batches.
+        full = batch == 64
+        for block_n in (32, 64, 128) if full else (64, 128):
+            for warps in (2, 4, 8) if full else (4,):
+                for stages in (1, 2, 3) if full else (2,):
+                    for splits in sorted({1, 2, 4, 8, 16, row["default_block_n_splits"][1]}):
+                        if splits > -(-max_len // block_n) or time.perf_counter() - START > budget_s:
+                            continue
+                        options = dict(block_n=block_n, num_warps=warps, num_stages=stages, splits=splits)
+                        try:
+                            us = _graph_time_us(lambda o=options: decode_attention(q, k_cache, v_cache, lengths,
+                                                                                  scale, **o), calls=10, replays=3)
+                        except Exception as exc:  # noqa: BLE001 - a config the compiler refuses is a figure too
+                            configs.append({**options, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                            continue
+                        configs.append({**options, **figure(us)})
+        ok = sorted((c for c in configs if "us" in c), key=lambda c: c["us"])
+        row["triton_best"] = ok[:6]
+        row["configs_tried"] = len(configs)
+        row["config_errors"] = [c for c in configs if "error" in c][:3]
+        results.append(row)
+        print(f"sweep {batch}x{max_len} kv {kv_heads}: flash {row['flash']} default {row['triton_default']} best {ok[:1]}",
+              flush=True)
+        k_cache = v_cache = None  # freed before the next shape allocates its own
+        torch.cuda.empty_cache()
+    return {"heads": heads, "head_dim": dim, "dtype": "bfloat16", "shapes": results}
 
 
 # --- served through tritonserver ---------------------------------------------------------------
@@ -345,6 +479,10 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: hf, engine, served")
+    parser.add_argument("--kernels", default="",
+                        help="comma-separated varlen kernels (triton, flash, efficient): one engine phase per "
+                             "kernel, that kernel tried first (default: the engine's own order, one phase)")
+    parser.add_argument("--sweep", action="store_true", help="then time the attention kernels alone")
     parser.add_argument("--response-thread", default="auto",
                         help="comma-separated llm_deploy_response_thread values to serve with, in turn (auto, on, off)")
     parser.add_argument("--budget-s", type=float, default=480, help="skip further served variants after this")
@@ -371,7 +509,13 @@ def main() -> None:
         if "hf" not in skip:
             report.phase("hf_eager", lambda: [hf_generate(model, b, args.prompt_len, args.new_tokens) for b in (1, 64)])
         if "engine" not in skip:
-            report.phase("engine_direct", lambda: engine_direct(model, args))
+            kernels = list(filter(None, args.kernels.split(",")))
+            for kernel in kernels or [None]:
+                name = "engine_direct" if kernel is None else f"engine_direct_{kernel}"
+                report.phase(name, lambda k=kernel: engine_direct(model, args, k))
+        if args.sweep:
+            report.phase("attention_kernels", lambda: attention_sweep(report.figures["copy_bandwidth_GBps"],
+                                                                                args.budget_s))
     if "served" not in skip:
         report.phase("checkpoint", lambda: save_checkpoint(model, Path(args.work_dir) / "llama2-7b-random", args))
         del model

@@ -16,6 +16,8 @@ With a boolean mask over a bucket instead (``attention="masked"``), every row of
 read K/V up to the longest row rounded up to ``kv_step``: at Llama-2-7B's 0.5 MB of K/V per
 token that padding was most of the gap between batch 1 and batch 64. On CPU the same offsets
 drive a plain gather (``varlen_attention_reference``), so CI checks the offsets a GPU uses.
+On CUDA a Triton split-KV kernel over the cache itself (decode_attention.py) is tried first:
+FlashAttention-2 tiles 128 query rows for our one, and read K/V at about 45% of bandwidth.
 
 The step itself is written for few kernels: q/k/v and gate/up are one GEMM each (the layer's
 own tensors become views into the stacked ones, so memory is not doubled), RoPE rotates q and k
@@ -135,6 +137,25 @@ _VARLEN_KERNELS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+def _triton(q, k_cache, v_cache, lengths, scale):
+    try:  # imported here: CPU installs without triton never get this far
+        from triton.errors import TritonError
+
+        from llm_deploy.backends.torch.decode_attention import decode_attention
+    except ImportError as exc:
+        raise RuntimeError(f"triton is not importable ({exc})") from exc
+    try:
+        return decode_attention(q, k_cache, v_cache, lengths, scale)
+    except TritonError as exc:  # not a RuntimeError: a GPU it cannot compile for must still fall back
+        raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+
+
+# Kernels that read the cache [slots, kv_heads, seq, dim] and per-row lengths, not the folded form:
+# (q [B, heads, dim], k_cache, v_cache, lengths [B] int32, scale) -> [B, heads, dim].
+_CACHE_KERNELS: dict[str, Callable[..., torch.Tensor]] = {"triton": _triton}
+CUDA_KERNELS = ("triton", "flash", "efficient")
+
+
 class GraphedDecode:
     def __init__(self, model: DecoderState, *, capture: bool, kv_step: int = 128,
                  attention: Attention = "varlen", prefill_step: int = 64) -> None:
@@ -152,9 +173,10 @@ class GraphedDecode:
         self._prefills: dict[tuple[int, int], _Entry] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
         self._fused = model.fused if attention == "varlen" else None
-        # CUDA tries FlashAttention-2's varlen kernel first; CPU has neither kernel.
-        self._kernels = ["flash", "efficient"] if model.device.type == "cuda" else ["reference"]
+        # CUDA tries the Triton decode kernel, then FlashAttention-2's varlen; CPU has none of them.
+        self._kernels = list(CUDA_KERNELS) if model.device.type == "cuda" else ["reference"]
         self._folds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._used_k: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def kernel(self) -> str:
@@ -192,9 +214,8 @@ class GraphedDecode:
         width = entry.ids.shape[0]
         positions = entry.positions[:, 0]
         cos, sin = model.cos[positions][:, None], model.sin[positions][:, None]  # [B, 1, D]
-        cu_q, cu_k = self._fold(width)
         # Row r (slot r) holds positions+1 tokens once this step's K/V is written.
-        used_k = (positions + 1).to(torch.int32).repeat_interleave(heads)
+        lengths = (positions + 1).to(torch.int32)
         qk_width = (heads + kv_heads) * dim
         x = F.embedding(entry.ids[:, 0], model.embed)  # [B, hidden]
         for w, fused, k_cache, v_cache in zip(model.layers, self._fused, model.k_cache, model.v_cache):
@@ -202,8 +223,7 @@ class GraphedDecode:
             qk = rope(qkv[:, :qk_width].view(width, heads + kv_heads, dim), cos, sin)
             k_cache[entry.slot_index, :, positions] = qk[:, heads:]
             v_cache[entry.slot_index, :, positions] = qkv[:, qk_width:].view(width, kv_heads, dim)
-            attn = self._varlen(qk[:, :heads].reshape(width * heads, 1, dim), k_cache.view(-1, 1, dim),
-                                v_cache.view(-1, 1, dim), cu_q, cu_k, used_k)
+            attn = self._attend(qk[:, :heads], k_cache, v_cache, lengths)
             x = x + F.linear(attn.view(width, heads * dim), w.o_proj)
             gate, up = F.linear(rms_norm(x, w.post_attention_norm, model.rms_norm_eps), fused.gate_up).chunk(2, -1)
             x = x + F.linear(F.silu(gate) * up, w.down_proj)
@@ -224,19 +244,35 @@ class GraphedDecode:
             self._folds[width] = (cu_q, cu_k)
         return self._folds[width]
 
-    def _varlen(self, q, k, v, cu_q, cu_k, used_k) -> torch.Tensor:
+    def _attend(self, q, k_cache, v_cache, lengths) -> torch.Tensor:
+        """q [B, heads, dim] over rows' caches of ``lengths`` keys (row r is slot r) -> [B, heads, dim]."""
+        width, heads, dim = q.shape
         max_k, scale = self.model.max_seq_len, self.model.scale
         while True:
+            name = self._kernels[0]
             try:
-                return _VARLEN_KERNELS[self._kernels[0]](q, k, v, cu_q, cu_k, used_k, max_k, scale)
+                if name in _CACHE_KERNELS:
+                    return _CACHE_KERNELS[name](q, k_cache, v_cache, lengths, scale)
+                cu_q, cu_k = self._fold(width)
+                out = _VARLEN_KERNELS[name](q.reshape(width * heads, 1, dim), k_cache.view(-1, 1, dim),
+                                            v_cache.view(-1, 1, dim), cu_q, cu_k,
+                                            self._fold_lengths(lengths, heads), max_k, scale)
+                return out.view(width, heads, dim)
             except (RuntimeError, NotImplementedError) as exc:
-                if len(self._kernels) == 1 or torch.cuda.is_current_stream_capturing():
+                # (capture=False never captures, and CPU builds of torch cannot even ask.)
+                if len(self._kernels) == 1 or (self.capture and torch.cuda.is_current_stream_capturing()):
                     raise
                 # Checked on the warm-up runs before any capture: a torch build without this
                 # kernel (or refusing these shapes) falls back to the next one, once.
                 logger.warning("varlen attention: %s kernel unavailable (%s); trying %s",
                                self._kernels[0], exc, self._kernels[1])
                 self._kernels.pop(0)
+
+    def _fold_lengths(self, lengths: torch.Tensor, heads: int) -> torch.Tensor:
+        # One length per (row, query head) sequence, built once per step rather than per layer.
+        if self._used_k is None or self._used_k[0] is not lengths:
+            self._used_k = (lengths, lengths.repeat_interleave(heads))
+        return self._used_k[1]
 
     # --- prefill -----------------------------------------------------------------------------
 
