@@ -259,8 +259,7 @@ class TritonPythonModel:
         if batcher is not None:
             batcher.stop()
             if getattr(self, "_metrics", None) is not None:
-                self._metrics.close()
-                self._metrics = None
+                self._metrics.close()  # kept: see BatcherMetrics.close
             _log("info", f"tensorrt_llm (torch) stopped: {batcher.stats}")
             if hasattr(batcher.engine, "stop_followers"):  # rank 0 of several: let the others go
                 from llm_deploy.backends.torch import ranks

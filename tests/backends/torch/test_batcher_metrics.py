@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import types
 
 from llm_deploy.backends.torch.batcher_metrics import BatcherMetrics
@@ -54,7 +55,7 @@ def test_published_values_follow_the_batcher():
     metrics.publish()
     now["stats"] = stats(steps=11, decode_rows=132, decode_s=1.0, prefill_s=0.2, emit_s=0.06, active=12, queued=0,
                          completed=4, failed=2, cancelled=1, generated_tokens=142)
-    metrics.close()  # the last update goes out on close
+    metrics.publish()
 
     assert value("nv_trt_llm_request_metrics", request_type="max") == 16
     assert value("nv_trt_llm_request_metrics", request_type="active") == 12
@@ -68,3 +69,21 @@ def test_published_values_follow_the_batcher():
     assert value("llm_deploy_batcher_generated_tokens_total") == 142
     assert all(m.labels["model"] == "tensorrt_llm" and m.labels["version"] == "1"
                for f in FakeFamily.made for m in f.metrics)
+
+
+def test_close_stops_the_updates_without_sending_one():
+    """finalize() calls close(): no update may go to the server then (it answers none while unloading)."""
+    FakeFamily.made = []
+    reads = []
+
+    def read_stats() -> dict:
+        reads.append(time.monotonic())
+        return stats()
+
+    metrics = BatcherMetrics(types.SimpleNamespace(MetricFamily=FakeFamily), read_stats, model="m", version="1",
+                             max_batch_size=2, period_s=0.02).start()
+    time.sleep(0.1)
+    metrics.close()
+    closed = len(reads)
+    time.sleep(0.1)
+    assert closed >= 1 and len(reads) == closed

@@ -14,8 +14,8 @@ what upstream has no name for and a benchmark needs to say where a step's time g
 - ``llm_deploy_batcher_requests_total{outcome="completed"|"failed"|"cancelled"}`` and
   ``llm_deploy_batcher_generated_tokens_total``.
 
-The values are read from ``InflightBatcher.stats`` on a thread of their own every period; each
-update is a message from the stub to the server, so none is sent per step.
+The values are read from ``InflightBatcher.stats`` on a thread of their own every period and sent
+when they changed; each update is a message from the stub to the server, so none is sent per step.
 """
 
 from __future__ import annotations
@@ -86,14 +86,17 @@ class BatcherMetrics:
         return self
 
     def close(self) -> None:
-        """One last update, then stop (before the families are dropped)."""
+        """Stop updating. Called from the model's finalize(), where no update may be sent: while a
+        model unloads, the server answers none of its stub's messages, so one sent now (or a
+        metric deleted now) would wait for ever and hold the unload, and with it every later load
+        of an explicit-mode server, up (a deployment's version swap). The metrics stay as they
+        are; the stub drops them with the model."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(self._period_s * 5)
-        self.publish()
+        if self._thread is not threading.current_thread() and self._thread.is_alive():
+            self._thread.join(self._period_s * 2)
 
-    def publish(self) -> None:
-        stats = self._stats()
+    def publish(self, stats: dict | None = None) -> None:
+        stats = self._stats() if stats is None else stats
         active, queued = stats["active"], stats["queued"]
         for key, value in (("active", active + queued), ("scheduled", active), ("waiting", queued),
                            ("generation_requests", active), ("iteration_counter", stats["steps"]),
@@ -108,8 +111,14 @@ class BatcherMetrics:
                 self._sent[key] = totals[key]
 
     def _run(self) -> None:
+        last = None
         while not self._stop.wait(self._period_s):
             try:
-                self.publish()
+                stats = self._stats()
+                # Only what changed goes out: an idle server's stub sends nothing, so a stub whose
+                # server died (killed) is never caught waiting on an answer and exits at once.
+                if stats != last:
+                    self.publish(stats)
+                    last = stats
             except Exception:  # noqa: BLE001 - metrics must never take the model down
                 logger.exception("could not publish the in-flight batcher's metrics")
