@@ -258,12 +258,9 @@ def _decode_only(engine: LlamaEngine, slots: list[int], steps: int) -> dict:
 
 def _graph_time_us(run, calls: int = 20, replays: int = 5) -> float:
     """GPU time of one ``run()``, from a CUDA graph of ``calls`` of them (no launch overhead)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            run()
-    torch.cuda.current_stream().wait_stream(stream)
+    from llm_deploy.backends.torch.cuda_graphs import warm_up_on_side_stream
+
+    warm_up_on_side_stream(run)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

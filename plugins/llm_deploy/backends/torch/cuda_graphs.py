@@ -156,6 +156,18 @@ _CACHE_KERNELS: dict[str, Callable[..., torch.Tensor]] = {"triton": _triton}
 CUDA_KERNELS = ("triton", "flash", "efficient")
 
 
+def warm_up_on_side_stream(run: Callable[[], object], times: int = 2) -> torch.cuda.Stream:
+    """``run()`` a few times on a side stream before it is captured (allocator, cuBLAS workspaces,
+    Triton's compilation), as torch's CUDA-graph docs prescribe; the stream, to capture on."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(times):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    return stream
+
+
 class GraphedDecode:
     def __init__(self, model: DecoderState, *, capture: bool, kv_step: int = 128,
                  attention: Attention = "varlen", prefill_step: int = 64) -> None:
@@ -367,13 +379,7 @@ class GraphedDecode:
         if not self.capture:
             return
         # Warm-up runs write K/V for the scratch slot only (slot_index starts there).
-        # Warm up on a side stream (allocator + cuBLAS workspaces) before capturing, per torch docs.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream().wait_stream(stream)
+        stream = warm_up_on_side_stream(run)
         # capture_begin/end rather than the torch.cuda.graph context manager: that one runs
         # gc.collect() first, and inside the Triton python stub a collection on the batcher thread
         # can run finalizers of the stub's objects that wait for its main thread.
