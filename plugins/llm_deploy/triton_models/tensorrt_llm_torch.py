@@ -361,11 +361,12 @@ def _batcher_metrics(args: dict, batcher: Any) -> Any:
     from llm_deploy.backends.torch.batcher_metrics import BatcherMetrics
 
     return BatcherMetrics(pb_utils, lambda: batcher.stats, model=args.get("model_name", "tensorrt_llm"),
-                          version=str(args.get("model_version", "1")), max_batch_size=batcher.max_batch_size).start()
+                          version=str(args.get("model_version", "1")),
+                          max_batch_size=batcher.max_batch_size).start()
 
 
 class ResponseOutbox:
-    """Sends decoupled responses from a thread of its own (on by default when serving on CUDA).
+    """Sends decoupled responses from a thread of its own (on unless llm_deploy_response_thread=off).
 
     The stub's send() and is_cancelled() are each a round trip to the server process. Made on
     the batcher thread they run between GPU steps, one send (plus a cancel check) per token: 64

@@ -45,7 +45,7 @@ def test_varlen_reference_reads_each_sequence_own_keys():
 
 def test_fused_projections_share_the_layer_weights(tiny_checkpoint):
     engine = graphed_engine(tiny_checkpoint)
-    layer, fused = engine._layers[0], engine._graphed._fused[0]
+    layer, fused = engine._layers[0], engine._graphed.model.fused[0]
     # q/k/v and gate/up are views into the stacked weights: no second copy of the model.
     assert layer.q_proj.data_ptr() == fused.qkv.data_ptr()
     assert layer.v_proj.data_ptr() == fused.qkv[-layer.v_proj.shape[0]:].data_ptr()

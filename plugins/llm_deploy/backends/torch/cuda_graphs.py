@@ -184,7 +184,6 @@ class GraphedDecode:
         self._entries: dict[tuple[int, int], _Entry] = {}
         self._prefills: dict[tuple[int, int], _Entry] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
-        self._fused = model.fused if attention == "varlen" else None
         # CUDA tries the Triton decode kernel, then FlashAttention-2's varlen; CPU has none of them.
         self._kernels = list(CUDA_KERNELS) if model.device.type == "cuda" else ["reference"]
         self._folds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -230,7 +229,7 @@ class GraphedDecode:
         lengths = (positions + 1).to(torch.int32)
         qk_width = (heads + kv_heads) * dim
         x = F.embedding(entry.ids[:, 0], model.embed)  # [B, hidden]
-        for w, fused, k_cache, v_cache in zip(model.layers, self._fused, model.k_cache, model.v_cache):
+        for w, fused, k_cache, v_cache in zip(model.layers, model.fused, model.k_cache, model.v_cache):
             qkv = F.linear(rms_norm(x, w.input_norm, model.rms_norm_eps), fused.qkv)
             qk = rope(qkv[:, :qk_width].view(width, heads + kv_heads, dim), cos, sin)
             k_cache[entry.slot_index, :, positions] = qk[:, heads:]
@@ -290,8 +289,8 @@ class GraphedDecode:
 
     def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
         """Prefill ``slots[i]`` with ``prompts[i]`` in one batched step; fp32 last-token logits [n, vocab]."""
-        if self._fused is None:
-            raise RuntimeError("batched prefill needs attention='varlen' (it uses the fused weights)")
+        if self.attention != "varlen":
+            raise RuntimeError("batched prefill needs attention='varlen'")
         model = self.model
         rows = _pow2_at_least(len(slots), model.max_batch_size)
         longest = max(len(p) for p in prompts)
@@ -320,7 +319,7 @@ class GraphedDecode:
         qk_width = (heads + kv_heads) * dim
         grouped = heads != kv_heads
         x = F.embedding(entry.ids, model.embed)  # [R, T, hidden]
-        for w, fused, k_cache, v_cache in zip(model.layers, self._fused, model.k_cache, model.v_cache):
+        for w, fused, k_cache, v_cache in zip(model.layers, model.fused, model.k_cache, model.v_cache):
             qkv = F.linear(rms_norm(x, w.input_norm, model.rms_norm_eps), fused.qkv)
             qk = rope(qkv[..., :qk_width].view(rows, tokens, heads + kv_heads, dim), cos, sin)
             k, v = qk[:, :, heads:], qkv[..., qk_width:].view(rows, tokens, kv_heads, dim)

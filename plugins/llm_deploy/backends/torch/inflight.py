@@ -270,13 +270,7 @@ class InflightBatcher:
                     heapq.heappush(self._free_slots, seq.slot)
                 self._admit(seq)
             return
-        emitting = time.perf_counter()
-        for seq, token in zip(seqs, tokens):
-            self._emit(seq, token)
-        with self._cond:
-            self._counters.prefills += len(seqs)
-            self._counters.prefill_s += emitting - started
-            self._counters.emit_s += time.perf_counter() - emitting
+        self._emit_timed(seqs, tokens, started, decode=False)
 
     def _admit(self, seq: _Sequence) -> None:
         with self._cond:
@@ -290,12 +284,7 @@ class InflightBatcher:
             logger.exception("prefill failed for request %s", seq.request_id)
             self._finish(seq, f"prefill failed: {exc}")
             return
-        emitting = time.perf_counter()
-        self._emit(seq, token)
-        with self._cond:
-            self._counters.prefills += 1
-            self._counters.prefill_s += emitting - started
-            self._counters.emit_s += time.perf_counter() - emitting
+        self._emit_timed([seq], [token], started, decode=False)
 
     def _decode_step(self) -> None:
         if self._step_delay_s:
@@ -311,14 +300,23 @@ class InflightBatcher:
             for seq in batch:
                 self._finish(seq, f"decode step failed: {exc}")
             return
+        self._emit_timed(batch, tokens, started, decode=True)
+
+    def _emit_timed(self, seqs: list[_Sequence], tokens: list[int], started: float, *, decode: bool) -> None:
+        """Emit one model pass's tokens, then count the pass (begun at ``started``) and the callbacks."""
         emitting = time.perf_counter()
-        for seq, token in zip(batch, tokens):
+        for seq, token in zip(seqs, tokens):
             self._emit(seq, token)
         with self._cond:
-            self._counters.steps += 1
-            self._counters.decode_rows += len(batch)
-            self._counters.decode_s += emitting - started
-            self._counters.emit_s += time.perf_counter() - emitting
+            counters = self._counters
+            if decode:
+                counters.steps += 1
+                counters.decode_rows += len(seqs)
+                counters.decode_s += emitting - started
+            else:
+                counters.prefills += len(seqs)
+                counters.prefill_s += emitting - started
+            counters.emit_s += time.perf_counter() - emitting
 
     def _emit(self, seq: _Sequence, token: int) -> None:
         """Report one token, then retire the request if that was its last."""

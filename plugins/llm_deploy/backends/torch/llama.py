@@ -453,7 +453,8 @@ class LlamaEngine:
                                              fused.gate_up, w.down_proj))
         # Only the last position's logits are ever sampled from.
         hidden = x[:, -1] if last is None else x[torch.arange(x.shape[0], device=x.device), last]
-        return linear(rms_norm(hidden, self._final_norm, arch.rms_norm_eps), self._lm_head, contiguous=False).float()
+        hidden = rms_norm(hidden, self._final_norm, arch.rms_norm_eps)
+        return linear(hidden, self._lm_head, contiguous=False).float()
 
     def _reduced(self, partial: torch.Tensor) -> torch.Tensor:
         """A block's output: on a tensor-parallel rank, its partial sum summed over the ranks."""
