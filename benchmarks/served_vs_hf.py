@@ -25,13 +25,13 @@ on the machine skews each side differently.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -141,7 +141,8 @@ def measured_breakdown(spec, server: dict) -> dict:
         "level": {"concurrency": level["concurrency"], "requests": level["requests"],
                   "output_token_throughput_per_s": level["output_token_throughput_per_s"],
                   "inter_token_latency_p50_ms": itl,
-                  "time_to_first_token_p50_ms": figure(level, "time_to_first_token_ms", "p50"), "wall_s": round(wall_s, 2)},
+                  "time_to_first_token_p50_ms": figure(level, "time_to_first_token_ms", "p50"),
+                  "wall_s": round(wall_s, 2)},
         "decode_steps": int(steps), "mean_rows_per_step": round(rows / steps, 2),
         "per_decode_step_ms": {
             "model_forward": round(forward_ms, 2),
@@ -201,70 +202,61 @@ def engine_direct(engine_dir: Path, tokenizer_dir: Path, args) -> dict:
     from llm_deploy.backends.torch.inflight import InflightBatcher
     from llm_deploy.backends.torch.llama import LlamaEngine
     from llm_deploy.backends.torch.openmp_teams import on_passing_thread
+    from llm_deploy.bench.report import figure
+    from llm_deploy.spec import TUTORIAL_PROMPT
 
     config = json.loads((engine_dir / "engine_config.json").read_text())
     generation = json.loads((engine_dir / "generation_config.json").read_text())
     end_id = generation.get("eos_token_id")
     end_id = end_id[0] if isinstance(end_id, list) else end_id
-    prompt = AutoTokenizer.from_pretrained(tokenizer_dir)(_benchmark_prompt())["input_ids"]
+    prompt = AutoTokenizer.from_pretrained(tokenizer_dir)(TUTORIAL_PROMPT)["input_ids"]
     engine = on_passing_thread(lambda: LlamaEngine.load(
         engine_dir, getattr(torch, config["dtype"]), max_batch_size=args.max_batch_size,
         max_seq_len=config["max_input_len"] + config["max_output_len"]))
     batcher = InflightBatcher(engine, args.max_batch_size, config["max_input_len"], config["max_output_len"])
     batcher.start()
     try:
-        _closed_loop(batcher, prompt, end_id, args.concurrency, 4, args.max_tokens)  # warm-up
+        asyncio.run(_direct_level(batcher, prompt, end_id, args.concurrency, 4, args.max_tokens))  # warm-up
         before = batcher.stats
-        tokens, wall_s = _closed_loop(batcher, prompt, end_id, args.concurrency, args.requests, args.max_tokens)
+        level = asyncio.run(_direct_level(batcher, prompt, end_id, args.concurrency, args.requests,
+                                          args.max_tokens))
         after = batcher.stats
     finally:
         batcher.stop()
     steps = after["steps"] - before["steps"]
-    return {"concurrency": args.concurrency, "requests": args.requests, "output_tokens": tokens,
-            "wall_s": round(wall_s, 3), "output_token_throughput_per_s": round(tokens / wall_s, 3),
+    return {"concurrency": args.concurrency, "requests": level["requests"], "errors": level["errors"],
+            "output_tokens": level["output_tokens"], "wall_s": level["wall_s"],
+            "output_token_throughput_per_s": level["output_token_throughput_per_s"],
+            "inter_token_latency_p50_ms": figure(level, "inter_token_latency_ms", "p50"),
+            "time_to_first_token_p50_ms": figure(level, "time_to_first_token_ms", "p50"),
             "decode_ms_per_step": round(1000 * (after["decode_s"] - before["decode_s"]) / steps, 2),
             "mean_rows_per_step": round((after["decode_rows"] - before["decode_rows"]) / steps, 2),
             "torch_threads": torch.get_num_threads(), "floor": _floor(engine_dir)}
 
 
-def _benchmark_prompt() -> str:
-    from llm_deploy.spec import TUTORIAL_PROMPT
-
-    return TUTORIAL_PROMPT
-
-
-def _closed_loop(batcher, prompt: list[int], end_id: int | None, concurrency: int, requests: int,
-                 max_tokens: int) -> tuple[int, float]:
+async def _direct_level(batcher, prompt: list[int], end_id: int | None, concurrency: int, requests: int,
+                        max_tokens: int) -> dict:
+    """The benchmark's own closed loop (stream_client.run_level) and statistics (metrics.summarize),
+    with the in-flight batcher where the server would be: the end token is not output, as served."""
     from llm_deploy.backends.torch.inflight import GenerationRequest
+    from llm_deploy.bench.metrics import RequestTiming, summarize
+    from llm_deploy.bench.stream_client import run_level
 
-    lock, done = threading.Lock(), threading.Semaphore(0)
-    state = {"sent": 0, "tokens": 0}
+    loop = asyncio.get_running_loop()
 
-    def send() -> None:
-        with lock:
-            if state["sent"] >= requests:
-                return
-            state["sent"] += 1
-            index = state["sent"]
+    async def send(index: int) -> RequestTiming:
+        timing, done = RequestTiming(sent=time.perf_counter()), loop.create_future()
 
-        def on_token(token: int) -> None:
+        def on_token(token: int) -> None:  # on the batcher's thread
             if token != end_id:
-                with lock:
-                    state["tokens"] += 1
-
-        def on_done(error: str | None) -> None:
-            done.release()
-            send()
+                loop.call_soon_threadsafe(timing.response_times.append, time.perf_counter())
 
         batcher.submit(GenerationRequest(f"direct-{time.monotonic_ns()}-{index}", prompt, max_tokens, end_id,
-                                         on_token, on_done))
+                                         on_token, lambda error: loop.call_soon_threadsafe(done.set_result, error)))
+        timing.error = await done
+        return timing
 
-    started = time.perf_counter()
-    for _ in range(min(concurrency, requests)):
-        send()
-    for _ in range(requests):
-        done.acquire()
-    return state["tokens"], time.perf_counter() - started
+    return summarize(*await run_level(send, requests=requests, concurrency=concurrency))
 
 
 def _floor(engine_dir: Path) -> dict:
