@@ -335,9 +335,7 @@ def check_the_benchmark_report_page(ui, run: dict) -> None:
 
 def check_the_deployments_view(ui, stack, run: dict) -> None:
     """The view's entry in the UI's navigation: the deployment the run left, and its engine."""
-    ui.page.goto(stack.api_url + "/")
-    ui.page.get_by_role("link", name="LLM deployments").first.click()
-    ui.page.wait_for_url(re.compile(r".*/plugin/llm-deployments$"))
+    ui.open_from_navigation("LLM deployments", re.compile(r".*/plugin/llm-deployments$"))
     view = ui.page.frame_locator("iframe").first
     deployments = view.locator("#deployments + table")
     deployments.wait_for()

@@ -73,6 +73,23 @@ class AirflowUI:
         self.page.wait_for_load_state("load")
         return self.page.url
 
+    def open_from_navigation(self, name: str, url: re.Pattern, tries: int = 3) -> None:
+        """Press the navigation bar's link ``name`` on the home page and wait until ``url`` shows.
+
+        The bar draws its plugin entries once the UI's config has loaded, and the entries shift as
+        it does: a click landing during that re-render can hit its neighbour (a menu button, which
+        goes nowhere). So a click that led nowhere within a few seconds is made again."""
+        self.page.goto(self.url + "/")
+        for attempt in range(1, tries + 1):
+            self.page.get_by_role("link", name=name).first.click()
+            try:
+                self.page.wait_for_url(url, timeout=10_000)
+                return
+            except Exception:  # noqa: BLE001 - playwright's TimeoutError; the last one is raised
+                self.screenshot(f"navigation-{name}-try{attempt}")
+                if attempt == tries:
+                    raise
+
     def plugin_view(self, url_route: str):
         """A plugin's external view, as the UI's navigation opens it: the UI around, the view in a frame."""
         self.page.goto(f"{self.url}/plugin/{url_route}")
