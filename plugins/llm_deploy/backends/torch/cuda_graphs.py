@@ -22,12 +22,19 @@ FlashAttention-2 tiles 128 query rows for our one, and read K/V at about 45% of 
 The step itself is written for few kernels: q/k/v and gate/up are one GEMM each (the layer's
 own tensors become views into the stacked ones, so memory is not doubled), RoPE rotates q and k
 together, and RMSNorm normalises with one fused call while keeping HF's rounding (fp32, then the
-model dtype, then the weight).
+model dtype, then the weight). Each residual add is done by the norm that reads it, and on CUDA
+torch.compile fuses each of those and RoPE and SiLU*up into one kernel (fused_elementwise.py).
 
 Prefill runs through graphs too, batched: every request admitted in a turn is one row of a
 [rows, prompt bucket] graph (right-padded; causal attention keeps real tokens from seeing the
 padding). Eagerly, one 7B prefill costs the same ~100 ms of launches as an eager decode step,
 which at 64 concurrent requests would stall every decoding row for seconds.
+
+Greedy steps can also run without waiting for the host (``decode_greedy``, ``prefill_greedy``):
+each slot's last greedy token stays on the device, the next step reads its input tokens from
+there, and the tokens come back through a pinned copy the caller collects later
+(``PendingTokens``). The in-flight batcher launches step N+1 before it hands out step N's
+tokens, so the GPU never waits for the host's bookkeeping between two steps.
 
 On CPU (``capture=False``) the same static-shape functions run eagerly, which is how CI covers
 them.
@@ -43,6 +50,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from llm_deploy.backends.torch.fused_elementwise import ElementwiseOps, rope_qk
+from llm_deploy.backends.torch.fused_elementwise import rms_norm as rms_norm  # re-exported: its old home
 from llm_deploy.backends.torch.layer_weights import FusedLayer, LayerWeights
 
 logger = logging.getLogger(__name__)
@@ -91,15 +100,7 @@ class _Entry:
     graph: torch.cuda.CUDAGraph | None = None
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # HF's rounding (normalise in fp32, round to the model dtype, then scale), in 4 kernels, not 8.
-    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
-
-
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [..., heads, D] rotated by cos/sin broadcast to it (same arithmetic as llama.apply_rope)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+rope = rope_qk  # its name from before it moved to fused_elementwise.py
 
 
 def varlen_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_k: torch.Tensor,
@@ -156,6 +157,30 @@ _CACHE_KERNELS: dict[str, Callable[..., torch.Tensor]] = {"triton": _triton}
 CUDA_KERNELS = ("triton", "flash", "efficient")
 
 
+class PendingTokens:
+    """Greedy tokens of a launched step, in the caller's row order, once the step has run.
+
+    On CUDA the ids travel to pinned host memory behind the step on the same stream; ``result``
+    waits for that copy only (with the GIL released), not for later steps queued behind it."""
+
+    def __init__(self, ids: torch.Tensor, rows: list[int]) -> None:
+        self._rows = rows  # which of ``ids``' rows are the caller's, in its order
+        self._event = None
+        if ids.is_cuda:
+            self._ids = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+            self._ids.copy_(ids, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._ids = ids
+
+    def result(self) -> list[int]:
+        if self._event is not None:
+            self._event.synchronize()
+        ids = self._ids.tolist()
+        return [ids[row] for row in self._rows]
+
+
 def warm_up_on_side_stream(run: Callable[[], object], times: int = 2) -> torch.cuda.Stream:
     """``run()`` a few times on a side stream before it is captured (allocator, cuBLAS workspaces,
     Triton's compilation), as torch's CUDA-graph docs prescribe; the stream, to capture on."""
@@ -186,8 +211,12 @@ class GraphedDecode:
         self._pool = torch.cuda.graph_pool_handle() if capture else None
         # CUDA tries the Triton decode kernel, then FlashAttention-2's varlen; CPU has none of them.
         self._kernels = list(CUDA_KERNELS) if model.device.type == "cuda" else ["reference"]
+        # Fused by torch.compile on CUDA (compiled in the warm-up runs before capture); eager on CPU.
+        self._ops = ElementwiseOps(model.device)
         self._folds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._used_k: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Each slot's last greedy token (the scratch slot's is junk): the next greedy step's input.
+        self._last_tokens = torch.zeros(model.max_batch_size + 1, dtype=torch.long, device=model.device)
 
     @property
     def kernel(self) -> str:
@@ -203,16 +232,35 @@ class GraphedDecode:
         return batch, kv
 
     def __call__(self, slots: list[int], tokens: list[int], lengths: list[int]) -> torch.Tensor:
+        entry, logits = self._step(slots, tokens, lengths)
+        # Back to the caller's row order; indexing copies, so the next replay cannot overwrite it.
+        return logits[torch.tensor(slots, device=logits.device)]
+
+    def decode_greedy(self, slots: list[int], lengths: list[int]) -> PendingTokens:
+        """A decode step whose input is each slot's last greedy token (from ``prefill_greedy`` or
+        an earlier ``decode_greedy``), already on the device: nothing waits for the host."""
+        entry, logits = self._step(slots, None, lengths)
+        return self._keep_greedy(entry, logits, rows=slots)
+
+    def _step(self, slots: list[int], tokens: list[int] | None, lengths: list[int]) -> tuple[_Entry, torch.Tensor]:
         key = self.bucket(max(slots) + 1, max(lengths) + 1)
         entry = self._entries.get(key) or self._build(*key)
         width = key[0]
         ids, positions, writes = [0] * width, [0] * width, [self.scratch_slot] * width
-        for slot, token, length in zip(slots, tokens, lengths):
-            ids[slot], positions[slot], writes[slot] = token, length, slot
+        for slot, length in zip(slots, lengths):
+            positions[slot], writes[slot] = length, slot
+        for slot, token in zip(slots, tokens or ()):
+            ids[slot] = token
         self._load(entry, [ids, positions, writes])
-        logits = self._replay(entry, lambda: self._run(entry, key[1]))
-        # Back to the caller's row order; indexing copies, so the next replay cannot overwrite it.
-        return logits[torch.tensor(slots, device=logits.device)]
+        if tokens is None:  # row r is slot r; rows sitting the step out read junk and write scratch
+            entry.ids[:, 0].copy_(self._last_tokens[:width])
+        return entry, self._replay(entry, lambda: self._run(entry, key[1]))
+
+    def _keep_greedy(self, entry: _Entry, logits: torch.Tensor, rows: list[int]) -> PendingTokens:
+        ids = logits.argmax(dim=-1)
+        # Rows that are no request's write the scratch slot (several of them: any one may win).
+        self._last_tokens.index_copy_(0, entry.slot_index, ids)
+        return PendingTokens(ids, rows)
 
     def _run(self, entry: _Entry, kv_len: int) -> torch.Tensor:
         if self.attention == "masked":
@@ -228,17 +276,28 @@ class GraphedDecode:
         # Row r (slot r) holds positions+1 tokens once this step's K/V is written.
         lengths = (positions + 1).to(torch.int32)
         qk_width = (heads + kv_heads) * dim
-        x = F.embedding(entry.ids[:, 0], model.embed)  # [B, hidden]
+        ops, eps = self._ops, model.rms_norm_eps
+        x, mlp_out = F.embedding(entry.ids[:, 0], model.embed), None  # x: [B, hidden]
         for w, fused, k_cache, v_cache in zip(model.layers, model.fused, model.k_cache, model.v_cache):
-            qkv = F.linear(rms_norm(x, w.input_norm, model.rms_norm_eps), fused.qkv)
-            qk = rope(qkv[:, :qk_width].view(width, heads + kv_heads, dim), cos, sin)
+            x, h = self._add_norm(x, mlp_out, w.input_norm)
+            qkv = F.linear(h, fused.qkv)
+            qk = ops.rope_qk(qkv[:, :qk_width].view(width, heads + kv_heads, dim), cos, sin)
             k_cache[entry.slot_index, :, positions] = qk[:, heads:]
             v_cache[entry.slot_index, :, positions] = qkv[:, qk_width:].view(width, kv_heads, dim)
             attn = self._attend(qk[:, :heads], k_cache, v_cache, lengths)
-            x = x + F.linear(attn.view(width, heads * dim), w.o_proj)
-            gate, up = F.linear(rms_norm(x, w.post_attention_norm, model.rms_norm_eps), fused.gate_up).chunk(2, -1)
-            x = x + F.linear(F.silu(gate) * up, w.down_proj)
-        return F.linear(rms_norm(x, model.final_norm, model.rms_norm_eps), model.lm_head).float()
+            attn_out = F.linear(attn.view(width, heads * dim), w.o_proj)
+            x, h = ops.add_rms_norm(x, attn_out, w.post_attention_norm, eps)
+            mlp_out = F.linear(ops.silu_mul(F.linear(h, fused.gate_up)), w.down_proj)
+        _, h = self._add_norm(x, mlp_out, model.final_norm)
+        return F.linear(h, model.lm_head).float()
+
+    def _add_norm(self, x: torch.Tensor, delta: torch.Tensor | None,
+                  weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x + delta`` and its RMSNorm: a layer leaves its MLP output unadded, so that the next
+        layer's input norm (or the final norm) adds it in the same kernel."""
+        if delta is None:  # the embedding, before the first layer: nothing to add yet
+            return x, self._ops.rms_norm(x, weight, self.model.rms_norm_eps)
+        return self._ops.add_rms_norm(x, delta, weight, self.model.rms_norm_eps)
 
     def _fold(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Cumulative query and key starts of the (row, query head) sequences of a ``width`` bucket."""
@@ -289,6 +348,14 @@ class GraphedDecode:
 
     def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
         """Prefill ``slots[i]`` with ``prompts[i]`` in one batched step; fp32 last-token logits [n, vocab]."""
+        return self._prefill(slots, prompts)[1][:len(slots)].clone()
+
+    def prefill_greedy(self, slots: list[int], prompts: list[list[int]]) -> PendingTokens:
+        """``prefill`` whose greedy first tokens stay on the device for ``decode_greedy``."""
+        entry, logits = self._prefill(slots, prompts)
+        return self._keep_greedy(entry, logits, rows=list(range(len(slots))))
+
+    def _prefill(self, slots: list[int], prompts: list[list[int]]) -> tuple[_Entry, torch.Tensor]:
         if self.attention != "varlen":
             raise RuntimeError("batched prefill needs attention='varlen'")
         model = self.model
@@ -307,8 +374,7 @@ class GraphedDecode:
         entry.ids.copy_(device_inputs[:rows * tokens].view(rows, tokens))
         entry.slot_index.copy_(device_inputs[rows * tokens:rows * tokens + rows])
         entry.last.copy_(device_inputs[rows * tokens + rows:])
-        logits = self._replay(entry, lambda: self._prefill_step(entry))
-        return logits[:len(slots)].clone()
+        return entry, self._replay(entry, lambda: self._prefill_step(entry))
 
     def _prefill_step(self, entry: _Entry) -> torch.Tensor:
         model = self.model
@@ -318,10 +384,12 @@ class GraphedDecode:
         positions = entry.positions
         qk_width = (heads + kv_heads) * dim
         grouped = heads != kv_heads
-        x = F.embedding(entry.ids, model.embed)  # [R, T, hidden]
+        ops, eps = self._ops, model.rms_norm_eps
+        x, mlp_out = F.embedding(entry.ids, model.embed), None  # x: [R, T, hidden]
         for w, fused, k_cache, v_cache in zip(model.layers, model.fused, model.k_cache, model.v_cache):
-            qkv = F.linear(rms_norm(x, w.input_norm, model.rms_norm_eps), fused.qkv)
-            qk = rope(qkv[..., :qk_width].view(rows, tokens, heads + kv_heads, dim), cos, sin)
+            x, h = self._add_norm(x, mlp_out, w.input_norm)
+            qkv = F.linear(h, fused.qkv)
+            qk = ops.rope_qk(qkv[..., :qk_width].view(rows, tokens, heads + kv_heads, dim), cos, sin)
             k, v = qk[:, :, heads:], qkv[..., qk_width:].view(rows, tokens, kv_heads, dim)
             k_cache[entry.slot_index[:, None], :, positions] = k
             v_cache[entry.slot_index[:, None], :, positions] = v
@@ -329,11 +397,14 @@ class GraphedDecode:
             attn = F.scaled_dot_product_attention(
                 qk[:, :, :heads].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                 is_causal=True, scale=model.scale, enable_gqa=grouped)
-            x = x + F.linear(attn.transpose(1, 2).reshape(rows, tokens, heads * dim), w.o_proj)
-            gate, up = F.linear(rms_norm(x, w.post_attention_norm, model.rms_norm_eps), fused.gate_up).chunk(2, -1)
-            x = x + F.linear(F.silu(gate) * up, w.down_proj)
-        last = x[torch.arange(rows, device=x.device), entry.last]
-        return F.linear(rms_norm(last, model.final_norm, model.rms_norm_eps), model.lm_head).float()
+            attn_out = F.linear(attn.transpose(1, 2).reshape(rows, tokens, heads * dim), w.o_proj)
+            x, h = ops.add_rms_norm(x, attn_out, w.post_attention_norm, eps)
+            mlp_out = F.linear(ops.silu_mul(F.linear(h, fused.gate_up)), w.down_proj)
+        # Only each row's last token goes on to the head: adding before or after picking it is
+        # the same element-wise sum, and the final add and norm then cover R rows, not R x T.
+        last = (torch.arange(rows, device=x.device), entry.last)
+        _, h = self._add_norm(x[last], mlp_out[last], model.final_norm)
+        return F.linear(h, model.lm_head).float()
 
     # --- building and replaying graphs ----------------------------------------------------------
 
