@@ -30,7 +30,7 @@ with numpy<2 (benchmarks/results/gpu_stub_probe_h200.json); torch comes from the
         > /tmp/stubenv/lib/python3.12/site-packages/device-site.pth
     pip install --no-deps --target /tmp/stubenv/lib/python3.12/site-packages numpy==1.26.4
     LLM_DEPLOY_STUB_PYTHON=/tmp/stubenv/bin/python3 PYTHONPATH=$SITE \
-        python3 benchmarks/gpu_triton_llama7b.py --out $OUT/gpu_triton_llama7b.json --response-thread auto,off
+        python3 benchmarks/gpu_triton_llama7b.py --out $OUT/gpu_triton_llama7b.json --variants auto,overlap=off
 
 Results: benchmarks/results/gpu_triton_llama7b_h200.json; _repeat.json and _head.json are two more
 runs (the second on the final code, on another H200 machine whose slower host made HF eager 1.5x
@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import time
@@ -121,6 +122,46 @@ def engine_decode(engine: LlamaEngine, prompts: list[list[int]], steps: int) -> 
         engine.release(slot)
     return {"batch": len(prompts), "steps": steps, "ms_per_step": 1000 * seconds / steps,
             "tokens_per_s": len(prompts) * steps / seconds, "prefill_ms": 1000 * prefill_s}
+
+
+def batcher_direct(engine: LlamaEngine, args, *, overlap: bool, concurrency: int = MAX_BATCH,
+                   count: int = 3 * MAX_BATCH) -> dict:
+    """``count`` requests through our in-flight batcher at ``concurrency``, no server: the
+    batcher's own host work per step, with steps overlapped or not (the peer that tells the
+    served figures' Triton share from the batcher's)."""
+    import threading
+
+    from llm_deploy.backends.torch.inflight import GenerationRequest, InflightBatcher
+
+    batcher = InflightBatcher(engine, max_batch_size=MAX_BATCH, max_input_len=args.prompt_len,
+                              max_output_len=args.new_tokens, overlap=overlap)
+    prompts = random_prompts(count, args.prompt_len, 17)
+    slots_free = threading.Semaphore(concurrency)
+    finished = threading.Semaphore(0)
+    errors: list[str] = []
+
+    def done(error: str | None) -> None:
+        if error:
+            errors.append(error)
+        slots_free.release()
+        finished.release()
+
+    batcher.start()
+    try:
+        started = time.perf_counter()
+        for i, prompt in enumerate(prompts):
+            slots_free.acquire()
+            batcher.submit(GenerationRequest(f"r{i}", prompt, args.new_tokens, None, lambda token: None, done))
+        for _ in prompts:
+            finished.acquire()
+        seconds = time.perf_counter() - started
+        stats = batcher.stats
+    finally:
+        batcher.stop()
+    return {"overlap": overlap, "concurrency": concurrency, "requests": count, "errors": errors[:3],
+            "seconds": seconds, "tokens_per_s": stats["generated_tokens"] / seconds,
+            "ms_per_step": 1000 * seconds / max(stats["steps"], 1),
+            "rows_per_step": stats["decode_rows"] / max(stats["steps"], 1), "stats": stats}
 
 
 def kernel_profile(engine: LlamaEngine, prompts: list[list[int]]) -> dict:
@@ -235,6 +276,34 @@ def engine_direct(model, args, kernel: str | None = None) -> dict:
         out["masked_bucket_kv128"] = masked
     del engine, tensors
     torch.cuda.empty_cache()
+    return out
+
+
+def batcher_phase(model, args) -> dict:
+    """The engine at batch 64 (its fused element-wise ops compiled, or not), then our batcher
+    over it with steps overlapped and not, alternated: no server, same weights."""
+    from llm_deploy.backends.torch import fused_elementwise
+
+    out: dict = {}
+    for compiled in ("1", "0"):
+        os.environ[fused_elementwise.COMPILE_ENV] = compiled
+        tensors = dict(model.state_dict())  # the engine takes its tensors out of the dict it is given
+        engine = LlamaEngine._from_tensors(LlamaArch.from_config(LLAMA2_7B), tensors, dtype=torch.bfloat16,
+                                           device="cuda", max_batch_size=MAX_BATCH,
+                                           max_seq_len=args.prompt_len + args.new_tokens)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            first = engine_decode(engine, random_prompts(MAX_BATCH, args.prompt_len, MAX_BATCH), args.new_tokens - 4)
+            run = {"engine_b64": {**first, "first_run_s": time.perf_counter() - started},
+                   "compiled": engine._graphed._ops.compiled}
+            if compiled == "1":
+                run["batcher"] = [batcher_direct(engine, args, overlap=overlap)
+                                  for overlap in (False, True, False, True)]
+        out[f"compile_{compiled}"] = run
+        print(f"batcher phase, compile={compiled}: {json.dumps(run)[:800]}", flush=True)
+        del engine, tensors
+        torch.cuda.empty_cache()
+    os.environ.pop(fused_elementwise.COMPILE_ENV, None)
     return out
 
 
@@ -367,7 +436,25 @@ def save_checkpoint(model, directory: Path, args) -> dict:
             "bytes": sum(p.stat().st_size for p in directory.glob("*.safetensors"))}
 
 
-def render_core_model(engine_dir: Path, repo: Path, device: str, response_thread: str, stacks: Path) -> Path:
+# A served variant's settings: model-config parameters of the tensorrt_llm model, or (compile)
+# an environment variable of the server.
+VARIANT_PARAMETERS = {"response_thread": "llm_deploy_response_thread", "overlap": "llm_deploy_overlap"}
+VARIANT_ENV = {"compile": "LLM_DEPLOY_TORCH_COMPILE"}
+
+
+def parse_variant(text: str) -> dict[str, str]:
+    """"auto" (the defaults) or settings joined by "+", e.g. "overlap=off+compile=0"."""
+    if text == "auto":
+        return {}
+    settings = dict(item.split("=", 1) for item in text.split("+"))
+    unknown = set(settings) - set(VARIANT_PARAMETERS) - set(VARIANT_ENV)
+    if unknown:
+        raise SystemExit(f"variant {text!r}: unknown settings {sorted(unknown)} "
+                         f"(known: {sorted(VARIANT_PARAMETERS) + sorted(VARIANT_ENV)})")
+    return settings
+
+
+def render_core_model(engine_dir: Path, repo: Path, device: str, settings: dict[str, str], stacks: Path) -> Path:
     """The inflight_batcher_llm repository's tensorrt_llm model alone, its device set explicitly.
 
     The random-weight model has no tokenizer, so the pre/postprocessing models and the ensemble
@@ -392,9 +479,10 @@ def render_core_model(engine_dir: Path, repo: Path, device: str, response_thread
     text += ('parameters: {\n  key: "llm_deploy_stack_dump_path"\n  value: {\n'
              f'    string_value: "{stacks}"\n  }}\n}}\n'
              'parameters: {\n  key: "llm_deploy_stack_dump_s"\n  value: {\n    string_value: "20"\n  }\n}\n')
-    if response_thread != "auto":  # A/B of the model's response thread (see ResponseOutbox)
-        text += ('parameters: {\n  key: "llm_deploy_response_thread"\n  value: {\n'
-                 f'    string_value: "{response_thread}"\n  }}\n}}\n')
+    for name, value in settings.items():  # A/B of the model's options (see tensorrt_llm_torch.py)
+        if name in VARIANT_PARAMETERS:
+            text += (f'parameters: {{\n  key: "{VARIANT_PARAMETERS[name]}"\n  value: {{\n'
+                     f'    string_value: "{value}"\n  }}\n}}\n')
     config.write_text(text)
     parse_model_config(config)
     model_repo.copy_model_code("tensorrt_llm", repo / "tensorrt_llm" / "1")
@@ -410,20 +498,32 @@ async def _level(client, requests, concurrency: int) -> dict:
     return summarize(timings, wall)
 
 
-def served(args, out_dir: Path, response_thread: str = "auto") -> dict:
+def served(args, out_dir: Path, variant: str = "auto") -> dict:
     from llm_deploy.bench.stream_client import LoadClient
     from llm_deploy.bench.workload import BenchRequest
     from llm_deploy.server import tritonserver
 
     engine_dir = Path(args.work_dir) / "llama2-7b-random"
     # Diagnostics land next to --out, so they come back with the figures from a lent machine.
-    stacks = out_dir / f"stacks-{response_thread}.txt"
-    repo = render_core_model(engine_dir, Path(args.work_dir) / "repo", device="cuda", response_thread=response_thread,
+    settings = parse_variant(variant)
+    tag = variant.replace("=", "-").replace("+", "_")
+    stacks = out_dir / f"stacks-{tag}.txt"
+    repo = render_core_model(engine_dir, Path(args.work_dir) / "repo", device="cuda", settings=settings,
                              stacks=stacks)
     started = time.perf_counter()
-    log_path = out_dir / f"tritonserver-{response_thread}.log"
-    handle = tritonserver.start(repo, http_port=18000, grpc_port=18001, metrics_port=18002,
-                                log_path=log_path, timeout_s=540)
+    log_path = out_dir / f"tritonserver-{tag}.log"
+    env = {VARIANT_ENV[name]: value for name, value in settings.items() if name in VARIANT_ENV}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # the server and its stubs inherit them
+    try:
+        handle = tritonserver.start(repo, http_port=18000, grpc_port=18001, metrics_port=18002,
+                                    log_path=log_path, timeout_s=540)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     result: dict = {"path": "gRPC streaming to the tensorrt_llm model (token ids), our LoadClient",
                     "server_ready_s": time.perf_counter() - started}
     try:
@@ -448,14 +548,14 @@ def served(args, out_dir: Path, response_thread: str = "auto") -> dict:
         try:
             asyncio.run(drive())
         except BaseException:
-            dump_native_stacks(handle, out_dir / f"pyspy-{response_thread}.txt")
+            dump_native_stacks(handle, out_dir / f"pyspy-{tag}.txt")
             raise
     finally:
         tritonserver.stop(handle)
     log = log_path.read_text(errors="replace").splitlines()
     result["server_log_engine_lines"] = [line[-300:] for line in log
                                          if "tensorrt_llm (torch)" in line or "loading " in line
-                                         or "varlen attention" in line][-8:]
+                                         or "varlen attention" in line or "compile" in line][-8:]
     return result
 
 
@@ -485,13 +585,16 @@ def main() -> None:
     parser.add_argument("--work-dir", default="/tmp/llm-deploy-gpu")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--skip", default="", help="comma-separated phases to skip: hf, engine, served")
+    parser.add_argument("--skip", default="", help="comma-separated phases to skip: hf, batcher, engine, served")
     parser.add_argument("--kernels", default="",
                         help="comma-separated varlen kernels (triton, flash, efficient): one engine phase per "
                              "kernel, that kernel tried first (default: the engine's own order, one phase)")
     parser.add_argument("--sweep", action="store_true", help="then time the attention kernels alone")
-    parser.add_argument("--response-thread", default="auto",
-                        help="comma-separated llm_deploy_response_thread values to serve with, in turn (auto, on, off)")
+    parser.add_argument("--variants", default="auto",
+                        help="comma-separated served variants, in turn: auto (the defaults) or settings joined by "
+                             "'+', of response_thread (on, off), overlap (auto, off), compile (1, 0)")
+    parser.add_argument("--response-thread", default="",
+                        help="older spelling: comma-separated response_thread values, one variant each")
     parser.add_argument("--budget-s", type=float, default=480, help="skip further served variants after this")
     parser.add_argument("--request-timeout-s", type=float, default=120,
                         help="a served request that takes longer fails (and a failed warm-up ends that variant)")
@@ -516,6 +619,8 @@ def main() -> None:
     with torch.inference_mode():
         if "hf" not in skip:
             report.phase("hf_eager", lambda: [hf_generate(model, b, args.prompt_len, args.new_tokens) for b in (1, 64)])
+        if "batcher" not in skip:
+            report.phase("batcher_direct", lambda: batcher_phase(model, args))
         if "engine" not in skip:
             kernels = list(filter(None, args.kernels.split(",")))
             for kernel in kernels or [None]:
@@ -528,30 +633,35 @@ def main() -> None:
         report.phase("checkpoint", lambda: save_checkpoint(model, Path(args.work_dir) / "llama2-7b-random", args))
         del model
         torch.cuda.empty_cache()
-        for index, variant in enumerate(args.response_thread.split(",")):
+        variants = args.variants.split(",")
+        if args.response_thread:
+            variants = [v if v == "auto" else f"response_thread={v}" for v in args.response_thread.split(",")]
+        for variant in variants:
+            parse_variant(variant)  # every variant refused before the first server starts
+        for index, variant in enumerate(variants):
             if index and time.perf_counter() - START > args.budget_s:
                 report[f"served_{variant}"] = {"skipped": f"past --budget-s={args.budget_s}"}
                 continue
             name = "served" if index == 0 else f"served_{variant}"
-            report.phase(name, lambda v=variant: {"response_thread": v, **served(args, args.out.parent, v)})
+            report.phase(name, lambda v=variant: {"variant": v, **served(args, args.out.parent, v)})
 
     figures = report.figures
     ratios = {}
-    try:
-        hf64 = figures["hf_eager"][1]["tokens_per_s"]
-        served_figs = figures["served"]
-        ratios["served_decode_ms_per_step_c1"] = served_figs["c1"]["inter_token_latency_ms"]["avg"]
-        ratios["served_c1_over_floor (goal <= 2.0)"] = ratios["served_decode_ms_per_step_c1"] / figures["floor_ms_per_step"]
+    served_figs = figures.get("served") or {}
+    floors = figures["floor_ms_per_step_by_batch"]
+    if "c1" in served_figs:
+        step_c1 = served_figs["c1"]["inter_token_latency_ms"]["avg"]
+        ratios["served_decode_ms_per_step_c1"] = step_c1
+        ratios["served_c1_over_floor (goal <= 2.0)"] = step_c1 / figures["floor_ms_per_step"]
+        ratios["served_c1_over_batch_1_floor_with_kv (goal <= 1.6)"] = step_c1 / floors["1"]
+    if "c64" in served_figs:
         ratios["served_tok_s_c16"] = served_figs["c16"]["output_token_throughput_per_s"]
         ratios["served_tok_s_c64"] = served_figs["c64"]["output_token_throughput_per_s"]
-        ratios["served_c64_over_hf_b64 (goal >= 10)"] = ratios["served_tok_s_c64"] / hf64
-        floors = figures["floor_ms_per_step_by_batch"]
-        ratios["served_c1_over_batch_1_floor_with_kv (goal <= 1.6)"] = (
-            ratios["served_decode_ms_per_step_c1"] / floors["1"])
         ratios["served_c64_over_batch_64_floor_with_kv (goal <= 1.5)"] = (
             served_figs["c64"]["inter_token_latency_ms"]["avg"] / floors["64"])
-    except (KeyError, TypeError, IndexError) as exc:
-        ratios["incomplete"] = repr(exc)
+        if figures.get("hf_eager"):
+            ratios["served_c64_over_hf_b64 (goal >= 10)"] = (
+                ratios["served_tok_s_c64"] / figures["hf_eager"][1]["tokens_per_s"])
     report["ratios"] = ratios
 
 

@@ -221,11 +221,15 @@ class TritonPythonModel:
             engine = on_passing_thread(lambda: _lead_ranks(engine_dir, self.limits.world_size, sizes))
         else:
             engine = on_passing_thread(lambda: LlamaEngine.load(engine_dir, **sizes))
+        # "auto": a GPU engine launches each step before handing out the last one's tokens (see
+        # inflight.py); "off" hands them out first, for A/B runs.
+        overlap = None if params.get("llm_deploy_overlap", "auto").lower() != "off" else False
         self.batcher = InflightBatcher(
             engine,
             max_batch_size=self.limits.max_batch_size,
             max_input_len=self.limits.max_input_len,
             max_output_len=self.limits.max_output_len,
+            overlap=overlap,
         )
         self.batcher.start()
         self._metrics = _batcher_metrics(args, self.batcher)
@@ -241,7 +245,8 @@ class TritonPythonModel:
         use_outbox = thread != "off"
         self._outbox = ResponseOutbox() if self.decoupled and use_outbox else None
         _log("info", f"tensorrt_llm (torch) ready: decoupled={self.decoupled}, end_id={self.end_id}, "
-                     f"response thread={'on' if self._outbox else 'off'}")
+                     f"response thread={'on' if self._outbox else 'off'}, "
+                     f"overlapped steps={'on' if self.batcher.overlap else 'off'}")
 
     def execute(self, requests: list) -> list | None:
         if self.decoupled:

@@ -84,6 +84,33 @@ def test_batched_prefill_matches_hf_then_decodes_on(tiny_checkpoint, tiny_hf_mod
         torch.testing.assert_close(logits[row], hf_last_logits(tiny_hf_model, prompt + [token]), atol=ATOL, rtol=0)
 
 
+def test_greedy_steps_feed_themselves_their_own_tokens(tiny_checkpoint, tiny_hf_model, hf_greedy):
+    # What an overlapped batcher relies on: a decode step needs no tokens from the host, each
+    # slot reads the greedy token its last prefill or step left on the device.
+    engine = graphed_engine(tiny_checkpoint)
+    engine._graphed.prefill_step = 8
+    slots = [2, 0, 3]
+    generated = [[token] for token in engine.prefill_greedy(slots, PROMPTS).result()]
+    for step in range(5):
+        active = slots if step % 2 == 0 else [3, 2]  # slot 0 sits out odd steps: its token waits
+        pending = engine.decode_greedy(active)
+        for slot, token in zip(active, pending.result()):
+            generated[slots.index(slot)].append(token)
+    for prompt, tokens in zip(PROMPTS, generated):
+        assert tokens == hf_greedy(tiny_hf_model, prompt, len(tokens))
+    assert [engine.length(s) for s in slots] == [len(p) + len(t) - 1 for p, t in zip(PROMPTS, generated)]
+
+
+def test_greedy_steps_need_the_graphed_varlen_path(tiny_checkpoint):
+    engine = LlamaEngine.load(tiny_checkpoint, torch.float32, max_batch_size=2, max_seq_len=16)
+    with pytest.raises(RuntimeError, match="needs graphed varlen decode"):
+        engine.decode_greedy([0])
+    engine.enable_graphed_decode(capture=False, attention="masked")
+    assert not engine.greedy_on_device
+    with pytest.raises(RuntimeError, match="needs graphed varlen decode"):
+        engine.prefill_greedy([0], [[1, 2]])
+
+
 def test_prefill_many_refuses_bad_input(tiny_checkpoint):
     engine = graphed_engine(tiny_checkpoint)
     with pytest.raises(ValueError, match="distinct slots"):
@@ -122,12 +149,16 @@ def test_batcher_admits_requests_together_and_matches_hf(tiny_checkpoint, tiny_h
 
 def test_failed_batched_prefill_retries_one_by_one(tiny_checkpoint, tiny_hf_model, hf_greedy, collect):
     engine = graphed_engine(tiny_checkpoint, max_seq_len=40)
+    prefill_greedy = engine._graphed.prefill_greedy
 
-    def broken(slots, prompts):
-        raise RuntimeError("simulated batched prefill failure")
+    def broken_when_batched(slots, prompts):
+        if len(slots) > 1:
+            raise RuntimeError("simulated batched prefill failure")
+        return prefill_greedy(slots, prompts)
 
-    engine._graphed.prefill = broken
+    engine._graphed.prefill_greedy = broken_when_batched
     batcher = InflightBatcher(engine, max_batch_size=4, max_input_len=16, max_output_len=24)
+    assert batcher.overlap  # graphed varlen: the GPU's way, greedy tokens kept on the device
     runs = [collect("a"), collect("b")]
     for run, prompt in zip(runs, PROMPTS):
         batcher.submit(run.request(prompt, 5))

@@ -20,10 +20,14 @@ def make_batcher(tiny_checkpoint):
     """``make_batcher(slots=4, start=True)``; every batcher made is stopped after the test."""
     made: list[InflightBatcher] = []
 
-    def make(slots: int = 4, start: bool = True, max_seq_len: int = MAX_INPUT + MAX_OUTPUT) -> InflightBatcher:
+    def make(slots: int = 4, start: bool = True, max_seq_len: int = MAX_INPUT + MAX_OUTPUT,
+             overlap: bool = False) -> InflightBatcher:
         engine = LlamaEngine.load(tiny_checkpoint, dtype=torch.float32,
                                   max_batch_size=slots, max_seq_len=max_seq_len)
-        batcher = InflightBatcher(engine, max_batch_size=slots, max_input_len=MAX_INPUT, max_output_len=MAX_OUTPUT)
+        if overlap:  # the GPU's graphed steps, run eagerly: greedy tokens stay "on the device"
+            engine.enable_graphed_decode(capture=False)
+        batcher = InflightBatcher(engine, max_batch_size=slots, max_input_len=MAX_INPUT, max_output_len=MAX_OUTPUT,
+                                  overlap=overlap)
         if start:
             batcher.start()
         made.append(batcher)
@@ -318,3 +322,132 @@ def test_a_new_request_takes_the_lowest_free_slot(make_batcher, collect):
     batcher.submit(lone.request(PROMPTS[1], 4))
     assert lone.wait().error is None
     assert decoded_slots and all(slots == [0] for slots in decoded_slots)
+
+
+# --- overlapped steps: step N+1 launched before step N's tokens are handed out ----------------
+
+
+def test_overlapped_steps_give_hf_tokens_however_requests_come_and_go(make_batcher, tiny_hf_model, hf_greedy,
+                                                                      collect):
+    batcher = make_batcher(slots=2, overlap=True)
+    news = [7, 3, 10, 5, 8]
+    runs = [collect(f"r{i}") for i in range(len(PROMPTS))]
+    for run, prompt, new in zip(runs, PROMPTS, news):
+        batcher.submit(run.request(prompt, new))
+    for run, prompt, new in zip(runs, PROMPTS, news):
+        assert run.wait().error is None
+        assert run.tokens == hf_greedy(tiny_hf_model, prompt, new), run.request_id
+    stats = settled(batcher)
+    assert stats["completed"] == 5 and stats["active"] == stats["queued"] == 0
+    assert stats["generated_tokens"] == sum(news)
+
+
+def test_the_next_step_is_launched_before_the_last_ones_tokens_are_handed_out(make_batcher, collect):
+    batcher = make_batcher(slots=2, start=False, overlap=True)
+    events: list[str] = []
+    launch = batcher.engine.decode_greedy
+    batcher.engine.decode_greedy = lambda slots: events.append("launch") or launch(slots)
+    run = collect("r")
+    request = run.request(PROMPTS[0], 5)
+    request.on_token = lambda token: events.append("token") or run.on_token(token)
+    batcher.submit(request)
+    batcher.start()
+    assert run.wait().error is None and len(run.tokens) == 5
+    # The prefill's token goes out while step 1 runs, step 1's while step 2 runs, and so on; the
+    # last step's tokens have nothing left to launch behind them.
+    assert events == ["launch", "token"] * 4 + ["token"]
+
+
+def test_a_request_ending_on_its_end_token_costs_at_most_one_step_more(make_batcher, tiny_hf_model, hf_greedy,
+                                                                      collect):
+    reference = hf_greedy(tiny_hf_model, PROMPTS[0], 12)
+    stop_at = next(i for i, token in enumerate(reference) if i >= 2 and token not in reference[:i])
+    batcher = make_batcher(overlap=True)
+    run = collect("eos")
+    batcher.submit(run.request(PROMPTS[0], 12, end_id=reference[stop_at]))
+    assert run.wait().error is None
+    assert run.tokens == reference[: stop_at + 1]
+    # stop_at steps made its tokens; the step launched before its end token was seen made none,
+    # and was collected even though no request was left to wake the loop.
+    stats = settled(batcher)
+    assert stats["steps"] == stop_at + 1 and stats["generated_tokens"] == stop_at + 1
+
+
+def test_a_request_filling_the_cache_exactly_is_never_stepped_past_it(make_batcher, tiny_hf_model, hf_greedy,
+                                                                     collect):
+    # A step launched before the last one's tokens are known must not write past max_seq_len:
+    # a row whose budget is spent is never launched again.
+    batcher = make_batcher(max_seq_len=len(PROMPTS[2]) + MAX_OUTPUT, overlap=True)
+    run = collect("full")
+    batcher.submit(run.request(PROMPTS[2], MAX_OUTPUT))
+    assert run.wait().error is None
+    assert run.tokens == hf_greedy(tiny_hf_model, PROMPTS[2], MAX_OUTPUT)
+    assert settled(batcher)["steps"] == MAX_OUTPUT - 1
+
+
+def test_a_request_cancelled_mid_overlap_frees_its_slot_for_the_next(make_batcher, tiny_hf_model, hf_greedy,
+                                                                    collect):
+    batcher = make_batcher(slots=1, start=False, overlap=True)
+    active, waiting = collect("active"), collect("waiting")
+    request = active.request(PROMPTS[0], 20)
+
+    def cancel_after_three(token: int) -> None:
+        active.tokens.append(token)
+        if len(active.tokens) == 3:
+            batcher.cancel("active")
+
+    request.on_token = cancel_after_three
+    batcher.submit(request)
+    batcher.submit(waiting.request(PROMPTS[1], 6))
+    batcher.start()
+    assert active.wait().error == CANCELLED and 3 <= len(active.tokens) < 20
+    # Its slot went to the next request while a step of the cancelled one may still have been out.
+    assert waiting.wait().error is None
+    assert waiting.tokens == hf_greedy(tiny_hf_model, PROMPTS[1], 6)
+
+
+def test_a_step_that_fails_when_collected_fails_its_requests_and_the_loop_goes_on(make_batcher, tiny_hf_model,
+                                                                                hf_greedy, collect):
+    batcher = make_batcher(slots=2, start=False, overlap=True)
+    launch, calls = batcher.engine.decode_greedy, {"n": 0}
+
+    def failing_on_the_device(slots):
+        pending = launch(slots)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the launch went fine; the error shows when the tokens are collected
+            pending.result = lambda: (_ for _ in ()).throw(RuntimeError("CUDA error: an illegal memory access"))
+        return pending
+
+    batcher.engine.decode_greedy = failing_on_the_device
+    a, b = collect("a"), collect("b")
+    batcher.submit(a.request(PROMPTS[0], 10))
+    batcher.submit(b.request(PROMPTS[1], 10))
+    batcher.start()
+    assert "decode step failed: CUDA error" in a.wait().error and "illegal memory access" in b.wait().error
+    assert len(a.tokens) == len(b.tokens) == 2  # the prefill's token and step 1's
+
+    after = collect("after")
+    batcher.submit(after.request(PROMPTS[2], 6))
+    assert after.wait().error is None and after.tokens == hf_greedy(tiny_hf_model, PROMPTS[2], 6)
+
+
+def test_overlap_needs_an_engine_that_keeps_tokens_on_the_device(tiny_checkpoint):
+    engine = LlamaEngine.load(tiny_checkpoint, torch.float32, max_batch_size=2, max_seq_len=16)
+    assert not engine.greedy_on_device  # CPU's eager default: tokens are handed out step by step
+    assert InflightBatcher(engine, max_batch_size=2, max_input_len=8, max_output_len=8).overlap is False
+    with pytest.raises(ValueError, match="keeps greedy tokens on the device"):
+        InflightBatcher(engine, max_batch_size=2, max_input_len=8, max_output_len=8, overlap=True)
+
+
+def settled(batcher: InflightBatcher, timeout: float = 10) -> dict:
+    """The batcher's stats once its loop has gone idle: a request's last token reaches its caller
+    before the loop collects a pass still out behind it."""
+    deadline = time.monotonic() + timeout
+    before = batcher.stats
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = batcher.stats
+        if now == before and not now["active"]:
+            return now
+        before = now
+    raise AssertionError(f"the batcher did not go idle within {timeout}s: {before}")

@@ -10,6 +10,10 @@ One background thread owns the engine. Each turn of its loop it
 So a new request starts as soon as a slot is free instead of waiting for a whole batch to drain,
 and a short request leaves the batch without holding the others back.
 
+On a GPU whose engine keeps greedy tokens on the device (``overlap``), a step is launched before
+the previous step's tokens are handed out: the host's share of a turn (callbacks, retiring
+requests, the next step's inputs) then runs while the GPU computes, instead of between two steps.
+
 Callbacks run on the batcher thread (only ``stop`` may deliver the final ``on_done`` of requests
 the thread did not get to) and must be quick: a slow callback stalls every request in flight.
 """
@@ -57,6 +61,7 @@ class _Sequence:
     request: GenerationRequest
     slot: int = -1
     generated: int = 0
+    launched: int = 0  # tokens that passes launched so far produce for it, handed out or not
     last_token: int = -1
     finished: bool = False
 
@@ -85,6 +90,16 @@ class _Counters:
 
 
 @dataclass
+class _Pass:
+    """A model pass launched and not yet handed out."""
+
+    seqs: list[_Sequence]
+    tokens: Callable[[], list[int]]  # the greedy token of each of seqs, once the pass has run
+    decode: bool
+    model_s: float  # host time spent launching it (all of the pass, when it ran at once)
+
+
+@dataclass
 class _Pending:
     """Work handed to the loop by other threads, taken in one go under the lock."""
 
@@ -93,7 +108,10 @@ class _Pending:
 
 
 class InflightBatcher:
-    def __init__(self, engine: LlamaEngine, max_batch_size: int, max_input_len: int, max_output_len: int) -> None:
+    def __init__(self, engine: LlamaEngine, max_batch_size: int, max_input_len: int, max_output_len: int, *,
+                 overlap: bool | None = None) -> None:
+        """``overlap``: launch each decode step before handing out the last one's tokens (None:
+        whenever the engine keeps greedy tokens on the device, i.e. graphed varlen decode)."""
         if not 1 <= max_batch_size <= engine.max_batch_size:
             raise ValueError(
                 f"max_batch_size={max_batch_size} must be between 1 and the engine's "
@@ -105,6 +123,16 @@ class InflightBatcher:
         self.max_batch_size = max_batch_size
         self.max_input_len = max_input_len
         self.max_output_len = max_output_len
+        if overlap is None:
+            overlap = engine.greedy_on_device
+        if overlap and not engine.greedy_on_device:
+            raise ValueError("overlap needs an engine that keeps greedy tokens on the device (graphed varlen decode)")
+        self.overlap = overlap
+        # Passes left queued on the device while the host hands out the one before: with one, the
+        # GPU runs step N+1 while step N's tokens go to their requests. A row that ended on its
+        # end token at step N rides step N+1 for nothing; one ending on its budget never does.
+        self._lookahead = 1 if overlap else 0
+        self._launched: deque[_Pass] = deque()
         self._step_delay_s = float(os.environ.get(STEP_DELAY_ENV) or 0) / 1000
         if self._step_delay_s:
             logger.warning("%s=%s: every decode step is delayed on purpose", STEP_DELAY_ENV, os.environ[STEP_DELAY_ENV])
@@ -212,6 +240,7 @@ class InflightBatcher:
             except Exception as exc:  # noqa: BLE001 - a bug in one turn must not take the server down
                 logger.exception("in-flight batcher turn failed")
                 error = f"internal error in the in-flight batcher: {exc!r}"
+                self._launched.clear()
                 for seq in pending.admit:
                     self._finish(seq, error)
                 self._fail_active(error)
@@ -221,7 +250,8 @@ class InflightBatcher:
     def _wait_for_work(self) -> _Pending | None:
         """Block until there is something to do; take cancellations and admissions. None = stop."""
         with self._cond:
-            while not (self._stopping or self._queue or self._active or self._cancel_ids):
+            # (_launched is the loop's own: a pass still out when its last request ended is collected.)
+            while not (self._stopping or self._queue or self._active or self._cancel_ids or self._launched):
                 self._cond.wait()
             if self._stopping:
                 return None
@@ -243,79 +273,110 @@ class InflightBatcher:
     def _turn(self, pending: _Pending) -> None:
         for seq, error in pending.fail:
             self._finish(seq, error)
-        if len(pending.admit) > 1 and self.engine.batched_prefill:
-            self._admit_together(pending.admit)
-        else:
-            for seq in pending.admit:
-                self._admit(seq)
-        if self._active:
-            self._decode_step()
+        if pending.admit:
+            self._admit(pending.admit)
+        rows = self._decodable()
+        if rows:
+            self._decode_step(rows)
+        # With nothing launched this turn, nothing would follow the passes still out: collect them.
+        self._hand_out(keep=self._lookahead if rows else 0)
 
-    def _admit_together(self, seqs: list[_Sequence]) -> None:
-        """One batched prefill for every request admitted this turn (one CUDA graph on a GPU)."""
+    def _admit(self, seqs: list[_Sequence]) -> None:
+        """Prefill the requests admitted this turn: one batched pass where the engine can."""
         with self._cond:
             for seq in seqs:
                 seq.slot = heapq.heappop(self._free_slots)
                 self._active[seq.slot] = seq
             self._counters.max_active_seen = max(self._counters.max_active_seen, len(self._active))
-        started = time.perf_counter()
-        try:
-            logits = self.engine.prefill_many([s.slot for s in seqs], [s.request.input_ids for s in seqs])
-            tokens = _greedy(logits)
-        except Exception:  # noqa: BLE001 - retried one by one, so only a bad request fails
-            logger.exception("batched prefill of %d requests failed; prefilling them one by one", len(seqs))
-            for seq in seqs:
-                with self._cond:
-                    del self._active[seq.slot]
-                    heapq.heappush(self._free_slots, seq.slot)
-                self._admit(seq)
-            return
-        self._emit_timed(seqs, tokens, started, decode=False)
+        if len(seqs) > 1 and self.engine.batched_prefill:
+            try:
+                self._launch(seqs, self._prefill_pass, decode=False)
+                return
+            except Exception:  # noqa: BLE001 - retried one by one, so only a bad request fails
+                logger.exception("batched prefill of %d requests failed; prefilling them one by one", len(seqs))
+        for seq in seqs:
+            try:
+                self._launch([seq], self._prefill_pass, decode=False)
+            except Exception as exc:  # noqa: BLE001 - reported to the request's caller
+                logger.exception("prefill failed for request %s", seq.request_id)
+                self._finish(seq, f"prefill failed: {exc}")
 
-    def _admit(self, seq: _Sequence) -> None:
+    def _prefill_pass(self, seqs: list[_Sequence]) -> Callable[[], list[int]]:
+        slots, prompts = [s.slot for s in seqs], [s.request.input_ids for s in seqs]
+        if self.overlap:
+            return self.engine.prefill_greedy(slots, prompts).result
+        if len(seqs) == 1:
+            tokens = _greedy(self.engine.prefill(slots[0], prompts[0])[None])
+        else:
+            tokens = _greedy(self.engine.prefill_many(slots, prompts))
+        return lambda: tokens
+
+    def _decodable(self) -> list[_Sequence]:
+        """Requests with a token yet to come that no launched pass will produce; in slot order,
+        which keeps a full batch's cache rows consecutive (the engine reads them as a view)."""
         with self._cond:
-            seq.slot = heapq.heappop(self._free_slots)
-            self._active[seq.slot] = seq
-            self._counters.max_active_seen = max(self._counters.max_active_seen, len(self._active))
-        started = time.perf_counter()
-        try:
-            token = _greedy(self.engine.prefill(seq.slot, seq.request.input_ids)[None])[0]
-        except Exception as exc:  # noqa: BLE001 - reported to the request's caller
-            logger.exception("prefill failed for request %s", seq.request_id)
-            self._finish(seq, f"prefill failed: {exc}")
-            return
-        self._emit_timed([seq], [token], started, decode=False)
+            rows = [s for s in self._active.values()
+                    if not s.finished and 0 < s.launched < s.request.max_new_tokens]
+        return sorted(rows, key=lambda seq: seq.slot)
 
-    def _decode_step(self) -> None:
+    def _decode_step(self, rows: list[_Sequence]) -> None:
         if self._step_delay_s:
             time.sleep(self._step_delay_s)
-        with self._cond:
-            # Slot order keeps a full batch's cache rows consecutive, which the engine reads as a view.
-            batch = sorted(self._active.values(), key=lambda seq: seq.slot)
-        started = time.perf_counter()
         try:
-            tokens = _greedy(self.engine.decode([s.slot for s in batch], [s.last_token for s in batch]))
+            self._launch(rows, self._decode_pass, decode=True)
         except Exception as exc:  # noqa: BLE001 - only this step's requests are affected
-            logger.exception("decode step failed for %d requests", len(batch))
-            for seq in batch:
-                self._finish(seq, f"decode step failed: {exc}")
-            return
-        self._emit_timed(batch, tokens, started, decode=True)
+            self._fail_pass(rows, exc, decode=True)
 
-    def _emit_timed(self, seqs: list[_Sequence], tokens: list[int], started: float, *, decode: bool) -> None:
-        """Emit one model pass's tokens, then count the pass (begun at ``started``) and the callbacks."""
+    def _decode_pass(self, rows: list[_Sequence]) -> Callable[[], list[int]]:
+        slots = [s.slot for s in rows]
+        if self.overlap:
+            return self.engine.decode_greedy(slots).result
+        tokens = _greedy(self.engine.decode(slots, [s.last_token for s in rows]))
+        return lambda: tokens
+
+    def _launch(self, seqs: list[_Sequence], launch: Callable[[list[_Sequence]], Callable[[], list[int]]], *,
+                decode: bool) -> None:
+        """Launch one model pass (it runs at once without overlap), then hand out the passes
+        before it, keeping ``_lookahead`` of them queued on the device."""
+        started = time.perf_counter()
+        tokens = launch(seqs)
+        for seq in seqs:
+            seq.launched += 1
+        self._launched.append(_Pass(seqs, tokens, decode, time.perf_counter() - started))
+        self._hand_out(keep=self._lookahead)
+
+    def _hand_out(self, keep: int) -> None:
+        """Collect the oldest launched passes' tokens (waiting for them if need be) and emit them."""
+        while len(self._launched) > keep:
+            done = self._launched.popleft()
+            started = time.perf_counter()
+            try:
+                tokens = done.tokens()
+            except Exception as exc:  # noqa: BLE001 - an asynchronous failure of that pass
+                self._fail_pass(done.seqs, exc, decode=done.decode)
+                continue
+            self._emit_timed(done, tokens, done.model_s + time.perf_counter() - started)
+
+    def _fail_pass(self, seqs: list[_Sequence], exc: Exception, *, decode: bool) -> None:
+        what = "decode step" if decode else "prefill"
+        logger.exception("%s failed for %d requests", what, len(seqs), exc_info=exc)
+        for seq in seqs:
+            self._finish(seq, f"{what} failed: {exc}")
+
+    def _emit_timed(self, done: _Pass, tokens: list[int], model_s: float) -> None:
+        """Emit one model pass's tokens, then count the pass and the callbacks."""
         emitting = time.perf_counter()
-        for seq, token in zip(seqs, tokens):
+        for seq, token in zip(done.seqs, tokens):
             self._emit(seq, token)
         with self._cond:
             counters = self._counters
-            if decode:
+            if done.decode:
                 counters.steps += 1
-                counters.decode_rows += len(seqs)
-                counters.decode_s += emitting - started
+                counters.decode_rows += len(done.seqs)
+                counters.decode_s += model_s
             else:
-                counters.prefills += len(seqs)
-                counters.prefill_s += emitting - started
+                counters.prefills += len(done.seqs)
+                counters.prefill_s += model_s
             counters.emit_s += time.perf_counter() - emitting
 
     def _emit(self, seq: _Sequence, token: int) -> None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from llm_deploy.backends.torch import tensor_parallel
-from llm_deploy.backends.torch.cuda_graphs import DecoderState, GraphedDecode
+from llm_deploy.backends.torch.cuda_graphs import DecoderState, GraphedDecode, PendingTokens
 from llm_deploy.backends.torch.layer_weights import LayerWeights, fuse_projections
 
 logger = logging.getLogger(__name__)
@@ -243,6 +243,13 @@ class LlamaEngine:
         can (the masked ones were captured for one token a row)."""
         return self._graphed is None or self._graphed.attention == "varlen"
 
+    @property
+    def greedy_on_device(self) -> bool:
+        """Whether ``prefill_greedy``/``decode_greedy`` work: graphed varlen steps that keep each
+        slot's last token on the device, so a step can be launched before the last one's tokens
+        reached the host."""
+        return self._graphed is not None and self._graphed.attention == "varlen"
+
     # --- loading -----------------------------------------------------------------------------
 
     @classmethod
@@ -348,16 +355,7 @@ class LlamaEngine:
         if len(slots) != len(tokens) or not slots:
             raise ValueError(f"decode needs one token per slot and at least one slot (got {len(slots)} slots, "
                              f"{len(tokens)} tokens)")
-        if len(set(slots)) != len(slots):
-            raise ValueError(f"decode got the same slot twice: {slots}")
-        for slot in slots:
-            self._check_slot(slot)
-            if self._lengths[slot] == 0:
-                raise ValueError(f"slot {slot} is empty; prefill it before decoding")
-            if self._lengths[slot] >= self.max_seq_len:
-                raise ValueError(f"slot {slot} is full: {self._lengths[slot]} tokens, the engine's "
-                                 f"max_seq_len={self.max_seq_len}")
-        lengths = [self._lengths[s] for s in slots]
+        lengths = self._decodable_lengths(slots)
         if self._graphed is not None:
             logits = self._graphed(slots, tokens, lengths)
             for slot in slots:
@@ -371,17 +369,45 @@ class LlamaEngine:
         return logits
 
     @torch.inference_mode()
+    def decode_greedy(self, slots: list[int]) -> PendingTokens:
+        """One decode step for ``slots``, each fed its own last greedy token (see
+        ``greedy_on_device``); their next greedy tokens, pending until the step has run."""
+        if not slots:
+            raise ValueError("decode needs at least one slot")
+        if not self.greedy_on_device:
+            raise RuntimeError("decode_greedy needs graphed varlen decode (enable_graphed_decode)")
+        pending = self._graphed.decode_greedy(slots, self._decodable_lengths(slots))
+        for slot in slots:
+            self._lengths[slot] += 1
+        return pending
+
+    @torch.inference_mode()
+    def prefill_greedy(self, slots: list[int], prompts: list[list[int]]) -> PendingTokens:
+        """``prefill_many`` whose greedy first tokens stay on the device for ``decode_greedy``."""
+        if not self.greedy_on_device:
+            raise RuntimeError("prefill_greedy needs graphed varlen decode (enable_graphed_decode)")
+        self._check_prompts(slots, prompts)
+        pending = self._graphed.prefill_greedy(slots, prompts)
+        for slot, prompt in zip(slots, prompts):
+            self._lengths[slot] = len(prompt)
+        return pending
+
+    def _decodable_lengths(self, slots: list[int]) -> list[int]:
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"decode got the same slot twice: {slots}")
+        for slot in slots:
+            self._check_slot(slot)
+            if self._lengths[slot] == 0:
+                raise ValueError(f"slot {slot} is empty; prefill it before decoding")
+            if self._lengths[slot] >= self.max_seq_len:
+                raise ValueError(f"slot {slot} is full: {self._lengths[slot]} tokens, the engine's "
+                                 f"max_seq_len={self.max_seq_len}")
+        return [self._lengths[slot] for slot in slots]
+
+    @torch.inference_mode()
     def prefill_many(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
         """``prefill`` for several slots at once; fp32 last-token logits [len(slots), vocab]."""
-        if len(slots) != len(prompts) or not slots or len(set(slots)) != len(slots):
-            raise ValueError(f"prefill_many needs distinct slots, one prompt each (got slots {slots}, "
-                             f"{len(prompts)} prompts)")
-        for slot, prompt in zip(slots, prompts):
-            self._check_slot(slot)
-            if not prompt:
-                raise ValueError("prefill needs at least one token")
-            if len(prompt) > self.max_seq_len:
-                raise ValueError(f"prompt of {len(prompt)} tokens exceeds the engine's max_seq_len={self.max_seq_len}")
+        self._check_prompts(slots, prompts)
         if not self.batched_prefill or (self._graphed is None and len(slots) == 1):
             return torch.stack([self.prefill(slot, prompt) for slot, prompt in zip(slots, prompts)])
         if self._graphed is not None:
@@ -391,6 +417,17 @@ class LlamaEngine:
         for slot, prompt in zip(slots, prompts):
             self._lengths[slot] = len(prompt)
         return logits
+
+    def _check_prompts(self, slots: list[int], prompts: list[list[int]]) -> None:
+        if len(slots) != len(prompts) or not slots or len(set(slots)) != len(slots):
+            raise ValueError(f"prefill_many needs distinct slots, one prompt each (got slots {slots}, "
+                             f"{len(prompts)} prompts)")
+        for slot, prompt in zip(slots, prompts):
+            self._check_slot(slot)
+            if not prompt:
+                raise ValueError("prefill needs at least one token")
+            if len(prompt) > self.max_seq_len:
+                raise ValueError(f"prompt of {len(prompt)} tokens exceeds the engine's max_seq_len={self.max_seq_len}")
 
     def _padded_prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
         """Every prompt in one forward, right-padded to the longest.

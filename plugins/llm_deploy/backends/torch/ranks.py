@@ -106,6 +106,12 @@ class LeaderEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
+    @property
+    def greedy_on_device(self) -> bool:
+        # Ranks step eagerly, and every call must go through _together: never the engine's own
+        # decode_greedy, which __getattr__ would hand out unbroadcast.
+        return False
+
     def _together(self, op: str, *args: Any) -> Any:
         with self._lock:
             try:
