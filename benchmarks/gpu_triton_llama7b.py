@@ -285,7 +285,7 @@ def batcher_phase(model, args) -> dict:
     from llm_deploy.backends.torch import fused_elementwise
 
     out: dict = {}
-    for compiled in ("1", "0"):
+    for compiled in args.batcher_compile.split(","):
         os.environ[fused_elementwise.COMPILE_ENV] = compiled
         tensors = dict(model.state_dict())  # the engine takes its tensors out of the dict it is given
         engine = LlamaEngine._from_tensors(LlamaArch.from_config(LLAMA2_7B), tensors, dtype=torch.bfloat16,
@@ -589,6 +589,8 @@ def main() -> None:
     parser.add_argument("--kernels", default="",
                         help="comma-separated varlen kernels (triton, flash, efficient): one engine phase per "
                              "kernel, that kernel tried first (default: the engine's own order, one phase)")
+    parser.add_argument("--batcher-compile", default="1,0",
+                        help="the batcher phase's engines in turn: element-wise ops compiled (1) or eager (0)")
     parser.add_argument("--sweep", action="store_true", help="then time the attention kernels alone")
     parser.add_argument("--variants", default="auto",
                         help="comma-separated served variants, in turn: auto (the defaults) or settings joined by "
