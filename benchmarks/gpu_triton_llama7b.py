@@ -11,6 +11,12 @@
    straight at the tensorrt_llm model (token ids in, one streamed response per token, as
    upstream's benchmark_core_model.py): decode ms/step at concurrency 1, output tok/s at 16 and 64.
 
+Between 2 and 3, the batcher phase: the engine at batch 64 with its element-wise ops compiled
+and eager (``--batcher-compile``), then our in-flight batcher over the compiled one at
+concurrency 64 with overlapped steps off and on, alternated: the serving loop without a server.
+Served variants (``--variants``) restart tritonserver with other model options, e.g.
+``auto,overlap=off,compile=0``.
+
 ``--kernels triton,flash`` runs phase 3 once per attention kernel (each pinned first in the
 graphed decode's fallback order), and its logits check then also compares each kernel with flash
 on the same step; ``--sweep`` then times the attention kernels alone on decode shapes (the Triton

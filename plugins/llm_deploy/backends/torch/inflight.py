@@ -82,6 +82,8 @@ class _Counters:
     max_active_seen: int = 0
     # Where the loop's time goes (seconds): the model's prefills and decode steps, and the
     # callbacks that hand tokens to their requests (in a server: building and sending responses).
+    # With overlapped steps a pass's time is what the loop spent launching it and then waiting
+    # for its tokens; the GPU time that ran behind the callbacks is in no counter.
     # decode_rows / steps is the mean batch of a decode step.
     prefill_s: float = 0.0
     decode_s: float = 0.0

@@ -68,7 +68,11 @@ def engine_greedy(engine_dir: Path, prompt_ids: list[int], max_new: int, end_id:
 
         with ranks.lead(engine_dir, world_size, dtype=dtype, max_batch_size=1, max_seq_len=max_seq_len) as engine:
             return _greedy_through_batcher(engine, config, prompt_ids, max_new, end_id)
-    engine = LlamaEngine.load(engine_dir, dtype=dtype, max_batch_size=1, max_seq_len=max_seq_len)
+    from llm_deploy.backends.torch.openmp_teams import on_passing_thread
+
+    # Not on this thread, as in the server: the batcher's thread is then the only OpenMP team.
+    engine = on_passing_thread(lambda: LlamaEngine.load(engine_dir, dtype=dtype, max_batch_size=1,
+                                                        max_seq_len=max_seq_len))
     return _greedy_through_batcher(engine, config, prompt_ids, max_new, end_id)
 
 
