@@ -171,13 +171,7 @@ def test_cancel_queued_and_active_requests(make_batcher, tiny_hf_model, hf_greed
     batcher = make_batcher(slots=1, start=False)
     active, queued, untouched = collect("active"), collect("queued"), collect("untouched")
     request = active.request(PROMPTS[0], 20)
-
-    def cancel_after_three(token: int) -> None:
-        active.tokens.append(token)
-        if len(active.tokens) == 3:
-            batcher.cancel("active")
-
-    request.on_token = cancel_after_three
+    request.on_token = cancelled_at_token(3, batcher, active)
     batcher.submit(request)
     batcher.submit(queued.request(PROMPTS[1], 5))
     batcher.submit(untouched.request(PROMPTS[1], 5))
@@ -390,13 +384,7 @@ def test_a_request_cancelled_mid_overlap_frees_its_slot_for_the_next(make_batche
     batcher = make_batcher(slots=1, start=False, overlap=True)
     active, waiting = collect("active"), collect("waiting")
     request = active.request(PROMPTS[0], 20)
-
-    def cancel_after_three(token: int) -> None:
-        active.tokens.append(token)
-        if len(active.tokens) == 3:
-            batcher.cancel("active")
-
-    request.on_token = cancel_after_three
+    request.on_token = cancelled_at_token(3, batcher, active)
     batcher.submit(request)
     batcher.submit(waiting.request(PROMPTS[1], 6))
     batcher.start()
@@ -451,3 +439,13 @@ def settled(batcher: InflightBatcher, timeout: float = 10) -> dict:
             return now
         before = now
     raise AssertionError(f"the batcher did not go idle within {timeout}s: {before}")
+
+
+def cancelled_at_token(count: int, batcher: InflightBatcher, run):
+    """An on_token for ``run`` that cancels its own request once it has ``count`` tokens."""
+    def on_token(token: int) -> None:
+        run.tokens.append(token)
+        if len(run.tokens) == count:
+            batcher.cancel(run.request_id)
+
+    return on_token
