@@ -135,39 +135,23 @@ def batcher_direct(engine: LlamaEngine, args, *, overlap: bool, concurrency: int
     """``count`` requests through our in-flight batcher at ``concurrency``, no server: the
     batcher's own host work per step, with steps overlapped or not (the peer that tells the
     served figures' Triton share from the batcher's)."""
-    import threading
+    from _batcher_level import batcher_level
 
-    from llm_deploy.backends.torch.inflight import GenerationRequest, InflightBatcher
+    from llm_deploy.backends.torch.inflight import InflightBatcher
 
     batcher = InflightBatcher(engine, max_batch_size=MAX_BATCH, max_input_len=args.prompt_len,
                               max_output_len=args.new_tokens, overlap=overlap)
     prompts = random_prompts(count, args.prompt_len, 17)
-    slots_free = threading.Semaphore(concurrency)
-    finished = threading.Semaphore(0)
-    errors: list[str] = []
-
-    def done(error: str | None) -> None:
-        if error:
-            errors.append(error)
-        slots_free.release()
-        finished.release()
-
     batcher.start()
     try:
-        started = time.perf_counter()
-        for i, prompt in enumerate(prompts):
-            slots_free.acquire()
-            batcher.submit(GenerationRequest(f"r{i}", prompt, args.new_tokens, None, lambda token: None, done))
-        for _ in prompts:
-            finished.acquire()
-        seconds = time.perf_counter() - started
+        level = asyncio.run(batcher_level(batcher, prompts.__getitem__, end_id=None, max_tokens=args.new_tokens,
+                                          concurrency=concurrency, requests=count))
         stats = batcher.stats
     finally:
         batcher.stop()
-    return {"overlap": overlap, "concurrency": concurrency, "requests": count, "errors": errors[:3],
-            "seconds": seconds, "tokens_per_s": stats["generated_tokens"] / seconds,
-            "ms_per_step": 1000 * seconds / max(stats["steps"], 1),
-            "rows_per_step": stats["decode_rows"] / max(stats["steps"], 1), "stats": stats}
+    steps = max(stats["steps"], 1)
+    return {"overlap": overlap, **level, "ms_per_step": 1000 * level["wall_s"] / steps,
+            "rows_per_step": stats["decode_rows"] / steps, "stats": stats}
 
 
 def kernel_profile(engine: LlamaEngine, prompts: list[list[int]]) -> dict:

@@ -36,6 +36,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _batcher_level import batcher_level
 from _served import bench_spec, deployed, write_result
 
 
@@ -216,10 +217,13 @@ def engine_direct(engine_dir: Path, tokenizer_dir: Path, args) -> dict:
     batcher = InflightBatcher(engine, args.max_batch_size, config["max_input_len"], config["max_output_len"])
     batcher.start()
     try:
-        asyncio.run(_direct_level(batcher, prompt, end_id, args.concurrency, 4, args.max_tokens))  # warm-up
+        def closed_loop(requests: int) -> dict:
+            return asyncio.run(batcher_level(batcher, lambda index: prompt, end_id=end_id, max_tokens=args.max_tokens,
+                                             concurrency=args.concurrency, requests=requests))
+
+        closed_loop(4)  # warm-up
         before = batcher.stats
-        level = asyncio.run(_direct_level(batcher, prompt, end_id, args.concurrency, args.requests,
-                                          args.max_tokens))
+        level = closed_loop(args.requests)
         after = batcher.stats
     finally:
         batcher.stop()
@@ -232,31 +236,6 @@ def engine_direct(engine_dir: Path, tokenizer_dir: Path, args) -> dict:
             "decode_ms_per_step": round(1000 * (after["decode_s"] - before["decode_s"]) / steps, 2),
             "mean_rows_per_step": round((after["decode_rows"] - before["decode_rows"]) / steps, 2),
             "torch_threads": torch.get_num_threads(), "floor": _floor(engine_dir)}
-
-
-async def _direct_level(batcher, prompt: list[int], end_id: int | None, concurrency: int, requests: int,
-                        max_tokens: int) -> dict:
-    """The benchmark's own closed loop (stream_client.run_level) and statistics (metrics.summarize),
-    with the in-flight batcher where the server would be: the end token is not output, as served."""
-    from llm_deploy.backends.torch.inflight import GenerationRequest
-    from llm_deploy.bench.metrics import RequestTiming, summarize
-    from llm_deploy.bench.stream_client import run_level
-
-    loop = asyncio.get_running_loop()
-
-    async def send(index: int) -> RequestTiming:
-        timing, done = RequestTiming(sent=time.perf_counter()), loop.create_future()
-
-        def on_token(token: int) -> None:  # on the batcher's thread
-            if token != end_id:
-                loop.call_soon_threadsafe(timing.response_times.append, time.perf_counter())
-
-        batcher.submit(GenerationRequest(f"direct-{time.monotonic_ns()}-{index}", prompt, max_tokens, end_id,
-                                         on_token, lambda error: loop.call_soon_threadsafe(done.set_result, error)))
-        timing.error = await done
-        return timing
-
-    return summarize(*await run_level(send, requests=requests, concurrency=concurrency))
 
 
 def _floor(engine_dir: Path) -> dict:
