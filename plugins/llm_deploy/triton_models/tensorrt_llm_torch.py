@@ -223,7 +223,7 @@ class TritonPythonModel:
             engine = on_passing_thread(lambda: LlamaEngine.load(engine_dir, **sizes))
         # "auto": a GPU engine launches each step before handing out the last one's tokens (see
         # inflight.py); "off" hands them out first, for A/B runs.
-        overlap = None if params.get("llm_deploy_overlap", "auto").lower() != "off" else False
+        overlap = False if params.get("llm_deploy_overlap", "auto").lower() == "off" else None
         self.batcher = InflightBatcher(
             engine,
             max_batch_size=self.limits.max_batch_size,

@@ -50,8 +50,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from llm_deploy.backends.torch.fused_elementwise import ElementwiseOps, rope_qk
-from llm_deploy.backends.torch.fused_elementwise import rms_norm as rms_norm  # re-exported: its old home
+from llm_deploy.backends.torch.fused_elementwise import ElementwiseOps
 from llm_deploy.backends.torch.layer_weights import FusedLayer, LayerWeights
 
 logger = logging.getLogger(__name__)
@@ -98,9 +97,6 @@ class _Entry:
     last: torch.Tensor | None = None  # [B] long: prefill only, each row's last real token
     logits: torch.Tensor | None = None
     graph: torch.cuda.CUDAGraph | None = None
-
-
-rope = rope_qk  # its name from before it moved to fused_elementwise.py
 
 
 def varlen_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_k: torch.Tensor,
