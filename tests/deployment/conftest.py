@@ -31,8 +31,9 @@ def engines_volume(tmp_path_factory) -> Path:
 def running_stack(tmp_path_factory, engines: Path | None = None, **extra_env: str):
     """Start a deployment, yield it once deploy_llm is parsed, stop it and require no leftovers."""
     engines = engines or engines_volume(tmp_path_factory)
+    # Retries a second apart: the tests wait for retries (a killed worker's task), not for delays.
     stack = AirflowStack(root=tmp_path_factory.mktemp("airflow-stack"), engines_root=engines,
-                         extra_env=extra_env)
+                         extra_env=extra_env, retry_delay_s=1)
     try:
         stack.start()
         stack.wait_for_dag(DAG_ID)

@@ -134,29 +134,3 @@ def test_worker_killed_mid_task_is_retried_and_the_run_succeeds(airflow_stack, f
     assert read_proc(worker.pid) is None and read_proc(task.pid) is None
     leftovers = [p for p in airflow_stack.ours() if p.name == "tritonserver" or p.pgid == task.pgid]
     assert not leftovers, f"left running after the run: {leftovers}"
-
-
-def test_a_matrix_build_triggers_its_benchmark_through_the_engines_asset(airflow_stack, free_ports):
-    """No manual trigger for the benchmark: build_llm_engines' asset event schedules it."""
-    consumer = "benchmark_llm_engines"
-    airflow_stack.wait_for_dag("build_llm_engines")
-    airflow_stack.wait_for_dag(consumer)
-    airflow_stack.api("PATCH", f"/api/v2/dags/{consumer}", json={"is_paused": False})
-    conf = {**SMALL_RUN, **free_ports, "matrix": [{"max_batch_size": 2}, {"max_batch_size": 4}]}
-
-    build = airflow_stack.wait_for_run("build_llm_engines", airflow_stack.trigger("build_llm_engines", conf),
-                                       timeout_s=400)
-    assert build["state"] == "success", failure_report(airflow_stack, build["dag_run_id"])
-
-    deadline = time.monotonic() + 60
-    while not (runs := airflow_stack.api("GET", f"/api/v2/dags/{consumer}/dagRuns")["dag_runs"]):
-        assert time.monotonic() < deadline, "the asset event scheduled no benchmark run"
-        time.sleep(1)
-    (run,) = runs
-    assert run["run_type"] == "asset_triggered"
-    done = airflow_stack.wait_for_run(consumer, run["dag_run_id"], timeout_s=400)
-    states = {ti["task_id"]: ti["state"] for ti in airflow_stack.task_instances(consumer, run["dag_run_id"])}
-    assert done["state"] == "success", states
-    summary = airflow_stack.xcom(consumer, run["dag_run_id"], "compare_configs")
-    assert summary["configs"] == 2 and Path(summary["table_path"]).is_file() and Path(summary["plot_path"]).is_file()
-    assert not [p for p in airflow_stack.ours() if p.name == "tritonserver"]

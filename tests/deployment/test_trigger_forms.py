@@ -281,6 +281,10 @@ def test_a_matrix_built_from_its_form_is_benchmarked_by_the_dag_on_its_asset(ui,
 
     configs = [ti for ti in stack.task_instances("benchmark_llm_engines", benchmark["dag_run_id"])
                if ti["task_id"] == "serve_and_benchmark"]
+    summary = stack.xcom("benchmark_llm_engines", benchmark["dag_run_id"], "compare_configs")
+    assert summary["configs"] == len(configs) > 1
+    assert Path(summary["table_path"]).is_file() and Path(summary["plot_path"]).is_file()
+    assert not [p for p in stack.ours() if p.name == "tritonserver"], "every config's server is stopped"
     url = ui.follow_extra_link("benchmark_llm_engines", benchmark["dag_run_id"], "compare_configs", "Config comparison")
     ui.screenshot("llm-deployments-matrix")
     assert urlsplit(url).path.startswith("/llm-deploy/matrix/matrix-")

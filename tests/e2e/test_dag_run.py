@@ -40,9 +40,10 @@ def free_ports(n: int) -> list[int]:
 
 def dags_test(conf: dict, airflow_home: Path, dag_id: str = "deploy_llm") -> subprocess.CompletedProcess:
     env = {**os.environ, "AIRFLOW_HOME": str(airflow_home)}
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "airflow", "pools", "set", "gpu", "1", "gpu"], env=env,
-                   check=True, capture_output=True)
+    if not (airflow_home / "airflow.db").exists():  # once per home, as a user sets it up
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "airflow", "pools", "set", "gpu", "1", "gpu"], env=env,
+                       check=True, capture_output=True)
     return subprocess.run(
         [sys.executable, "-m", "airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)],
         env=env, capture_output=True, text=True, timeout=1100,

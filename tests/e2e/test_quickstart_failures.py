@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import short_retries
 from tests.support.airflow_stack import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -58,6 +59,7 @@ def test_params_the_dag_refuses_start_no_run_and_the_summary_says_why(airflow_ho
 
 def test_an_unreachable_hub_shows_each_retry_and_the_remedy(tmp_path):
     hub = f"http://127.0.0.1:{free_port()}"  # nothing listens there: every connection is refused
+    short_retries.install(tmp_path / "airflow")  # all three tries, without minutes between them
     done = quickstart('{"model_source": "huggingface", "model_id": "meta-llama/Llama-2-7b-hf"}',
                       tmp_path / "airflow", HF_ENDPOINT=hub)
 

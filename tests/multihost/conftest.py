@@ -19,7 +19,9 @@ from tests.support.redis_server import RedisUnavailable
 
 @pytest.fixture(scope="module")
 def two_gpu_hosts(tmp_path_factory) -> CeleryStack:
-    stack = CeleryStack(root=tmp_path_factory.mktemp("celery-stack"), engines_root=engines_volume(tmp_path_factory))
+    # Retries a second apart: the tests wait for retries (a killed worker's task), not for delays.
+    stack = CeleryStack(root=tmp_path_factory.mktemp("celery-stack"), engines_root=engines_volume(tmp_path_factory),
+                        retry_delay_s=1)
     try:
         stack.start()
         stack.wait_for_dag("deploy_llm")

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import short_retries
 from tests.support.airflow_api import AirflowRestApi, StackError, fetch_token  # noqa: F401 - StackError re-exported
 from tests.support.postgres import ThrowawayPostgres, find_or_install_bindir
 from tests.support.process_tree import ProcessTree, ProcInfo
@@ -91,6 +92,8 @@ class AirflowStack(AirflowRestApi):
     ``root``: a fresh directory for AIRFLOW_HOME, logs and the passwords file.
     ``engines_root``: the engines volume that the DAG's tasks see (LLM_DEPLOY_ENGINES_ROOT).
     ``extra_env``: more environment for every component, e.g. feeds that stand in for outside ones.
+    ``retry_delay_s``: when set, every task's retries come this many seconds apart (a cluster
+    policy, tests/support/short_retries.py), for tests that wait for a retry.
     """
 
     root: Path
@@ -99,6 +102,7 @@ class AirflowStack(AirflowRestApi):
     plugins_folder: Path = REPO_ROOT / "plugins"
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. local stand-ins for outside feeds
     task_heartbeat_timeout_s: int = 12
+    retry_delay_s: int | None = None
     start_timeout_s: float = 240
     api_host: str = "127.0.0.1"  # the address the api-server (REST and Execution API) binds
     gpu_slots: int = 1  # the gpu pool: one slot per GPU set
@@ -140,6 +144,8 @@ class AirflowStack(AirflowRestApi):
         try:
             self.home.mkdir(parents=True, exist_ok=True)
             self.logs.mkdir(parents=True, exist_ok=True)
+            if self.retry_delay_s is not None:
+                short_retries.install(self.home, self.retry_delay_s)
             self._start_services()
             self.timings["services_s"] = time.monotonic() - begin
             self._password = secrets.token_urlsafe(16)
