@@ -46,13 +46,25 @@ def test_convert_refuses_a_missing_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_converted_smollm2_served_by_the_batcher_matches_hf(tmp_path, caplog, record_property):
+def test_converted_smollm2_served_by_the_batcher_matches_hf(tmp_path, caplog, record_property, monkeypatch):
+    import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    opened = []
+    open_reader = gguf.GGUFReader
+
+    def counting_reader(path, mode="r"):
+        opened.append(path)
+        return open_reader(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting_reader)
     out_dir = tmp_path / "smollm2"
     caplog.set_level(logging.INFO, logger=gguf_checkpoint.__name__)
     started = time.perf_counter()
     convert_gguf_to_hf(builtin_gguf_path(), out_dir)
+    # Config, weights and tokenizer all come from one parse of the file, and the sharing ends with it.
+    assert len(opened) == 1, opened
+    assert gguf.GGUFReader is counting_reader
     seconds = time.perf_counter() - started
     record_property("conversion_seconds", round(seconds, 1))
     print(f"\nGGUF -> HF conversion took {seconds:.1f}s")
