@@ -221,6 +221,10 @@ class TritonPythonModel:
             engine = on_passing_thread(lambda: _lead_ranks(engine_dir, self.limits.world_size, sizes))
         else:
             engine = on_passing_thread(lambda: LlamaEngine.load(engine_dir, **sizes))
+            # "auto": a GPU engine compiles its ops and captures its decode graphs now, before the
+            # server says READY, not on the first requests after it; "off" leaves them to those.
+            if params.get("llm_deploy_capture_ahead", "auto").lower() != "off":
+                on_passing_thread(engine.capture_ahead)
         # "auto": a GPU engine launches each step before handing out the last one's tokens (see
         # inflight.py); "off" hands them out first, for A/B runs.
         overlap = False if params.get("llm_deploy_overlap", "auto").lower() == "off" else None

@@ -101,6 +101,27 @@ def test_greedy_steps_feed_themselves_their_own_tokens(tiny_checkpoint, tiny_hf_
     assert [engine.length(s) for s in slots] == [len(p) + len(t) - 1 for p, t in zip(PROMPTS, generated)]
 
 
+def test_buckets_built_ahead_of_the_first_request_write_no_request_slot(tiny_checkpoint, tiny_hf_model):
+    # A server builds them at load; even over a live request they only ever write the scratch slot.
+    engine = graphed_engine(tiny_checkpoint, slots=6)
+    engine.prefill(1, PROMPTS[0])
+    kept = [cache[:engine.max_batch_size].clone() for cache in engine._k_cache + engine._v_cache]
+    engine.capture_ahead()
+    graphed = engine._graphed
+    assert sorted(graphed._entries) == [(1, 64), (2, 64), (4, 64), (6, 64)]  # every width a step can take
+    assert sorted(graphed._prefills) == [(1, 64)]
+    # What a GPU runs on each of them before and during its capture, run here eagerly.
+    with torch.inference_mode():
+        for (_, kv_len), entry in graphed._entries.items():
+            graphed._run(entry, kv_len)
+        for entry in graphed._prefills.values():
+            graphed._prefill_step(entry)
+    for before, cache in zip(kept, engine._k_cache + engine._v_cache):
+        assert torch.equal(cache[:engine.max_batch_size], before)
+    logits = engine.decode([1], [42])
+    torch.testing.assert_close(logits[0], hf_last_logits(tiny_hf_model, PROMPTS[0] + [42]), atol=ATOL, rtol=0)
+
+
 def test_greedy_steps_need_the_graphed_varlen_path(tiny_checkpoint):
     engine = LlamaEngine.load(tiny_checkpoint, torch.float32, max_batch_size=2, max_seq_len=16)
     with pytest.raises(RuntimeError, match="needs graphed varlen decode"):

@@ -235,6 +235,13 @@ class LlamaEngine:
         )
         self._graphed = GraphedDecode(state, capture=capture, kv_step=kv_step, attention=attention)
 
+    @torch.inference_mode()
+    def capture_ahead(self) -> None:
+        """Build the graphed decode's buckets before the first request (see
+        GraphedDecode.capture_ahead); nothing to do for an eager engine."""
+        if self._graphed is not None:
+            self._graphed.capture_ahead()
+
     @property
     def batched_prefill(self) -> bool:
         """Whether ``prefill_many`` runs one batched step rather than one prefill per slot.
