@@ -429,7 +429,7 @@ def save_checkpoint(model, directory: Path, args) -> dict:
 # A served variant's settings: model-config parameters of the tensorrt_llm model, or (compile)
 # an environment variable of the server.
 VARIANT_PARAMETERS = {"response_thread": "llm_deploy_response_thread", "overlap": "llm_deploy_overlap",
-                      "capture_ahead": "llm_deploy_capture_ahead"}
+                      "capture_ahead": "llm_deploy_capture_ahead", "stack_dump_s": "llm_deploy_stack_dump_s"}
 VARIANT_ENV = {"compile": "LLM_DEPLOY_TORCH_COMPILE"}
 
 
@@ -468,8 +468,8 @@ def render_core_model(engine_dir: Path, repo: Path, device: str, settings: dict[
     config = repo / "tensorrt_llm" / "config.pbtxt"
     text = model_repo.render_template("tensorrt_llm", context)
     text += ('parameters: {\n  key: "llm_deploy_stack_dump_path"\n  value: {\n'
-             f'    string_value: "{stacks}"\n  }}\n}}\n'
-             'parameters: {\n  key: "llm_deploy_stack_dump_s"\n  value: {\n    string_value: "20"\n  }\n}\n')
+             f'    string_value: "{stacks}"\n  }}\n}}\n')
+    settings = {"stack_dump_s": "20", **settings}  # every thread's stack every 20 s, unless the variant says
     for name, value in settings.items():  # A/B of the model's options (see tensorrt_llm_torch.py)
         if name in VARIANT_PARAMETERS:
             text += (f'parameters: {{\n  key: "{VARIANT_PARAMETERS[name]}"\n  value: {{\n'
@@ -643,10 +643,17 @@ def main() -> None:
             name = "served" if index == 0 else f"served_{variant}"
             report.phase(name, lambda v=variant: {"variant": v, **served(args, args.out.parent, v)})
 
-    figures = report.figures
-    ratios = {}
-    served_figs = figures.get("served") or {}
+    report["ratios"] = served_ratios(report.figures)
+
+
+def served_ratios(figures: dict) -> dict:
+    """The goals' ratios, from the first served variant that has figures (named in "variant")."""
+    ratios: dict = {}
+    served_figs = next((value for name, value in figures.items()
+                        if name.startswith("served") and isinstance(value, dict) and "c1" in value), {})
     floors = figures["floor_ms_per_step_by_batch"]
+    if served_figs:
+        ratios["variant"] = served_figs.get("variant", "auto")
     if "c1" in served_figs:
         step_c1 = served_figs["c1"]["inter_token_latency_ms"]["avg"]
         ratios["served_decode_ms_per_step_c1"] = step_c1
@@ -660,7 +667,7 @@ def main() -> None:
         if figures.get("hf_eager"):
             ratios["served_c64_over_hf_b64 (goal >= 10)"] = (
                 ratios["served_tok_s_c64"] / figures["hf_eager"][1]["tokens_per_s"])
-    report["ratios"] = ratios
+    return ratios
 
 
 if __name__ == "__main__":
