@@ -3,6 +3,7 @@ its execute loop, the batcher behind it, stop signals, the response thread."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -22,17 +23,19 @@ def prompt_ids(tiny_llama_checkpoint) -> list[int]:
 
 @pytest.fixture
 def trtllm_model(load_model, model_args, rendered_repo):
-    """``trtllm_model(decoupled=True, response_thread=None)``: an initialized TritonPythonModel;
-    finalized afterwards."""
+    """``trtllm_model(decoupled=True, response_thread=None, parameters=None)``: an initialized
+    TritonPythonModel, with more model-config parameters if given; finalized afterwards."""
     started = []
 
-    def make(decoupled: bool = True, response_thread: str | None = None):
+    def make(decoupled: bool = True, response_thread: str | None = None, parameters: dict | None = None):
         module = load_model("tensorrt_llm_torch")
         model = module.TritonPythonModel()
         config = rendered_repo(decoupled=decoupled) / "tensorrt_llm" / "config.pbtxt"
+        parameters = dict(parameters or {})
         if response_thread is not None:
-            config.write_text(config.read_text() + 'parameters: { key: "llm_deploy_response_thread" '
-                              f'value: {{ string_value: "{response_thread}" }} }}\n')
+            parameters["llm_deploy_response_thread"] = response_thread
+        for key, value in parameters.items():
+            config.write_text(config.read_text() + f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n')
         model.initialize(model_args(config))
         started.append(model)
         return model
@@ -229,6 +232,24 @@ def test_not_decoupled_returns_responses_from_execute(trtllm_model, make_request
     assert ok.output("output_ids").tolist() == [[prompt_ids + tiny_llama_greedy(prompt_ids, 5)]]
     assert "decoupled_mode=true" in refused.error().message()
     assert plain.sender.sent == [] and streaming.sender.sent == []
+
+
+def test_stack_dumps_show_every_thread_until_closed(trtllm_model, tmp_path):
+    # What a hung server leaves behind, taken from a thread of its own that holds the GIL.
+    dumps = tmp_path / "stacks.txt"
+    model = trtllm_model(parameters={"llm_deploy_stack_dump_path": str(dumps), "llm_deploy_stack_dump_s": "0.1"})
+    deadline = time.monotonic() + 10
+    while "inflight.py" not in (dumps.read_text() if dumps.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = dumps.read_text()
+    assert "every thread's stack" in text and "in _run" in text
+    assert "inflight.py" in text, "the batcher thread's stack is in the dump"
+
+    model._stack_dump.close()
+    size = dumps.stat().st_size
+    time.sleep(0.3)
+    assert dumps.stat().st_size == size
+    assert "llm-deploy-stack-dumps" not in {thread.name for thread in threading.enumerate()}
 
 
 def test_llm_deploy_path_is_added_only_when_needed(load_model, pb_utils, monkeypatch, tmp_path):

@@ -278,6 +278,8 @@ class TritonPythonModel:
                 ranks.leave()
         if getattr(self, "_outbox", None) is not None:
             self._outbox.close()
+        if getattr(self, "_stack_dump", None) is not None:  # last: a hang in stopping is still dumped
+            self._stack_dump.close()
 
     # --- one request ------------------------------------------------------------------------
     def _start(self, request: Any, send: Callable[[Any, int], None], is_cancelled: Callable[[], bool]) -> Generation | None:
@@ -429,21 +431,63 @@ def _send(sender: Any, response: Any, flags: int) -> None:
         sender.send(response, flags=flags)
 
 
-def _stack_dumps(params: dict[str, str]) -> Any:
+def _stack_dumps(params: dict[str, str]) -> StackDumps | None:
     """For a server that hangs: every thread's Python stack appended to a file every N seconds
     (params llm_deploy_stack_dump_path and llm_deploy_stack_dump_s; off unless both are set)."""
     path, every = params.get("llm_deploy_stack_dump_path", ""), float(params.get("llm_deploy_stack_dump_s", "0") or 0)
     if not path or every <= 0:
         return None
-    import faulthandler
-
-    out = open(path, "a")  # noqa: SIM115 - stays open for the model's life; faulthandler writes to its fd
-    # A stub that crashes (SIGSEGV/SIGABRT in native code) dies silently otherwise: tritonserver
-    # only notices much later that it is gone.
-    faulthandler.enable(file=out, all_threads=True)
-    faulthandler.dump_traceback_later(every, repeat=True, file=out)
+    dumps = StackDumps(Path(path), every)
     _log("warn", f"dumping every thread's stack to {path} every {every:.0f}s (llm_deploy_stack_dump_s)")
-    return out
+    return dumps
+
+
+class StackDumps:
+    """Every thread's Python stack written to ``path`` every ``every`` seconds, from a thread of
+    its own that holds the GIL while it reads them; faulthandler kept for fatal signals only.
+
+    faulthandler's own timer (``dump_traceback_later``) walks the other threads' frames without
+    the GIL, which is unsafe while threads start and end (python/cpython#116008): it killed a
+    stub on an H100 when a dump landed while torch.compile was compiling the decode graphs at
+    load (benchmarks/results/gpu_triton_llama7b_h100_compiled_overlap.json). A thread stuck in
+    native code holding the GIL stops these dumps too; py-spy reads those from outside.
+    """
+
+    def __init__(self, path: Path, every: float) -> None:
+        import faulthandler
+
+        self.path = path
+        self._out = path.open("a")
+        # A stub that crashes (SIGSEGV/SIGABRT in native code) dies silently otherwise: tritonserver
+        # only notices much later that it is gone.
+        faulthandler.enable(file=self._out, all_threads=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), name="llm-deploy-stack-dumps", daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.dump()
+
+    def dump(self) -> None:
+        import time
+        import traceback
+
+        names = {thread.ident: thread.name for thread in threading.enumerate()}
+        lines = [f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: every thread's stack"]
+        for ident, frame in sys._current_frames().items():
+            lines.append(f"Thread {names.get(ident, '?')} ({ident:#x}), most recent call last:")
+            lines.extend(entry.rstrip("\n") for entry in traceback.format_stack(frame))
+        self._out.write("\n".join(lines) + "\n\n")
+        self._out.flush()
+
+    def close(self) -> None:
+        import faulthandler
+
+        self._stop.set()
+        self._thread.join()
+        faulthandler.disable()
+        self._out.close()
 
 
 class _TritonLogHandler(logging.Handler):
