@@ -43,6 +43,9 @@ runs (the second on the final code, on another H200 machine whose slower host ma
 slower while the served figures moved by 3%: read the HF ratio with its host in mind).
 _h100_triton_attention.json: ``--skip hf,served --kernels triton,flash --sweep`` on an H100
 (_block64.json: the same, before the Triton kernel's block and split choice was tuned on its sweep).
+_h100_compiled_overlap.json: ``--skip hf,engine,batcher --variants auto,capture_ahead=off,overlap=off``
+on an H100, with the fused ops and overlapped steps (its auto variant lost its stub to a periodic
+stack dump of the time, see StackDumps in tensorrt_llm_torch.py; overlap=off captured ahead).
 """
 
 from __future__ import annotations
