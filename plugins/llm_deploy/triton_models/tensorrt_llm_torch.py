@@ -447,10 +447,11 @@ class StackDumps:
     its own that holds the GIL while it reads them; faulthandler kept for fatal signals only.
 
     faulthandler's own timer (``dump_traceback_later``) walks the other threads' frames without
-    the GIL, which is unsafe while threads start and end (python/cpython#116008): it killed a
-    stub on an H100 when a dump landed while torch.compile was compiling the decode graphs at
-    load (benchmarks/results/gpu_triton_llama7b_h100_compiled_overlap.json). A thread stuck in
-    native code holding the GIL stops these dumps too; py-spy reads those from outside.
+    the GIL, which is unsafe while threads start and end (python/cpython#116008). On an H100 a
+    stub died in the middle of such a dump, its file cut off inside a frame, while torch.compile
+    was compiling the decode graphs at load
+    (benchmarks/results/gpu_triton_llama7b_h100_compiled_overlap.json). A thread stuck in native
+    code holding the GIL stops these dumps too; py-spy reads those from outside.
     """
 
     def __init__(self, path: Path, every: float) -> None:

@@ -16,8 +16,9 @@ bit now and then; the residual add and RoPE have no such freedom.
 Compilation happens on the first call of each shape family, which GraphedDecode makes in the
 warm-up runs before a CUDA-graph capture, never inside one. That first warm-up takes seconds
 longer (all shape families of the four ops took ~18 s on an H200, once per process; inductor's
-on-disk cache shortens later starts); the server pays it while loading (capture_ahead). If compiling fails (no working Triton, a GPU it cannot
-compile for), one warning is logged and the ops run eagerly from then on.
+on-disk cache shortens later starts); a server pays it while loading (capture_ahead). If
+compiling fails (no working Triton, a GPU it cannot compile for), one warning is logged and the
+ops run eagerly from then on.
 
 ``LLM_DEPLOY_TORCH_COMPILE=0`` keeps CUDA eager too; it is read when an ``ElementwiseOps`` is
 made, so a benchmark can build one engine with it and one without in the same process.
