@@ -45,6 +45,34 @@ def test_convert_refuses_a_missing_file(tmp_path):
         convert_gguf_to_hf(tmp_path / "nothing.gguf", tmp_path / "out")
 
 
+def test_conversions_on_two_threads_leave_gguf_as_it_was():
+    # Its patches are the process's: the second conversion waits for the first to end, or the
+    # first would restore the original under the second, and the second its stale copy after.
+    import gguf
+
+    original = gguf.GGUFReader
+
+    def conversion(release: threading.Event) -> threading.Thread:
+        def convert() -> None:
+            with gguf_checkpoint._gguf_parsed_once():
+                release.wait(10)
+
+        thread = threading.Thread(target=convert)
+        thread.start()
+        return thread
+
+    release_first, release_second = threading.Event(), threading.Event()
+    first = conversion(release_first)
+    time.sleep(0.1)
+    second = conversion(release_second)
+    time.sleep(0.1)
+    release_first.set()
+    first.join(10)
+    release_second.set()
+    second.join(10)
+    assert gguf.GGUFReader is original
+
+
 @pytest.mark.slow
 def test_converted_smollm2_served_by_the_batcher_matches_hf(tmp_path, caplog, record_property, monkeypatch):
     import gguf

