@@ -99,6 +99,20 @@ def test_retention_keeps_the_newest_and_every_engine_a_live_server_holds(tmp_pat
     assert {p.name for p in parent.iterdir()} == {"engine-0", "engine-1", "engine-3"}
 
 
+def test_an_engine_being_verified_outlives_another_runs_retention(tmp_path):
+    # A reused engine verified long ago is the oldest candidate, and is checked again meanwhile.
+    spec = DeploySpec(engines_root=str(tmp_path), keep_engines=1)
+    parent = tmp_path / "engines" / "torch" / "model"
+    old = fake_verified_engine(parent, "engine-old", time.time() - 3600)
+    current = fake_verified_engine(parent, "engine-current", time.time())
+
+    with engine_cache.in_use(old, "verify"):
+        assert engine_cache.apply_retention(spec, current) == []
+        assert engine_cache.live_leases(old)
+    assert not list(old.glob(engine_cache.LEASE_GLOB))
+    assert engine_cache.apply_retention(spec, current) == [str(old)]
+
+
 def test_keep_engines_zero_keeps_everything(tmp_path):
     parent = tmp_path / "engines" / "torch" / "model"
     engines = [fake_verified_engine(parent, f"engine-{i}", time.time() - i) for i in range(4)]

@@ -141,6 +141,23 @@ def release_lease(engine_dir: str | Path, run_id: str) -> None:
                 path.unlink()
 
 
+@contextlib.contextmanager
+def in_use(engine_dir: str | Path, what: str) -> Iterator[None]:
+    """A lease held by this process while it uses the engine outside a server (verify_engine).
+
+    A rebuilt request can reuse an engine verified long ago, which makes it one of retention's
+    oldest candidates: without the lease, another run finishing its own verify removed it in
+    the middle of this one's check. The lease names this process, so it ends with it on this
+    host; other hosts honour it for FOREIGN_LEASE_TTL_S unless it is released.
+    """
+    name = f"{what}-{hosts.this_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    take_lease(engine_dir, run_id=name, pid=os.getpid())
+    try:
+        yield
+    finally:
+        release_lease(engine_dir, name)
+
+
 def live_leases(engine_dir: str | Path) -> list[dict]:
     """Leases whose server may still run; stale ones (a dead pid on this host) are removed."""
     live = []

@@ -16,9 +16,11 @@ from llm_deploy.spec import DeploySpec
 def verify_engine(spec: DeploySpec, engine: dict | None, checkpoint: dict) -> VerifyRecord:
     """``engine`` is None where the flow builds none (build_engine skipped): the backend checks the
     checkpoint the server will load, and there is no engine to mark or to keep."""
-    record = backend_for(spec).verify_engine(spec, engine, checkpoint)
     if engine is None:
-        return record
-    engine_cache.mark_verified(engine["engine_dir"], record.to_xcom())
+        return backend_for(spec).verify_engine(spec, engine, checkpoint)
+    # Leased while it is checked: another run's retention must not remove it meanwhile.
+    with engine_cache.in_use(engine["engine_dir"], "verify"):
+        record = backend_for(spec).verify_engine(spec, engine, checkpoint)
+        engine_cache.mark_verified(engine["engine_dir"], record.to_xcom())
     engine_cache.apply_retention(spec, engine["engine_dir"])
     return record
